@@ -1,0 +1,176 @@
+/*
+ * insn_count: a QEMU TCG plugin that counts the guest instructions vCPU 0
+ * executes between two addresses.
+ *
+ *   -plugin insn_count.so,start=0x200000,end=0x2012a4
+ *
+ * Counting starts when vCPU 0 first executes `start` and stops when it first
+ * executes `end` (exclusive); the result is printed on QEMU's log output
+ * (stderr) as soon as `end` is reached, as
+ *
+ *   zboot-insn-count: start=0x... end=0x... instructions=N
+ *
+ * and, if `end` was never reached, at exit with `end=unreached` and the count
+ * so far. Only vCPU 0 is counted: the other cores spin in the firmware's
+ * parking loop.
+ *
+ * QEMU installs no plugin header in Debian's packages, so the handful of
+ * API declarations used here are written out below. They follow the plugin
+ * API as documented in QEMU's docs/devel/tcg-plugins.rst (API versions 2..4
+ * share these entry points and their signatures).
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint64_t qemu_plugin_id_t;
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+typedef struct qemu_info_t qemu_info_t;
+
+enum qemu_plugin_cb_flags {
+    QEMU_PLUGIN_CB_NO_REGS,
+    QEMU_PLUGIN_CB_R_REGS,
+    QEMU_PLUGIN_CB_RW_REGS,
+};
+
+typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
+typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags, void *userdata);
+void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
+                                            qemu_plugin_vcpu_udata_cb_t cb,
+                                            enum qemu_plugin_cb_flags flags, void *userdata);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
+void qemu_plugin_outs(const char *string);
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* The API version this plugin was written against (QEMU accepts a range). */
+EXPORT int qemu_plugin_version = 2;
+
+static uint64_t start_address;
+static uint64_t end_address;
+/* Instructions vCPU 0 has executed: whole translation blocks are added when
+ * they start, so a marker inside a block corrects by its position. */
+static uint64_t executed;
+static uint64_t count_at_start;
+static bool started;
+static bool finished;
+
+static void report(const char *end_text, uint64_t instructions)
+{
+    char line[160];
+    snprintf(line, sizeof line,
+             "zboot-insn-count: start=0x%" PRIx64 " end=%s instructions=%" PRIu64 "\n",
+             start_address, end_text, instructions);
+    qemu_plugin_outs(line);
+}
+
+static void block_executed(unsigned int vcpu_index, void *userdata)
+{
+    if (vcpu_index == 0) {
+        executed += (uintptr_t)userdata;
+    }
+}
+
+/* userdata packs the instruction's index in its block (low 16 bits) and the
+ * block length (next 16 bits): the count before this instruction is
+ * executed - length + index. */
+static uint64_t count_before(void *userdata)
+{
+    uintptr_t packed = (uintptr_t)userdata;
+    return executed - ((packed >> 16) & 0xffff) + (packed & 0xffff);
+}
+
+static void start_reached(unsigned int vcpu_index, void *userdata)
+{
+    if (vcpu_index == 0 && !started) {
+        started = true;
+        count_at_start = count_before(userdata);
+    }
+}
+
+static void end_reached(unsigned int vcpu_index, void *userdata)
+{
+    if (vcpu_index == 0 && started && !finished) {
+        char end_text[32];
+        finished = true;
+        snprintf(end_text, sizeof end_text, "0x%" PRIx64, end_address);
+        report(end_text, count_before(userdata) - count_at_start);
+    }
+}
+
+static void block_translated(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    size_t length = qemu_plugin_tb_n_insns(tb);
+    (void)id;
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, block_executed, QEMU_PLUGIN_CB_NO_REGS,
+                                         (void *)(uintptr_t)length);
+    for (size_t index = 0; index < length && index < 0x10000; index++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, index);
+        uint64_t address = qemu_plugin_insn_vaddr(insn);
+        void *packed = (void *)(uintptr_t)((length << 16) | index);
+        if (address == start_address) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, start_reached, QEMU_PLUGIN_CB_NO_REGS,
+                                                   packed);
+        }
+        if (address == end_address) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, end_reached, QEMU_PLUGIN_CB_NO_REGS,
+                                                   packed);
+        }
+    }
+}
+
+static void at_exit(qemu_plugin_id_t id, void *userdata)
+{
+    (void)id;
+    (void)userdata;
+    if (!finished) {
+        report("unreached", started ? executed - count_at_start : 0);
+    }
+}
+
+static bool parse_address(const char *arg, const char *key, uint64_t *out)
+{
+    size_t key_length = strlen(key);
+    char *rest;
+    if (strncmp(arg, key, key_length) != 0 || arg[key_length] != '=') {
+        return false;
+    }
+    *out = strtoull(arg + key_length + 1, &rest, 0);
+    return *rest == '\0';
+}
+
+EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv)
+{
+    bool have_start = false;
+    bool have_end = false;
+    (void)info;
+    for (int i = 0; i < argc; i++) {
+        if (parse_address(argv[i], "start", &start_address)) {
+            have_start = true;
+        } else if (parse_address(argv[i], "end", &end_address)) {
+            have_end = true;
+        } else {
+            fprintf(stderr, "insn_count: unknown or malformed argument '%s'\n", argv[i]);
+            return -1;
+        }
+    }
+    if (!have_start || !have_end) {
+        fprintf(stderr, "insn_count: needs start=ADDRESS and end=ADDRESS\n");
+        return -1;
+    }
+    qemu_plugin_register_vcpu_tb_trans_cb(id, block_translated);
+    qemu_plugin_register_atexit_cb(id, at_exit, NULL);
+    return 0;
+}

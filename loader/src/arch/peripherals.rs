@@ -1,0 +1,48 @@
+//! The one place where the loader creates its peripheral drivers.
+
+use hal_bcm2711::gpio::Gpio;
+use hal_bcm2711::mailbox::Mailbox;
+use hal_bcm2711::memory_map;
+use hal_bcm2711::pl011::Pl011Uart;
+use hal_bcm2711::pm::Watchdog;
+
+/// The drivers zboot's boot flow uses, each created once.
+#[derive(Debug)]
+pub struct Peripherals {
+    /// Taken by the console.
+    pub uart: Option<Pl011Uart>,
+    pub mailbox: Mailbox,
+    pub watchdog: Watchdog,
+    pub gpio: Gpio,
+}
+
+static mut TAKEN: bool = false;
+
+/// Hands out the peripherals; the second call panics (one owner per device).
+pub fn take_peripherals() -> Peripherals {
+    let taken = &raw mut TAKEN;
+    // SAFETY: single CPU, no interrupts; the flag is only touched here.
+    assert!(!unsafe { taken.read_volatile() }, "peripherals taken twice");
+    // SAFETY: as above.
+    unsafe { taken.write_volatile(true) };
+    // SAFETY: the addresses are the BCM2711 blocks of these register layouts
+    // (memory_map), identity-mapped as Device memory for the program's life,
+    // and this function runs once, so each driver is the only owner (the
+    // fault path's extra UART and watchdog are allowed by their contracts).
+    unsafe {
+        Peripherals {
+            uart: Some(Pl011Uart::new(memory_map::PL011_UART0)),
+            mailbox: Mailbox::new(memory_map::MAILBOX),
+            watchdog: Watchdog::new(memory_map::PM),
+            gpio: Gpio::new(memory_map::GPIO),
+        }
+    }
+}
+
+/// Resets the board now through the PM watchdog.
+pub fn reset_now() -> ! {
+    // SAFETY: PM is the power-management block, mapped for the program's
+    // life; a reset needs no exclusivity (it ends everything).
+    let watchdog = unsafe { Watchdog::new(memory_map::PM) };
+    watchdog.reset_now()
+}

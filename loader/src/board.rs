@@ -1,0 +1,104 @@
+//! Who and where we are: the start-up banner from the CPU, the mailbox and the DTB.
+
+use hal_bcm2711::board_revision::BoardRevision;
+use hal_bcm2711::generic_timer;
+use hal_bcm2711::mailbox::{ClockId, Mailbox};
+use hal_bcm2711::pl011;
+
+use crate::arch::{self, BootInfo, Peripherals};
+use crate::dtb::DeviceTree;
+
+/// The UART0 reference clock: the firmware's setting as the mailbox reports
+/// it, or its documented default when the mailbox does not answer (the
+/// warning is printed later, once the console is up).
+pub fn uart_clock(mailbox: &mut Mailbox) -> u32 {
+    mailbox
+        .clock_rate(ClockId::Uart)
+        .unwrap_or(pl011::FIRMWARE_DEFAULT_CLOCK_HZ)
+}
+
+/// Logs the board revision, or why the mailbox could not tell it.
+pub fn report_board_revision(mailbox: &mut Mailbox) {
+    match mailbox.board_revision() {
+        Ok(code) => match BoardRevision::new(code) {
+            Some(revision) => {
+                log::info!("board revision 0x{code:08x}: {revision}");
+                if !revision.is_bcm2711() {
+                    log::warn!("this is not a BCM2711 board; zboot targets the CM4 / Pi 4");
+                }
+            }
+            None => log::warn!("board revision 0x{code:08x}: old-style code, not a BCM2711 board"),
+        },
+        Err(error) => log::warn!(
+            "board revision unknown: {error} (mailbox at 0x{:08x})",
+            mailbox_address(mailbox)
+        ),
+    }
+}
+
+fn mailbox_address(mailbox: &Mailbox) -> usize {
+    mailbox.base_address()
+}
+
+/// Prints the banner: version, exception level, board, memory, clocks, DTB.
+pub fn print_banner(boot: &BootInfo, peripherals: &mut Peripherals, device_tree: &DeviceTree) {
+    let mailbox = &mut peripherals.mailbox;
+    log::info!(
+        "zboot {} ({} build), running at EL{} (entered at EL{})",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(feature = "qemu-test") {
+            "QEMU test"
+        } else {
+            "release"
+        },
+        boot.running_level.number(),
+        boot.entry_level.number(),
+    );
+    let (mmu, dcache) = arch::mmu_and_dcache_enabled(boot.running_level);
+    log::info!(
+        "MMU {}, D-cache {}; generic timer {} Hz",
+        if mmu { "on" } else { "off" },
+        if dcache { "on" } else { "off" },
+        generic_timer::frequency(),
+    );
+    report_board_revision(mailbox);
+    match mailbox.board_serial() {
+        Ok(serial) => log::info!("board serial 0x{serial:016x}"),
+        Err(error) => log::warn!("board serial unknown: {error}"),
+    }
+    match mailbox.arm_memory() {
+        Ok(memory) => log::info!(
+            "ARM memory 0x{:08x}+0x{:08x} ({} MiB)",
+            memory.base,
+            memory.size,
+            memory.size >> 20
+        ),
+        Err(error) => log::warn!("ARM memory unknown: {error}"),
+    }
+    for (name, clock) in [
+        ("UART", ClockId::Uart),
+        ("ARM", ClockId::Arm),
+        ("EMMC2", ClockId::Emmc2),
+    ] {
+        match mailbox.clock_rate(clock) {
+            Ok(rate) => log::info!("{name} clock {rate} Hz"),
+            Err(error) => log::warn!("{name} clock unknown: {error}"),
+        }
+    }
+    log::info!("reset reason: {:?}", peripherals.watchdog.reset_reason());
+    report_device_tree(device_tree);
+}
+
+/// Logs the device tree's model, or why the tree is unusable.
+pub fn report_device_tree(device_tree: &DeviceTree) {
+    match device_tree.fdt() {
+        Ok(_) => match device_tree.model() {
+            Some(model) => log::info!("device tree: \"{model}\" at 0x{:x}", device_tree.address()),
+            None => log::info!("device tree at 0x{:x} has no model", device_tree.address()),
+        },
+        Err(problem) => log::warn!(
+            "no usable device tree at 0x{:x}: {problem}; continuing without one",
+            device_tree.address()
+        ),
+    }
+}

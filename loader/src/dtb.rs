@@ -1,0 +1,117 @@
+//! The device tree the boot loader passed in x0: validated before any use.
+
+use core::fmt;
+
+use dtoolkit::fdt::Fdt;
+use dtoolkit::{Node, Property};
+
+use crate::arch;
+
+/// FDT header magic (Devicetree Specification v0.4, 5.2 "Header").
+const FDT_MAGIC: u32 = 0xd00d_feed;
+/// The size of the fixed FDT header.
+const FDT_HEADER_SIZE: usize = 40;
+/// Linux's arm64 boot protocol caps the DTB at 2 MiB
+/// (Documentation/arch/arm64/booting.rst, "Setup the device tree").
+const FDT_MAX_SIZE: usize = 2 << 20;
+
+/// Why the boot loader's x0 did not give us a usable device tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DtbProblem {
+    /// x0 is not 8-byte aligned, as the boot protocol requires of a DTB.
+    Misaligned,
+    /// x0 points outside the RAM zboot maps.
+    OutsideRam,
+    /// No FDT magic at x0 (QEMU without `-dtb` passes ATAGs here).
+    BadMagic { found: u32 },
+    /// The header's `totalsize` is smaller than a header or above 2 MiB.
+    BadSize { total_size: usize },
+    /// dtoolkit rejected the blob's structure.
+    Invalid(dtoolkit::error::FdtParseError),
+}
+
+impl fmt::Display for DtbProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Misaligned => write!(f, "the address is not 8-byte aligned"),
+            Self::OutsideRam => write!(f, "the address is outside RAM"),
+            Self::BadMagic { found } => {
+                write!(f, "bad magic 0x{found:08x} (expected 0x{FDT_MAGIC:08x})")
+            }
+            Self::BadSize { total_size } => write!(
+                f,
+                "header totalsize {total_size} is outside {FDT_HEADER_SIZE}..={FDT_MAX_SIZE} bytes"
+            ),
+            Self::Invalid(error) => write!(f, "malformed device tree: {error}"),
+        }
+    }
+}
+
+/// The boot loader's device tree, or why there is none.
+#[derive(Debug)]
+pub struct DeviceTree {
+    address: usize,
+    fdt: Result<Fdt<'static>, DtbProblem>,
+}
+
+impl DeviceTree {
+    /// Looks for a DTB at `address` (x0 at entry) and validates it whole.
+    pub fn from_boot_loader(address: usize) -> Self {
+        Self {
+            address,
+            fdt: Self::parse(address),
+        }
+    }
+
+    fn parse(address: usize) -> Result<Fdt<'static>, DtbProblem> {
+        if !address.is_multiple_of(8) {
+            return Err(DtbProblem::Misaligned);
+        }
+        let header = arch::boot_data(address, FDT_HEADER_SIZE).ok_or(DtbProblem::OutsideRam)?;
+        let word = |offset: usize| {
+            header
+                .get(offset..offset + 4)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map_or(0, u32::from_be_bytes)
+        };
+        let magic = word(0);
+        if magic != FDT_MAGIC {
+            return Err(DtbProblem::BadMagic { found: magic });
+        }
+        let total_size = word(4) as usize;
+        if !(FDT_HEADER_SIZE..=FDT_MAX_SIZE).contains(&total_size) {
+            return Err(DtbProblem::BadSize { total_size });
+        }
+        let blob = arch::boot_data(address, total_size).ok_or(DtbProblem::OutsideRam)?;
+        Fdt::new(blob).map_err(DtbProblem::Invalid)
+    }
+
+    /// The address the boot loader passed.
+    pub fn address(&self) -> usize {
+        self.address
+    }
+
+    /// The validated tree, or why it is unusable.
+    pub fn fdt(&self) -> Result<Fdt<'static>, DtbProblem> {
+        self.fdt.clone()
+    }
+
+    /// A string property of the node at `path`, if the tree has it.
+    fn string(&self, path: &str, property: &str) -> Option<&'static str> {
+        let fdt = self.fdt.as_ref().ok()?;
+        let node = fdt.find_node(path)?;
+        let value = node.property(property)?.value_as::<&str>().ok()?;
+        Some(value)
+    }
+
+    /// The root `model` property (e.g. "Raspberry Pi 4 Model B").
+    pub fn model(&self) -> Option<&'static str> {
+        self.string("/", "model")
+    }
+
+    /// `/chosen/bootargs`, the command line the boot loader passed on.
+    #[cfg_attr(not(feature = "qemu-test"), allow(dead_code))]
+    pub fn bootargs(&self) -> Option<&'static str> {
+        self.string("/chosen", "bootargs")
+    }
+}

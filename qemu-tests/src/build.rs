@@ -1,0 +1,267 @@
+//! Building what a QEMU run needs: the loader image, the DTB, the plugin.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result, bail, ensure};
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Where harness outputs go (`target/zboot`).
+fn output_dir() -> Result<PathBuf> {
+    let dir = workspace_root().join("target").join("zboot");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Which loader build to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoaderBuild {
+    /// The product: what goes on a CM4.
+    Release,
+    /// The product plus the `qemu-test` feature: semihosting exit codes and
+    /// `zboot.test=` hooks read from the DTB command line.
+    QemuTest,
+}
+
+impl LoaderBuild {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::QemuTest => "qemu-test",
+        }
+    }
+}
+
+/// A built loader: the ELF (for symbols and debugging) and the raw image.
+#[derive(Clone, Debug)]
+pub struct LoaderImage {
+    pub elf: PathBuf,
+    pub image: PathBuf,
+    /// The address the image is linked and loaded at (`_start`).
+    pub load_address: u64,
+    symbols: HashMap<String, u64>,
+}
+
+impl LoaderImage {
+    /// The address of a global symbol of the loader.
+    pub fn symbol(&self, name: &str) -> Result<u64> {
+        self.symbols
+            .get(name)
+            .copied()
+            .with_context(|| format!("symbol `{name}` not found in {}", self.elf.display()))
+    }
+
+    /// The size of `zboot.img` in bytes.
+    pub fn image_size(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.image)
+            .with_context(|| format!("reading {}", self.image.display()))?
+            .len())
+    }
+
+    /// Builds the loader (once per process and flavour; later calls reuse it).
+    pub fn get(build: LoaderBuild) -> Result<Self> {
+        static BUILT: OnceLock<Mutex<HashMap<LoaderBuild, LoaderImage>>> = OnceLock::new();
+        let mut images = BUILT
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .map_err(|_| anyhow::anyhow!("loader build lock poisoned"))?;
+        if let Some(image) = images.get(&build) {
+            return Ok(image.clone());
+        }
+        let image = Self::build(build)?;
+        images.insert(build, image.clone());
+        Ok(image)
+    }
+
+    fn build(build: LoaderBuild) -> Result<Self> {
+        let root = workspace_root();
+        // A target directory of its own: the loader can then be built while
+        // an outer `cargo test` holds the workspace's build directory.
+        let target_dir = root.join("target").join("loader");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(&root)
+            .args(["build", "--release", "--package", "zboot-loader"])
+            .args(["--target", "aarch64-unknown-none"])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            // The outer cargo's settings for host builds must not leak in.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET");
+        if build == LoaderBuild::QemuTest {
+            command.args(["--features", "qemu-test"]);
+        }
+        let status = command
+            .status()
+            .context("running cargo to build the loader")?;
+        ensure!(
+            status.success(),
+            "building the loader ({}) failed: {status}",
+            build.name()
+        );
+
+        let built_elf = target_dir
+            .join("aarch64-unknown-none")
+            .join("release")
+            .join("zboot");
+        let out = output_dir()?;
+        let elf = out.join(format!("zboot-{}.elf", build.name()));
+        let image = out.join(format!("zboot-{}.img", build.name()));
+        std::fs::copy(&built_elf, &elf)
+            .with_context(|| format!("copying {} to {}", built_elf.display(), elf.display()))?;
+        let (load_address, symbols) = flatten_elf(&elf, &image)?;
+        Ok(Self {
+            elf,
+            image,
+            load_address,
+            symbols,
+        })
+    }
+}
+
+/// Writes the loadable bytes of `elf` as a flat binary (what the firmware
+/// loads) and returns the load address and the symbol table.
+fn flatten_elf(elf: &Path, image: &Path) -> Result<(u64, HashMap<String, u64>)> {
+    let data = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+    let file = object::File::parse(&*data).with_context(|| format!("parsing {}", elf.display()))?;
+    let mut pieces = Vec::new();
+    for segment in file.segments() {
+        let bytes = segment.data().context("reading a loadable segment")?;
+        if !bytes.is_empty() {
+            pieces.push((segment.address(), bytes));
+        }
+    }
+    ensure!(
+        !pieces.is_empty(),
+        "{} has no loadable bytes",
+        elf.display()
+    );
+    pieces.sort_by_key(|(address, _)| *address);
+    let base = pieces[0].0;
+    let mut flat = Vec::new();
+    for (address, bytes) in pieces {
+        let offset = usize::try_from(address - base)?;
+        if flat.len() < offset {
+            flat.resize(offset, 0);
+        }
+        ensure!(
+            flat.len() == offset,
+            "overlapping segments in {}",
+            elf.display()
+        );
+        flat.extend_from_slice(bytes);
+    }
+    std::fs::write(image, &flat).with_context(|| format!("writing {}", image.display()))?;
+
+    let symbols = file
+        .symbols()
+        .filter_map(|symbol| Some((symbol.name().ok()?.to_owned(), symbol.address())))
+        .collect::<HashMap<_, _>>();
+    let entry = symbols
+        .get("_start")
+        .copied()
+        .context("no `_start` symbol")?;
+    ensure!(
+        entry == base,
+        "`_start` (0x{entry:x}) is not the image's first byte (0x{base:x})"
+    );
+    Ok((base, symbols))
+}
+
+/// External programs the harness needs, with what to do when one is missing.
+#[derive(Debug)]
+pub struct Tools;
+
+impl Tools {
+    /// Fails with the setup hint if a program is not installed.
+    pub fn require(program: &str) -> Result<()> {
+        let found = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        });
+        if !found {
+            bail!(
+                "`{program}` is not installed; run `scripts/setup` (installs QEMU >= 9, dtc and \
+                 the other tools the tests need)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The minimal raspi4b device tree (`qemu-tests/dts/raspi4b-minimal.dts`),
+/// compiled with `dtc` once per process.
+pub fn minimal_dtb() -> Result<PathBuf> {
+    static DTB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DTB.get_or_init(|| compile_dts("raspi4b-minimal").map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn compile_dts(name: &str) -> Result<PathBuf> {
+    Tools::require("dtc")?;
+    let source = workspace_root()
+        .join("qemu-tests")
+        .join("dts")
+        .join(format!("{name}.dts"));
+    let output = output_dir()?.join(format!("{name}.dtb"));
+    let status = Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&output)
+        .arg(&source)
+        .status()
+        .context("running dtc")?;
+    ensure!(
+        status.success(),
+        "dtc failed on {}: {status}",
+        source.display()
+    );
+    Ok(output)
+}
+
+/// The instruction-counting TCG plugin (`bench/insn_count.c`), compiled with
+/// the system C compiler once per process.
+pub fn insn_count_plugin() -> Result<PathBuf> {
+    static PLUGIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PLUGIN
+        .get_or_init(|| build_plugin().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_plugin() -> Result<PathBuf> {
+    Tools::require("cc")?;
+    let source = workspace_root().join("bench").join("insn_count.c");
+    let output = output_dir()?.join("insn_count.so");
+    let status = Command::new("cc")
+        .args([
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-fvisibility=hidden",
+        ])
+        .arg("-o")
+        .arg(&output)
+        .arg(&source)
+        .status()
+        .context("running cc")?;
+    ensure!(
+        status.success(),
+        "compiling {} failed: {status}",
+        source.display()
+    );
+    Ok(output)
+}

@@ -1,0 +1,14 @@
+//! Builds zboot and runs it on QEMU `raspi4b`: the harness behind the QEMU
+//! tests, the demo and the benchmark.
+//!
+//! A run is one QEMU process with `-semihosting -no-reboot`: the guest ends it
+//! by exiting through semihosting (test builds), by resetting the board
+//! (QEMU then quits and reports a `SHUTDOWN` event with reason
+//! `guest-reset` on QMP), or the harness kills it at its deadline.
+#![forbid(unsafe_code)]
+
+mod build;
+mod qemu;
+
+pub use build::{LoaderBuild, LoaderImage, Tools, insn_count_plugin, minimal_dtb, workspace_root};
+pub use qemu::{Ending, Icount, Qemu, Run};

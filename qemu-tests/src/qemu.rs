@@ -1,0 +1,397 @@
+//! One QEMU `raspi4b` run: command line, console capture, QMP events, deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::build::Tools;
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest exited through semihosting (or QEMU quit) with this status.
+    Exited(i32),
+    /// The guest reset the board; `-no-reboot` turned that into a QEMU exit.
+    GuestReset,
+    /// The console printed the text the run was told to stop at.
+    StopText,
+    /// The deadline passed and the harness killed QEMU.
+    TimedOut,
+}
+
+/// `-icount` modes for exact instruction-driven time (see DESIGN.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Icount {
+    /// `shift=10,sleep=off`: each instruction advances the clock 1024 ns, so
+    /// waits cost almost no instructions: the count measures work.
+    Work,
+    /// `shift=0,sleep=off`: 1 instruction = 1 ns, so busy-waits count too.
+    Realtime,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub ending: Ending,
+    /// Everything the guest printed on the PL011.
+    pub console: String,
+    /// QEMU's own stderr (plugin output, errors).
+    pub qemu_log: String,
+    pub wall_time: Duration,
+}
+
+impl Run {
+    /// Whether the console contains `text`.
+    pub fn console_has(&self, text: &str) -> bool {
+        self.console.contains(text)
+    }
+
+    /// The instruction count the `insn_count` plugin printed, if it did.
+    pub fn instruction_count(&self) -> Option<u64> {
+        self.qemu_log.lines().find_map(|line| {
+            let rest = line.strip_prefix("zboot-insn-count: ")?;
+            if rest.contains("end=unreached") {
+                return None;
+            }
+            rest.split_whitespace()
+                .find_map(|field| field.strip_prefix("instructions="))
+                .and_then(|count| count.parse().ok())
+        })
+    }
+}
+
+/// A QEMU `raspi4b` invocation, built up and then [`run`](Qemu::run).
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    kernel: PathBuf,
+    dtb: Option<PathBuf>,
+    append: Option<String>,
+    emmc: Option<PathBuf>,
+    usb_stick: Option<PathBuf>,
+    blobs: Vec<(PathBuf, u64)>,
+    plugin: Option<(PathBuf, String)>,
+    icount: Option<Icount>,
+    timeout: Duration,
+    stop_text: Option<String>,
+    echo: bool,
+}
+
+impl Qemu {
+    /// A run of `kernel` (a zboot image) with no disks and a one-minute deadline.
+    pub fn new(kernel: &Path) -> Self {
+        Self {
+            kernel: kernel.to_path_buf(),
+            dtb: None,
+            append: None,
+            emmc: None,
+            usb_stick: None,
+            blobs: Vec::new(),
+            plugin: None,
+            icount: None,
+            timeout: Duration::from_mins(1),
+            stop_text: None,
+            echo: false,
+        }
+    }
+
+    /// Pass a device tree (`-dtb`): x0 at entry then points at it.
+    #[must_use]
+    pub fn dtb(mut self, dtb: &Path) -> Self {
+        self.dtb = Some(dtb.to_path_buf());
+        self
+    }
+
+    /// Set `/chosen/bootargs` in the DTB (`-append`).
+    #[must_use]
+    pub fn append(mut self, command_line: &str) -> Self {
+        self.append = Some(command_line.to_owned());
+        self
+    }
+
+    /// Attach a raw image as the SD/eMMC card on EMMC2, as on a CM4.
+    #[must_use]
+    pub fn emmc(mut self, image: &Path) -> Self {
+        self.emmc = Some(image.to_path_buf());
+        self
+    }
+
+    /// Attach a raw image as a USB mass-storage stick on the DWC2 port.
+    #[must_use]
+    pub fn usb_stick(mut self, image: &Path) -> Self {
+        self.usb_stick = Some(image.to_path_buf());
+        self
+    }
+
+    /// Place a file's bytes in guest RAM at `address` before the guest starts
+    /// (QEMU's generic `loader` device).
+    #[must_use]
+    pub fn load_blob(mut self, file: &Path, address: u64) -> Self {
+        self.blobs.push((file.to_path_buf(), address));
+        self
+    }
+
+    /// Load a TCG plugin with its comma-separated arguments.
+    #[must_use]
+    pub fn plugin(mut self, plugin: &Path, arguments: &str) -> Self {
+        self.plugin = Some((plugin.to_path_buf(), arguments.to_owned()));
+        self
+    }
+
+    /// Run with `-icount` instead of free-running TCG time.
+    #[must_use]
+    pub fn icount(mut self, mode: Icount) -> Self {
+        self.icount = Some(mode);
+        self
+    }
+
+    /// Kill QEMU after this long.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Stop the run once the console shows `text` (for builds that halt).
+    #[must_use]
+    pub fn stop_at(mut self, text: &str) -> Self {
+        self.stop_text = Some(text.to_owned());
+        self
+    }
+
+    /// Copy the console to our stdout as it arrives (demo, debugging).
+    #[must_use]
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    fn command(&self, qmp_socket: &Path) -> Command {
+        let mut command = Command::new("qemu-system-aarch64");
+        command.args(["-M", "raspi4b", "-display", "none", "-monitor", "none"]);
+        command.args(["-serial", "stdio", "-semihosting", "-no-reboot"]);
+        match self.icount {
+            // -icount implies single-threaded TCG.
+            Some(Icount::Work) => command.args(["-icount", "shift=10,sleep=off"]),
+            Some(Icount::Realtime) => command.args(["-icount", "shift=0,sleep=off"]),
+            // Single-threaded TCG: the parked cores spin on `wfe`, and with
+            // one thread per vCPU they steal the host's two cores.
+            None => command.args(["-accel", "tcg,thread=single"]),
+        };
+        command.arg("-kernel").arg(&self.kernel);
+        if let Some(dtb) = &self.dtb {
+            command.arg("-dtb").arg(dtb);
+        }
+        if let Some(append) = &self.append {
+            command.arg("-append").arg(append);
+        }
+        if let Some(emmc) = &self.emmc {
+            command.arg("-drive").arg(format!(
+                "if=none,id=card,format=raw,file={}",
+                emmc.display()
+            ));
+            command.args(["-device", "sd-card,drive=card,bus=/generic-sdhci/sd-bus"]);
+        }
+        if let Some(stick) = &self.usb_stick {
+            command.arg("-drive").arg(format!(
+                "if=none,id=stick,format=raw,file={}",
+                stick.display()
+            ));
+            command.args(["-device", "usb-storage,drive=stick"]);
+        }
+        for (file, address) in &self.blobs {
+            command.arg("-device").arg(format!(
+                "loader,file={},addr=0x{address:x},force-raw=on",
+                file.display()
+            ));
+        }
+        if let Some((plugin, arguments)) = &self.plugin {
+            let mut spec = plugin.display().to_string();
+            if !arguments.is_empty() {
+                spec.push(',');
+                spec.push_str(arguments);
+            }
+            command.arg("-plugin").arg(spec);
+        }
+        command.arg("-chardev").arg(format!(
+            "socket,id=qmp,path={},server=on,wait=on",
+            qmp_socket.display()
+        ));
+        command.args(["-mon", "chardev=qmp,mode=control"]);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs QEMU to its end and collects what it printed.
+    pub fn run(&self) -> Result<Run> {
+        Tools::require("qemu-system-aarch64")?;
+        let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        let qmp_socket = scratch.path().join("qmp.sock");
+        let started = Instant::now();
+        let mut child = self
+            .command(&qmp_socket)
+            .spawn()
+            .context("starting qemu-system-aarch64")?;
+
+        let (events, event_receiver) = mpsc::channel::<Event>();
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        let stderr = child.stderr.take().context("qemu stderr")?;
+        let console_thread = spawn_console_reader(stdout, events, self.echo);
+        let log_thread = thread::spawn(move || {
+            let mut log = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut log);
+            log
+        });
+
+        // QEMU waits for the QMP client before it starts the guest, so no
+        // event can be missed.
+        let qmp = match connect_qmp(&qmp_socket, &mut child, started + Duration::from_secs(20)) {
+            Ok(qmp) => qmp,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = log_thread.join().unwrap_or_default();
+                return Err(error.context(format!("QEMU did not start; its log:\n{log}")));
+            }
+        };
+        let qmp_thread = spawn_qmp_reader(qmp);
+
+        let mut ending = self.wait_for_end(&mut child, &event_receiver, started)?;
+        // The SHUTDOWN event precedes QEMU's exit; the QMP reader has seen it
+        // once the socket closes.
+        let guest_reset = qmp_thread.join().unwrap_or(false);
+        if guest_reset && matches!(ending, Ending::Exited(_)) {
+            ending = Ending::GuestReset;
+        }
+        let console = console_thread.join().unwrap_or_default();
+        let qemu_log = log_thread.join().unwrap_or_default();
+        Ok(Run {
+            ending,
+            console,
+            qemu_log,
+            wall_time: started.elapsed(),
+        })
+    }
+
+    fn wait_for_end(
+        &self,
+        child: &mut Child,
+        events: &mpsc::Receiver<Event>,
+        started: Instant,
+    ) -> Result<Ending> {
+        let deadline = started + self.timeout;
+        let mut console_tail = String::new();
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for QEMU")? {
+                return Ok(Ending::Exited(status.code().unwrap_or(-1)));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Ending::TimedOut);
+            }
+            match events.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
+                Ok(Event::Console(text)) => {
+                    if let Some(stop) = &self.stop_text {
+                        console_tail.push_str(&text);
+                        if console_tail.contains(stop.as_str()) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Ok(Ending::StopText);
+                        }
+                        // Keep only what could still be the start of `stop`.
+                        let keep = console_tail.len().saturating_sub(stop.len());
+                        let cut = (keep..=console_tail.len())
+                            .find(|&index| console_tail.is_char_boundary(index))
+                            .unwrap_or(0);
+                        console_tail.drain(..cut);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Console(String),
+}
+
+fn spawn_console_reader(
+    mut stdout: impl Read + Send + 'static,
+    events: mpsc::Sender<Event>,
+    echo: bool,
+) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut console = Vec::new();
+        let mut buffer = [0_u8; 4096];
+        loop {
+            match stdout.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    let chunk = &buffer[..read];
+                    if echo {
+                        let mut out = std::io::stdout();
+                        let _ = out.write_all(chunk);
+                        let _ = out.flush();
+                    }
+                    console.extend_from_slice(chunk);
+                    let _ =
+                        events.send(Event::Console(String::from_utf8_lossy(chunk).into_owned()));
+                }
+            }
+        }
+        // The console is text; the PL011 sends CR LF line ends.
+        String::from_utf8_lossy(&console).replace("\r\n", "\n")
+    })
+}
+
+fn connect_qmp(socket: &Path, child: &mut Child, deadline: Instant) -> Result<UnixStream> {
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(mut stream) => {
+                stream
+                    .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+                    .context("sending qmp_capabilities")?;
+                return Ok(stream);
+            }
+            Err(error) => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("QEMU exited before its QMP socket opened ({status})");
+                }
+                if Instant::now() >= deadline {
+                    return Err(error).context("connecting to QEMU's QMP socket");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Reads QMP until QEMU closes it; returns whether the guest reset.
+fn spawn_qmp_reader(stream: UnixStream) -> thread::JoinHandle<bool> {
+    thread::spawn(move || {
+        let mut guest_reset = false;
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            // {"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-reset"}}
+            if message["event"] == "SHUTDOWN" && message["data"]["reason"] == "guest-reset" {
+                guest_reset = true;
+            }
+        }
+        guest_reset
+    })
+}

@@ -1,0 +1,124 @@
+//! Finding the state file's two sectors: partition table → FAT boot partition → `ZBSTATE.BIN`.
+//!
+//! The state file is created once by `zbctl init-state` (preallocated, contiguous,
+//! [`STATE_FILE_SIZE`] bytes) in the root directory of the FAT boot partition. Copy 0 is its
+//! first sector and copy 1 its second. The loader and the tools find these LBAs once and then
+//! only ever write those two sectors, never FAT metadata.
+
+use core::fmt;
+
+use crate::block::{BLOCK_SIZE, BlockDevice};
+use crate::fat::{Extent, FatError, FatVolume, short_name};
+use crate::partition::{MbrError, MbrPartition, PartitionTable};
+
+/// The state file's name in the boot partition's root directory.
+pub const STATE_FILE_NAME: &str = "ZBSTATE.BIN";
+/// The state file's size: two 512-byte sectors, one per copy.
+pub const STATE_FILE_SIZE: u32 = 2 * BLOCK_SIZE as u32;
+
+/// Where the state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateLocation {
+    /// The MBR partition holding the FAT volume (None: the device is the partition itself).
+    pub partition: Option<MbrPartition>,
+    /// The FAT volume.
+    pub volume: FatVolume,
+    /// The state file's extent.
+    pub extent: Extent,
+    /// LBAs of copy 0 and copy 1.
+    pub lbas: [u64; 2],
+}
+
+/// Why the state file could not be located.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocateError<E> {
+    /// Reading sector 0 failed.
+    Device(E),
+    /// Sector 0 is neither a FAT boot sector nor a valid MBR.
+    PartitionTable(MbrError),
+    /// The MBR has no FAT partition.
+    NoFatPartition,
+    /// The FAT volume or the file in it is unusable (partition number, if any).
+    Fat {
+        partition: Option<u8>,
+        error: FatError<E>,
+    },
+    /// The state file is smaller than two sectors.
+    TooSmall { size: u32 },
+}
+
+impl<E: fmt::Debug> core::error::Error for LocateError<E> {}
+
+impl<E: fmt::Debug> fmt::Display for LocateError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocateError::Device(e) => write!(f, "reading sector 0: {e:?}"),
+            LocateError::PartitionTable(e) => write!(f, "partition table: {e}"),
+            LocateError::NoFatPartition => f.write_str("no FAT partition in the MBR"),
+            LocateError::Fat {
+                partition: Some(n),
+                error,
+            } => {
+                write!(f, "partition {n}, {STATE_FILE_NAME}: {error}")
+            }
+            LocateError::Fat {
+                partition: None,
+                error,
+            } => write!(f, "{STATE_FILE_NAME}: {error}"),
+            LocateError::TooSmall { size } => write!(
+                f,
+                "{STATE_FILE_NAME} is {size} bytes, needs at least {STATE_FILE_SIZE}"
+            ),
+        }
+    }
+}
+
+/// Finds the FAT boot volume: `device` is either a whole disk (MBR, first FAT partition) or
+/// a partition (FAT boot sector at LBA 0).
+pub fn find_boot_volume<D: BlockDevice>(
+    device: &mut D,
+) -> Result<(Option<MbrPartition>, FatVolume), LocateError<D::Error>> {
+    let mut sector0 = [0u8; BLOCK_SIZE];
+    device
+        .read_block(0, &mut sector0)
+        .map_err(LocateError::Device)?;
+    let blocks = device.block_count();
+    // A FAT boot sector first: its boot code area could pass for a partition table.
+    if let Ok(volume) = FatVolume::parse::<D::Error>(&sector0, 0, Some(blocks)) {
+        return Ok((None, volume));
+    }
+    let table = PartitionTable::parse(&sector0, blocks).map_err(LocateError::PartitionTable)?;
+    let partition = table.first_fat().ok_or(LocateError::NoFatPartition)?;
+    let volume =
+        FatVolume::open(device, partition.start_lba, Some(partition.sectors)).map_err(|error| {
+            LocateError::Fat {
+                partition: Some(partition.number),
+                error,
+            }
+        })?;
+    Ok((Some(partition), volume))
+}
+
+/// Finds the state file and proves it contiguous; returns its two LBAs.
+pub fn locate_state<D: BlockDevice>(
+    device: &mut D,
+) -> Result<StateLocation, LocateError<D::Error>> {
+    let (partition, volume) = find_boot_volume(device)?;
+    let number = partition.map(|p| p.number);
+    let name = short_name(STATE_FILE_NAME).unwrap_or([b' '; 11]);
+    let extent = volume
+        .locate_contiguous(device, &name)
+        .map_err(|error| LocateError::Fat {
+            partition: number,
+            error,
+        })?;
+    if extent.size < STATE_FILE_SIZE {
+        return Err(LocateError::TooSmall { size: extent.size });
+    }
+    Ok(StateLocation {
+        partition,
+        volume,
+        extent,
+        lbas: [extent.first_lba, extent.first_lba + 1],
+    })
+}

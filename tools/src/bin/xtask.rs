@@ -1,0 +1,219 @@
+//! zboot's developer tasks: `cargo xtask <task>` (build, demo, test, bench, ci).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+use zboot_qemu_tests::{
+    Ending, Icount, LoaderBuild, LoaderImage, Qemu, Tools, insn_count_plugin, minimal_dtb,
+    workspace_root,
+};
+
+/// The last line a product build prints when it has nothing to boot.
+const HALT_TEXT: &str = "halting";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "zboot developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build zboot.img (raw binary) and zboot.elf (for debugging) into target/zboot/.
+    Build {
+        /// Build the QEMU test flavour (semihosting exit, `zboot.test=` hooks).
+        #[arg(long)]
+        test_build: bool,
+    },
+    /// Build zboot and boot it on QEMU raspi4b, showing the console.
+    Demo {
+        /// Device tree to pass (default: the minimal raspi4b tree, compiled with dtc).
+        #[arg(long)]
+        dtb: Option<PathBuf>,
+        /// Boot without a device tree (x0 then holds no DTB).
+        #[arg(long, conflicts_with = "dtb")]
+        no_dtb: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Run the whole test suite (host tests and QEMU tests).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Measure zboot: image size and guest instruction counts under QEMU.
+    Bench,
+    /// Everything CI checks: formatting, lints, the loader build, the tests.
+    Ci,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Build { test_build } => build(test_build),
+        Task::Demo {
+            dtb,
+            no_dtb,
+            timeout,
+        } => demo(dtb, no_dtb, timeout),
+        Task::Test { cargo_args } => test(&cargo_args),
+        Task::Bench => bench(),
+        Task::Ci => ci(),
+    }
+}
+
+fn build(test_build: bool) -> Result<()> {
+    let flavour = if test_build {
+        LoaderBuild::QemuTest
+    } else {
+        LoaderBuild::Release
+    };
+    let loader = LoaderImage::get(flavour)?;
+    println!(
+        "zboot.img: {} ({} bytes)",
+        loader.image.display(),
+        loader.image_size()?
+    );
+    println!("zboot.elf: {}", loader.elf.display());
+    println!("load address: 0x{:x}", loader.load_address);
+    Ok(())
+}
+
+fn demo(dtb: Option<PathBuf>, no_dtb: bool, timeout: u64) -> Result<()> {
+    let loader = LoaderImage::get(LoaderBuild::Release)?;
+    let mut qemu = Qemu::new(&loader.image)
+        .echo(true)
+        .stop_at(HALT_TEXT)
+        .timeout(Duration::from_secs(timeout));
+    if !no_dtb {
+        let dtb = match dtb {
+            Some(dtb) => dtb,
+            None => minimal_dtb()?,
+        };
+        qemu = qemu.dtb(&dtb);
+    }
+    println!("--- zboot on QEMU raspi4b ({}) ---", loader.image.display());
+    let run = qemu.run()?;
+    println!(
+        "--- QEMU run ended: {:?} after {:.1} s ---",
+        run.ending,
+        run.wall_time.as_secs_f64()
+    );
+    match run.ending {
+        Ending::StopText => Ok(()),
+        Ending::TimedOut => bail!("zboot did not reach `{HALT_TEXT}` within {timeout} s"),
+        other => bail!(
+            "unexpected end of the demo run: {other:?}\n{}",
+            run.qemu_log
+        ),
+    }
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn run_checked(mut command: Command, what: &str) -> Result<()> {
+    eprintln!("==> {what}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting: {what}"))?;
+    ensure!(status.success(), "{what}: failed ({status})");
+    Ok(())
+}
+
+fn test(cargo_args: &[String]) -> Result<()> {
+    for program in ["qemu-system-aarch64", "dtc", "cc"] {
+        Tools::require(program)?;
+    }
+    let mut command = cargo();
+    // The default members: every crate but the loader, which only builds
+    // for aarch64-unknown-none (the QEMU tests build it themselves).
+    command.arg("test").args(cargo_args);
+    run_checked(command, "cargo test")
+}
+
+fn bench() -> Result<()> {
+    let loader = LoaderImage::get(LoaderBuild::Release)?;
+    let plugin = insn_count_plugin()?;
+    let dtb = minimal_dtb()?;
+    let start = loader.symbol("_start")?;
+    let end = loader.symbol("zboot_bench_marker")?;
+    let arguments = format!("start=0x{start:x},end=0x{end:x}");
+
+    println!("zboot benchmark (QEMU raspi4b, vCPU 0, release build)");
+    println!(
+        "  zboot.img size:                         {:>10} bytes",
+        loader.image_size()?
+    );
+    let modes: [(&str, Option<Icount>); 3] = [
+        ("entry -> banner done, TCG", None),
+        ("entry -> banner done, icount work", Some(Icount::Work)),
+        (
+            "entry -> banner done, icount realtime",
+            Some(Icount::Realtime),
+        ),
+    ];
+    for (label, icount) in modes {
+        let mut qemu = Qemu::new(&loader.image)
+            .dtb(&dtb)
+            .plugin(&plugin, &arguments)
+            .stop_at(HALT_TEXT)
+            .timeout(Duration::from_mins(2));
+        if let Some(mode) = icount {
+            qemu = qemu.icount(mode);
+        }
+        let run = qemu.run()?;
+        let count = run.instruction_count().with_context(|| {
+            format!(
+                "the plugin printed no count ({:?}); QEMU log:\n{}",
+                run.ending, run.qemu_log
+            )
+        })?;
+        println!("  {label:<40} {count:>10} instructions");
+    }
+    println!("  (icount realtime - work = instructions spent waiting on timers/devices)");
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run_checked(fmt, "cargo fmt --all --check")?;
+
+    let mut clippy_host = cargo();
+    clippy_host.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
+    run_checked(clippy_host, "cargo clippy (host crates)")?;
+
+    for features in [None, Some("qemu-test")] {
+        let mut clippy_loader = cargo();
+        clippy_loader.args([
+            "clippy",
+            "--package",
+            "zboot-loader",
+            "--target",
+            "aarch64-unknown-none",
+        ]);
+        clippy_loader.args(["--package", "hal-bcm2711", "--package", "recovery-proto"]);
+        if let Some(features) = features {
+            clippy_loader.args(["--features", &format!("zboot-loader/{features}")]);
+        }
+        clippy_loader.args(["--", "-D", "warnings"]);
+        run_checked(clippy_loader, "cargo clippy (aarch64-unknown-none)")?;
+    }
+
+    let mut loader = cargo();
+    loader.args(["build", "--release", "--package", "zboot-loader"]);
+    loader.args(["--target", "aarch64-unknown-none"]);
+    run_checked(loader, "loader build for aarch64-unknown-none")?;
+
+    test(&[])
+}

@@ -1,0 +1,272 @@
+//! `zbctl`: the slot-state commands Linux user space (and a host with a disk image) runs.
+//!
+//! Every command finds the two state sectors (see `recovery_proto::locate`), reads both copies,
+//! applies a pure edit from `recovery_proto::ops`, and writes one sector (the older copy) with
+//! `fdatasync` — or nothing when the state did not change. Only `init-state` touches the file
+//! system, to create the preallocated state file.
+
+pub mod disk;
+pub mod init;
+pub mod status;
+pub mod target;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use recovery_proto::{Slot, State};
+
+pub use target::Target;
+
+/// zboot's CLI for Linux user space and hosts.
+#[derive(Debug, Parser)]
+#[command(name = "zbctl", version, about = "zboot slot state and boot control")]
+pub struct Cli {
+    /// Where the state is.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Exactly one of these names the state's location.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The mounted FAT boot partition (e.g. /boot/firmware).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub boot_dir: Option<PathBuf>,
+    /// A block device: the whole disk (e.g. /dev/mmcblk0) or its boot partition.
+    #[arg(long, global = true, value_name = "DEV")]
+    pub device: Option<PathBuf>,
+    /// A disk image file (MBR with a FAT boot partition).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// The one target given.
+    pub fn target(&self) -> Result<Target> {
+        match (&self.boot_dir, &self.device, &self.image) {
+            (Some(dir), None, None) => Ok(Target::BootDir(dir.clone())),
+            (None, Some(dev), None) => Ok(Target::Device(dev.clone())),
+            (None, None, Some(img)) => Ok(Target::Image(img.clone())),
+            (None, None, None) => bail!(
+                "say where the slot state is: --boot-dir /boot/firmware, --device /dev/mmcblk0 or --image disk.img"
+            ),
+            _ => bail!("give only one of --boot-dir, --device and --image"),
+        }
+    }
+}
+
+/// A slot name on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlotArg {
+    /// Slot A.
+    #[value(name = "A", alias = "a")]
+    A,
+    /// Slot B.
+    #[value(name = "B", alias = "b")]
+    B,
+    /// The SAFE slot.
+    #[value(name = "SAFE", alias = "safe")]
+    Safe,
+}
+
+impl From<SlotArg> for Slot {
+    fn from(value: SlotArg) -> Self {
+        match value {
+            SlotArg::A => Slot::A,
+            SlotArg::B => Slot::B,
+            SlotArg::Safe => Slot::Safe,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show slots, counters, policy and the boot history (why the unit is where it is).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm the running boot: clear its slot's failure counter.
+    MarkGood {
+        /// The running slot, checked against the state (default: `zboot.slot=` from
+        /// /proc/cmdline when working on the running system).
+        #[arg(long, value_enum)]
+        slot: Option<SlotArg>,
+    },
+    /// Make a slot ACTIVE (as a trial; the old ACTIVE becomes BACKUP).
+    SetActive {
+        /// A, B or SAFE.
+        #[arg(value_enum)]
+        slot: SlotArg,
+        /// Image version now in the slot (for anti-rollback and status).
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Boot a slot on the next boot only (like the Pi firmware's tryboot).
+    Try {
+        /// A, B or SAFE.
+        #[arg(value_enum)]
+        slot: SlotArg,
+        /// Image version now in the slot.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Enter USB recovery on the next boot.
+    RequestRecovery {
+        /// Withdraw the request instead.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Create the preallocated state file and write a fresh state to both copies.
+    InitState(init::InitArgs),
+    /// Check a `zbmanifest.txt`: print its settings, warn about unknown keys, fail on bad lines.
+    CheckManifest {
+        /// The manifest file.
+        file: PathBuf,
+    },
+}
+
+/// Runs a command, printing to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    if let Command::CheckManifest { file } = &cli.command {
+        return check_manifest(file, out);
+    }
+    let target = cli.target.target()?;
+    match &cli.command {
+        Command::CheckManifest { .. } => Ok(()),
+        Command::InitState(args) => init::init_state(&target, args, out),
+        Command::Status { json } => {
+            let mut opened = target::open(&target)?;
+            let (state, _, report) = target::load(&mut opened)?;
+            let view = status::to_json(&state, &report, opened.lbas, &opened.description);
+            if *json {
+                serde_json::to_writer_pretty(&mut *out, &view)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", status::to_text(&view))?;
+            }
+            Ok(())
+        }
+        Command::MarkGood { slot } => {
+            let running = match slot {
+                Some(slot) => Some(Slot::from(*slot)),
+                None if !matches!(target, Target::Image(_)) => running_slot_from_cmdline(),
+                None => None,
+            };
+            edit(&target, out, |state| {
+                let slot = state.mark_good(running).context("mark-good refused")?;
+                Ok(format!("slot {slot} confirmed good"))
+            })
+        }
+        Command::SetActive { slot, version } => edit(&target, out, |state| {
+            state.set_active(Slot::from(*slot), *version);
+            Ok(format!(
+                "slot {} is ACTIVE ({}), BACKUP is {}",
+                state.active,
+                state.slot(state.active).state,
+                state.backup
+            ))
+        }),
+        Command::Try { slot, version } => edit(&target, out, |state| {
+            state.try_once(Slot::from(*slot), *version);
+            Ok(format!(
+                "slot {} will be tried on the next boot only",
+                Slot::from(*slot)
+            ))
+        }),
+        Command::RequestRecovery { cancel } => edit(&target, out, |state| {
+            state.request_recovery(!cancel);
+            Ok(if *cancel {
+                "recovery request withdrawn".to_string()
+            } else {
+                "RECOVERY requested for the next boot".to_string()
+            })
+        }),
+    }
+}
+
+/// Reads the state, applies `change`, writes one sector if anything changed.
+fn edit(
+    target: &Target,
+    out: &mut dyn Write,
+    change: impl FnOnce(&mut State) -> Result<String>,
+) -> Result<()> {
+    let mut opened = target::open(target)?;
+    let (old, mut store, _) = target::load(&mut opened)?;
+    let mut new = old;
+    let message = change(&mut new)?;
+    match store
+        .save_if_changed(&mut opened.disk, &old, &new)
+        .with_context(|| format!("writing the slot state to {}", opened.description))?
+    {
+        Some(saved) => writeln!(
+            out,
+            "{message}; wrote copy {} (LBA {}, sequence {})",
+            saved.copy, saved.lba, saved.sequence
+        )?,
+        None => writeln!(out, "{message}; state unchanged, nothing written")?,
+    }
+    Ok(())
+}
+
+/// `check-manifest`: parse with the loader's own parser.
+fn check_manifest(file: &std::path::Path, out: &mut dyn Write) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let manifest = recovery_proto::manifest::Manifest::parse(&bytes)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+    for warning in &manifest.warnings {
+        writeln!(out, "warning: {}: {warning}", file.display())?;
+    }
+    if manifest.warnings_dropped > 0 {
+        writeln!(
+            out,
+            "warning: {} more unknown keys",
+            manifest.warnings_dropped
+        )?;
+    }
+    let key = manifest.public_key.map(|k| status::hex(&k));
+    writeln!(out, "{}: ok", file.display())?;
+    for (name, value) in [
+        ("root_a", manifest.root_a.map(str::to_string)),
+        ("root_b", manifest.root_b.map(str::to_string)),
+        ("safe_root", manifest.safe_root.map(str::to_string)),
+        (
+            "max_boot_failure",
+            manifest.max_boot_failure.map(|v| v.to_string()),
+        ),
+        (
+            "count_power_loss",
+            manifest.count_power_loss.map(|v| v.to_string()),
+        ),
+        (
+            "watchdog_timeout",
+            manifest.watchdog_timeout.map(|v| v.to_string()),
+        ),
+        (
+            "recovery_image",
+            manifest.recovery_image.map(str::to_string),
+        ),
+        ("public_key", key),
+    ] {
+        if let Some(value) = value {
+            writeln!(out, "  {name} = {value}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `zboot.slot=` from the kernel command line, if present.
+fn running_slot_from_cmdline() -> Option<Slot> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("zboot.slot="))
+        .and_then(Slot::from_name)
+}
