@@ -216,7 +216,8 @@ impl Qemu {
                 spec.push(',');
                 spec.push_str(arguments);
             }
-            command.arg("-plugin").arg(spec);
+            // Plugin output goes through QEMU's log, enabled by `-d plugin`.
+            command.arg("-plugin").arg(spec).args(["-d", "plugin"]);
         }
         command.arg("-chardev").arg(format!(
             "socket,id=qmp,path={},server=on,wait=on",

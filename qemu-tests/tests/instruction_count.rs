@@ -1,0 +1,36 @@
+//! The benchmark's instruction counter works on the loader it measures.
+
+use zboot_qemu_tests::{
+    Ending, Icount, LoaderBuild, LoaderImage, Qemu, insn_count_plugin, minimal_dtb,
+};
+
+#[test]
+fn plugin_counts_vcpu0_instructions_from_entry_to_the_marker() {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
+    let plugin = insn_count_plugin().expect("building the plugin");
+    let start = loader.symbol("_start").unwrap();
+    let end = loader.symbol("zboot_bench_marker").unwrap();
+    assert_eq!(start, loader.load_address);
+    let count = |icount| {
+        let run = Qemu::new(&loader.image)
+            .dtb(&minimal_dtb().unwrap())
+            .plugin(&plugin, &format!("start=0x{start:x},end=0x{end:x}"))
+            .icount(icount)
+            .run()
+            .expect("running QEMU");
+        assert_eq!(run.ending, Ending::Exited(0), "console:\n{}", run.console);
+        run.instruction_count()
+            .unwrap_or_else(|| panic!("no count in:\n{}", run.qemu_log))
+    };
+    let work = count(Icount::Work);
+    // Start-up is tens of thousands of instructions; far less means the
+    // markers were missed, far more that counting ran on past them.
+    assert!(
+        (10_000..2_000_000).contains(&work),
+        "implausible count {work}"
+    );
+    // Under -icount the same binary does the same work: the count repeats.
+    assert_eq!(count(Icount::Work), work, "icount work counts are exact");
+    // With 1 insn = 1 ns, busy-waits cost instructions too: never fewer.
+    assert!(count(Icount::Realtime) >= work);
+}
