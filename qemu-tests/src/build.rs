@@ -30,6 +30,9 @@ pub enum LoaderBuild {
     /// The product plus the `qemu-test` feature: semihosting exit codes and
     /// `zboot.test=` hooks read from the DTB command line.
     QemuTest,
+    /// Not a loader: the tests' stand-in for Linux (`qemu-tests/test-kernel`),
+    /// an arm64 Image that reports what zboot handed it and resets.
+    TestKernel,
 }
 
 impl LoaderBuild {
@@ -37,6 +40,15 @@ impl LoaderBuild {
         match self {
             Self::Release => "release",
             Self::QemuTest => "qemu-test",
+            Self::TestKernel => "test-kernel",
+        }
+    }
+
+    /// Cargo package and binary name.
+    fn package_and_binary(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Release | Self::QemuTest => ("zboot-loader", "zboot"),
+            Self::TestKernel => ("zboot-test-kernel", "test-kernel"),
         }
     }
 }
@@ -91,7 +103,12 @@ impl LoaderImage {
         let mut command = Command::new(cargo);
         command
             .current_dir(&root)
-            .args(["build", "--release", "--package", "zboot-loader"])
+            .args([
+                "build",
+                "--release",
+                "--package",
+                build.package_and_binary().0,
+            ])
             .args(["--target", "aarch64-unknown-none"])
             .arg("--target-dir")
             .arg(&target_dir)

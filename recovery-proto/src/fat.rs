@@ -165,6 +165,24 @@ pub struct Extent {
     pub size: u32,
 }
 
+/// Sectors of a file that lie next to each other on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SectorRun {
+    /// Device LBA of the run's first sector.
+    pub lba: u64,
+    /// Length in sectors.
+    pub sectors: u64,
+}
+
+/// Why [`FatVolume::for_each_run`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunError<E, S> {
+    /// The chain or the device failed.
+    Fat(FatError<E>),
+    /// The sink refused a run.
+    Sink(S),
+}
+
 /// A FAT16/FAT32 volume starting at `base_lba` of a block device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FatVolume {
@@ -500,6 +518,106 @@ impl FatVolume {
             first_cluster: entry.first_cluster,
             clusters: expected,
             size: entry.size,
+        })
+    }
+
+    /// Walks the cluster chain of a file of `size` bytes starting at `first_cluster` and hands
+    /// `sink` each maximal run of physically contiguous sectors, in file order, the last run
+    /// trimmed to the sectors `size` needs. This is what fast file loading is built on: one
+    /// multi-block read per run instead of one read per sector.
+    ///
+    /// FAT sectors are cached across consecutive entries, so a contiguous file costs one FAT
+    /// read per 128 (FAT32) or 256 (FAT16) clusters. The walk is bounded by the size: a chain
+    /// that loops, ends early, runs past the size or leaves the volume is an error. Returns the
+    /// number of FAT sectors read.
+    pub fn for_each_run<D: BlockDevice, S>(
+        &self,
+        device: &mut D,
+        first_cluster: u32,
+        size: u32,
+        mut sink: impl FnMut(&mut D, SectorRun) -> Result<(), S>,
+    ) -> Result<u32, RunError<D::Error, S>> {
+        if size == 0 {
+            return Ok(0);
+        }
+        let expected = size.div_ceil(self.cluster_bytes());
+        let mut sectors_left = u64::from(size.div_ceil(BLOCK_SIZE as u32));
+        let per_cluster = u64::from(self.sectors_per_cluster);
+        let mut fat_cache: Option<(u64, Block)> = None;
+        let mut fat_reads = 0;
+        let mut cluster = first_cluster;
+        let mut run = SectorRun {
+            lba: self
+                .cluster_lba(cluster)
+                .ok_or(RunError::Fat(FatError::BadCluster { cluster }))?,
+            sectors: 0,
+        };
+        for walked in 1..=expected {
+            let lba = self
+                .cluster_lba(cluster)
+                .ok_or(RunError::Fat(FatError::BadCluster { cluster }))?;
+            let take = per_cluster.min(sectors_left);
+            if lba != run.lba + run.sectors {
+                sink(device, run).map_err(RunError::Sink)?;
+                run = SectorRun { lba, sectors: 0 };
+            }
+            run.sectors += take;
+            sectors_left -= take;
+
+            let next = self
+                .cached_fat_entry(device, cluster, &mut fat_cache, &mut fat_reads)
+                .map_err(RunError::Fat)?;
+            if walked == expected {
+                if !self.is_end_of_chain(next) {
+                    return Err(RunError::Fat(FatError::ChainTooLong { expected }));
+                }
+                break;
+            }
+            if self.is_end_of_chain(next) || !self.valid_cluster(next) {
+                return Err(RunError::Fat(FatError::ChainTooShort {
+                    clusters: walked,
+                    expected,
+                    value: next,
+                }));
+            }
+            cluster = next;
+        }
+        sink(device, run).map_err(RunError::Sink)?;
+        Ok(fat_reads)
+    }
+
+    fn cached_fat_entry<D: BlockDevice>(
+        &self,
+        device: &mut D,
+        cluster: u32,
+        cache: &mut Option<(u64, Block)>,
+        reads: &mut u32,
+    ) -> Result<u32, FatError<D::Error>> {
+        if !self.valid_cluster(cluster) {
+            return Err(FatError::BadCluster { cluster });
+        }
+        let width: u64 = if self.fat_type == FatType::Fat32 {
+            4
+        } else {
+            2
+        };
+        let offset = u64::from(cluster) * width;
+        let lba = self.base_lba + u64::from(self.reserved_sectors) + offset / BLOCK_SIZE as u64;
+        let within = (offset % BLOCK_SIZE as u64) as usize;
+        let sector = match cache {
+            Some((cached, sector)) if *cached == lba => sector,
+            _ => {
+                let mut sector = [0u8; BLOCK_SIZE];
+                device
+                    .read_block(lba, &mut sector)
+                    .map_err(FatError::Device)?;
+                *reads += 1;
+                &mut cache.insert((lba, sector)).1
+            }
+        };
+        Ok(match self.fat_type {
+            FatType::Fat32 => le32(sector, within) & 0x0FFF_FFFF,
+            FatType::Fat16 => u32::from(le16(sector, within)),
         })
     }
 

@@ -203,6 +203,7 @@ fn ci() -> Result<()> {
             "aarch64-unknown-none",
         ]);
         clippy_loader.args(["--package", "hal-bcm2711", "--package", "recovery-proto"]);
+        clippy_loader.args(["--package", "zboot-test-kernel"]);
         if let Some(features) = features {
             clippy_loader.args(["--features", &format!("zboot-loader/{features}")]);
         }
