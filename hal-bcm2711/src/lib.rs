@@ -18,6 +18,7 @@
 //! - [`mailbox`]: the VideoCore property channel.
 //! - [`cache`]: data-cache maintenance for buffers shared with bus masters.
 //! - [`pm`]: the PM watchdog, chip reset and reset status.
+//! - [`emmc2`]: the EMMC2 SDHCI: SD/eMMC card init, PIO block reads and writes.
 //!
 //! The crate is `no_std`; on the host it builds with `std` for its unit
 //! tests, which cover the pure parts (divisors, tick conversions, the
@@ -27,6 +28,7 @@
 
 pub mod board_revision;
 pub mod cache;
+pub mod emmc2;
 pub mod generic_timer;
 pub mod gpio;
 pub mod mailbox;

@@ -4,6 +4,8 @@ use hal_bcm2711::board_revision::BoardRevision;
 use hal_bcm2711::generic_timer;
 use hal_bcm2711::mailbox::{ClockId, Mailbox};
 use hal_bcm2711::pl011;
+use hal_bcm2711::pm::Watchdog;
+use recovery_proto::manifest::Manifest;
 
 use crate::arch::{self, BootInfo, Peripherals};
 use crate::dtb::DeviceTree;
@@ -100,5 +102,31 @@ pub fn report_device_tree(device_tree: &DeviceTree) {
             "no usable device tree at 0x{:x}: {problem}; continuing without one",
             device_tree.address()
         ),
+    }
+}
+
+/// The top of the ARM's low RAM as the firmware reports it (QEMU: 960 MiB),
+/// or a conservative 512 MiB if the mailbox does not answer.
+pub fn ram_top(mailbox: &mut Mailbox) -> usize {
+    const FALLBACK: usize = 512 << 20;
+    match mailbox.arm_memory() {
+        Ok(memory) => (memory.base as usize).saturating_add(memory.size as usize),
+        Err(error) => {
+            log::warn!("ARM memory unknown ({error}); assuming 0x{FALLBACK:x}");
+            FALLBACK
+        }
+    }
+}
+
+/// Arms the PM watchdog when `zbmanifest.txt` asks for a hang guard
+/// (`watchdog_timeout=<seconds>`): a kernel that hangs before user space
+/// takes the watchdog over resets the board, and the boot counts as failed.
+pub fn arm_hang_guard(watchdog: &Watchdog, manifest: &Manifest<'_>) {
+    let Some(seconds) = manifest.watchdog_timeout else {
+        return;
+    };
+    match watchdog.arm(core::time::Duration::from_secs(u64::from(seconds))) {
+        Ok(()) => log::info!("hang guard: watchdog armed for {seconds} s"),
+        Err(error) => log::warn!("hang guard not armed: {error}"),
     }
 }

@@ -28,6 +28,8 @@ pub enum DtbProblem {
     BadSize { total_size: usize },
     /// dtoolkit rejected the blob's structure.
     Invalid(dtoolkit::error::FdtParseError),
+    /// zboot's copy area was already in use.
+    NoRoom,
 }
 
 impl fmt::Display for DtbProblem {
@@ -43,11 +45,12 @@ impl fmt::Display for DtbProblem {
                 "header totalsize {total_size} is outside {FDT_HEADER_SIZE}..={FDT_MAX_SIZE} bytes"
             ),
             Self::Invalid(error) => write!(f, "malformed device tree: {error}"),
+            Self::NoRoom => write!(f, "no room to keep a copy"),
         }
     }
 }
 
-/// The boot loader's device tree, or why there is none.
+/// The boot loader's device tree (zboot's own copy of it), or why there is none.
 #[derive(Debug)]
 pub struct DeviceTree {
     address: usize,
@@ -55,19 +58,27 @@ pub struct DeviceTree {
 }
 
 impl DeviceTree {
-    /// Looks for a DTB at `address` (x0 at entry) and validates it whole.
-    pub fn from_boot_loader(address: usize) -> Self {
+    /// Validates the DTB at `address` (x0 at entry) and copies it into
+    /// `buffer`, zboot's own memory: the original may lie where the kernel
+    /// is loaded later.
+    pub fn from_boot_loader(address: usize, buffer: &'static mut [u8]) -> Self {
         Self {
             address,
-            fdt: Self::parse(address),
+            fdt: Self::copy_and_parse(address, buffer),
         }
     }
 
-    fn parse(address: usize) -> Result<Fdt<'static>, DtbProblem> {
+    fn copy_and_parse(
+        address: usize,
+        buffer: &'static mut [u8],
+    ) -> Result<Fdt<'static>, DtbProblem> {
         if !address.is_multiple_of(8) {
             return Err(DtbProblem::Misaligned);
         }
-        let header = arch::boot_data(address, FDT_HEADER_SIZE).ok_or(DtbProblem::OutsideRam)?;
+        let mut header = [0u8; FDT_HEADER_SIZE];
+        if !arch::read_boot_data(address, &mut header) {
+            return Err(DtbProblem::OutsideRam);
+        }
         let word = |offset: usize| {
             header
                 .get(offset..offset + 4)
@@ -79,11 +90,23 @@ impl DeviceTree {
             return Err(DtbProblem::BadMagic { found: magic });
         }
         let total_size = word(4) as usize;
-        if !(FDT_HEADER_SIZE..=FDT_MAX_SIZE).contains(&total_size) {
+        if !(FDT_HEADER_SIZE..=FDT_MAX_SIZE.min(buffer.len())).contains(&total_size) {
             return Err(DtbProblem::BadSize { total_size });
         }
-        let blob = arch::boot_data(address, total_size).ok_or(DtbProblem::OutsideRam)?;
-        Fdt::new(blob).map_err(DtbProblem::Invalid)
+        let copy = &mut buffer[..total_size];
+        if !arch::read_boot_data(address, copy) {
+            return Err(DtbProblem::OutsideRam);
+        }
+        let copy: &'static [u8] = copy;
+        Fdt::new(copy).map_err(DtbProblem::Invalid)
+    }
+
+    /// A tree that could not be had at all (no buffer for the copy).
+    pub fn unavailable(address: usize, problem: DtbProblem) -> Self {
+        Self {
+            address,
+            fdt: Err(problem),
+        }
     }
 
     /// The address the boot loader passed.

@@ -11,14 +11,24 @@
 #[allow(unsafe_code)]
 mod arch;
 mod board;
+mod boot_partition;
 mod console;
 mod dtb;
+mod handoff;
+mod layout;
+mod medium;
 mod panic;
+mod selection;
+mod slot_files;
+mod storage;
 #[cfg(feature = "qemu-test")]
 mod test_hooks;
 
 use arch::BootInfo;
 use hal_bcm2711::gpio::ActLed;
+use recovery_proto::Decision;
+
+use crate::dtb::{DeviceTree, DtbProblem};
 
 /// The boot flow, entered by `arch` with the MMU and caches on.
 fn main(boot: BootInfo) -> ! {
@@ -31,8 +41,11 @@ fn main(boot: BootInfo) -> ! {
     // stopped in zboot, not in the firmware or the kernel.
     ActLed::new(&peripherals.gpio).on();
 
-    // 2. Who and where we are: the banner.
-    let device_tree = dtb::DeviceTree::from_boot_loader(boot.dtb_address);
+    // 2. Who and where we are; keep a copy of the boot loader's DTB.
+    let device_tree = match arch::take_firmware_dtb_region() {
+        Some(buffer) => DeviceTree::from_boot_loader(boot.dtb_address, buffer),
+        None => DeviceTree::unavailable(boot.dtb_address, DtbProblem::NoRoom),
+    };
     board::print_banner(&boot, &mut peripherals, &device_tree);
 
     #[cfg(feature = "qemu-test")]
@@ -40,17 +53,84 @@ fn main(boot: BootInfo) -> ! {
 
     arch::zboot_bench_marker();
 
-    // The storage path (EMMC2, slot state, kernel hand-off) comes next; until
-    // it exists this build has nothing to boot and says so.
-    log::warn!("no boot medium support in this build: halting");
-    finish()
+    // 3. The boot medium: EMMC2, its partitions and the FAT boot partition.
+    let Some(disk) = medium::open_disk(&mut peripherals) else {
+        nothing_to_boot("no usable boot medium");
+    };
+    let Some(medium) = medium::Medium::open(&disk) else {
+        nothing_to_boot("the boot medium has no usable boot partition");
+    };
+
+    // 4. Slot state and policy; the decision is persisted before loading.
+    let mut manifest_buffer = [0u8; medium::MANIFEST_LIMIT];
+    let manifest = medium.manifest(&mut manifest_buffer);
+    let reset = selection::reset_reason(peripherals.watchdog.reset_reason());
+    let mut selector = selection::Selector::new(&disk, medium.state_lbas(), &manifest, reset);
+    let Some(mut area) = layout::LoadArea::take(board::ram_top(&mut peripherals.mailbox)) else {
+        nothing_to_boot("no RAM to load a kernel into");
+    };
+
+    // 5. Load and verify the chosen slot; a slot that fails falls back at once.
+    loop {
+        let outcome = selector.decide();
+        let slot = match outcome.decision {
+            Decision::Boot(slot) => slot,
+            Decision::Recovery => nothing_to_boot("every slot is exhausted: RECOVERY"),
+        };
+        let attempt = outcome.reason.attempt().unwrap_or(1);
+        let loaded = match slot_files::load(
+            medium.partition(),
+            slot,
+            &mut area,
+            selector.state().min_version,
+        ) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                log::error!("{error}; falling back");
+                selector.slot_failed(slot);
+                continue;
+            }
+        };
+        medium::report_load(&disk, slot, &loaded);
+
+        // 6. The command line and the device tree.
+        let mut line_buffer = [0u8; recovery_proto::cmdline::COMMAND_LINE_SIZE];
+        let bootargs = match medium.bootargs(slot, attempt, &manifest, &loaded, &mut line_buffer) {
+            Ok(line) => line,
+            Err(error) => {
+                log::error!("slot {slot}: {error}; falling back");
+                selector.slot_failed(slot);
+                continue;
+            }
+        };
+        log::info!("slot {slot}: command line: {bootargs}");
+        let dtb = match handoff::prepare_device_tree(
+            &mut area,
+            &loaded,
+            device_tree.fdt().ok(),
+            bootargs,
+        ) {
+            Ok(address) => address,
+            Err(error) => {
+                log::error!("slot {slot}: device tree: {error}; falling back");
+                selector.slot_failed(slot);
+                continue;
+            }
+        };
+
+        // 7. The optional hang guard, then 8. the hand-off.
+        board::arm_hang_guard(&peripherals.watchdog, &manifest);
+        handoff::jump(&loaded, dtb, boot.running_level);
+    }
 }
 
-/// Ends a run that has nothing left to do: test builds exit QEMU with
-/// success, real boards wait (a reset would only loop).
-fn finish() -> ! {
+/// Nothing can be booted: say why and wait. (USB recovery will take over
+/// here; until then a real board waits and test builds end the QEMU run.)
+fn nothing_to_boot(why: &str) -> ! {
+    log::error!("{why}; waiting (USB recovery is not in this build)");
+    console::flush();
     #[cfg(feature = "qemu-test")]
-    arch::qemu_exit(0);
+    arch::qemu_exit(3);
     #[cfg(not(feature = "qemu-test"))]
     arch::halt()
 }

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
 
+/// The test build's exit status when it has nothing to boot (no card here).
+const NOTHING_TO_BOOT: i32 = 3;
+
 fn test_loader() -> LoaderImage {
     LoaderImage::get(LoaderBuild::QemuTest).expect("building the qemu-test loader")
 }
@@ -55,8 +58,12 @@ fn banner_reports_version_level_board_memory_and_model() {
     let run = boot(None);
     assert_eq!(
         run.ending,
-        Ending::Exited(0),
-        "the test build exits 0 after the banner"
+        Ending::Exited(NOTHING_TO_BOOT),
+        "no card: nothing to boot"
+    );
+    assert!(
+        run.console_has("no usable boot medium; waiting"),
+        "says why it waits"
     );
     let version = env!("CARGO_PKG_VERSION");
     assert!(
@@ -102,7 +109,7 @@ fn banner_reports_version_level_board_memory_and_model() {
 fn missing_device_tree_is_reported_and_boot_continues() {
     // Without -dtb QEMU passes an ATAG list in x0.
     let run = boot_with_dtb(None);
-    assert_eq!(run.ending, Ending::Exited(0));
+    assert_eq!(run.ending, Ending::Exited(NOTHING_TO_BOOT));
     assert!(
         run.console_has("no usable device tree at 0x"),
         "warning names the address"
@@ -135,7 +142,7 @@ fn device_tree_with_a_bad_size_is_rejected() {
         bytes[4..8].copy_from_slice(&0x0100_0000_u32.to_be_bytes());
     });
     let run = boot_with_blob(&dtb);
-    assert_eq!(run.ending, Ending::Exited(0));
+    assert_eq!(run.ending, Ending::Exited(NOTHING_TO_BOOT));
     assert!(
         run.console_has(
             "no usable device tree at 0x10000000: header totalsize 16777216 is outside"
@@ -153,7 +160,7 @@ fn device_tree_with_a_corrupt_structure_is_rejected() {
         bytes[offset..offset + 4].copy_from_slice(&0x0000_0077_u32.to_be_bytes());
     });
     let run = boot_with_blob(&dtb);
-    assert_eq!(run.ending, Ending::Exited(0));
+    assert_eq!(run.ending, Ending::Exited(NOTHING_TO_BOOT));
     assert!(
         run.console_has("no usable device tree at 0x10000000: malformed device tree"),
         "names the address and the problem"
@@ -166,7 +173,7 @@ fn device_tree_blob_check_accepts_a_good_tree() {
     // unedited tree.
     let (_dir, dtb) = edited_dtb("good.dtb", |_| {});
     let run = boot_with_blob(&dtb);
-    assert_eq!(run.ending, Ending::Exited(0));
+    assert_eq!(run.ending, Ending::Exited(NOTHING_TO_BOOT));
     assert!(
         run.console_has("device tree: \"Raspberry Pi 4 Model B (zboot QEMU tree)\" at 0x10000000")
     );
@@ -219,7 +226,7 @@ fn unanswered_mailbox_times_out_and_boot_continues() {
     let run = boot(Some("zboot.test=mailbox-unanswered"));
     assert_eq!(
         run.ending,
-        Ending::Exited(0),
+        Ending::Exited(NOTHING_TO_BOOT),
         "the loader goes on after the timeout"
     );
     assert!(

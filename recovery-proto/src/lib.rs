@@ -19,15 +19,20 @@
 extern crate std;
 
 pub mod block;
+pub mod cmdline;
 pub mod decide;
 pub mod fat;
 #[cfg(test)]
 mod fault_injection;
+pub mod gzip;
+pub mod image;
+pub mod kernel_image;
 pub mod locate;
 pub mod manifest;
 pub mod ops;
 pub mod partition;
 pub mod slot;
+pub mod slot_manifest;
 pub mod state;
 pub mod store;
 

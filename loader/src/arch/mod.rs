@@ -101,9 +101,6 @@ pub extern "C" fn zboot_bench_marker() {
 /// off, expects to be entered this way, and never returns; everything it
 /// needs must already be in memory (this function cleans the caches, so data
 /// written before the call is visible to it).
-// Used by the kernel hand-off; until the storage path lands only the
-// `zboot.test=handoff` check calls it.
-#[cfg_attr(not(feature = "qemu-test"), allow(dead_code))]
 pub unsafe fn caches_off_and_jump(entry: usize, argument: usize, level: ExceptionLevel) -> ! {
     unsafe extern "C" {
         fn zboot_caches_off_and_jump(entry: usize, argument: usize, level: u64) -> !;
@@ -113,24 +110,112 @@ pub unsafe fn caches_off_and_jump(entry: usize, argument: usize, level: Exceptio
     unsafe { zboot_caches_off_and_jump(entry, argument, u64::from(level.number())) }
 }
 
+/// Hands the CPU to a kernel: MMU and caches off (cleaned to the PoC), then
+/// `entry` with x0 = `dtb_address`, x1–x3 = 0, at `level`.
+///
+/// Safe to call because nothing of zboot runs afterwards: whatever `entry`
+/// does, no Rust code observes it. The caller's duty is the boot protocol's:
+/// a verified image at `entry`, a valid DTB at `dtb_address`.
+pub fn enter_kernel(entry: usize, dtb_address: usize, level: ExceptionLevel) -> ! {
+    // SAFETY: `entry` is never returned from and zboot's state is not used
+    // again, so the jump cannot break any invariant zboot relies on; the
+    // routine itself uses no memory while the MMU goes off.
+    unsafe { caches_off_and_jump(entry, dtb_address, level) }
+}
+
 /// Whether the MMU and data cache are on at the running level.
 pub fn mmu_and_dcache_enabled(level: ExceptionLevel) -> (bool, bool) {
     let sctlr = sysreg::sctlr(level);
     (sctlr & 1 != 0, sctlr & (1 << 2) != 0)
 }
 
-/// Reads `len` bytes at physical address `address` if they lie in RAM that
-/// the identity map covers, for data handed over by the boot loader (the
-/// DTB).
-pub fn boot_data(address: usize, len: usize) -> Option<&'static [u8]> {
-    let end = address.checked_add(len)?;
-    if !mmu::is_normal_ram(address, end) {
+/// Copies `destination.len()` bytes from physical address `address` if
+/// they lie in RAM the identity map covers (data the boot loader left for us:
+/// the DTB). Returns false, copying nothing, otherwise. No reference to that
+/// memory outlives the call.
+pub fn read_boot_data(address: usize, destination: &mut [u8]) -> bool {
+    let Some(end) = address.checked_add(destination.len()) else {
+        return false;
+    };
+    let overlaps = |(start, stop): (usize, usize)| address < stop && start < end;
+    let image = (
+        core::ptr::addr_of!(linker::__image_start) as usize,
+        core::ptr::addr_of!(linker::__image_end) as usize,
+    );
+    let firmware_dtb = crate::layout::FIRMWARE_DTB;
+    let load_area = (crate::layout::LOAD_AREA_START, usize::MAX);
+    // SAFETY: single CPU, no interrupts; the flags are only written by take_region.
+    let (firmware_dtb_taken, load_area_taken) = unsafe {
+        (
+            (&raw const FIRMWARE_DTB_TAKEN).read_volatile(),
+            (&raw const LOAD_AREA_TAKEN).read_volatile(),
+        )
+    };
+    if !mmu::is_normal_ram(address, end)
+        || overlaps(image)
+        || (firmware_dtb_taken && overlaps(firmware_dtb))
+        || (load_area_taken && overlaps(load_area))
+    {
+        return false;
+    }
+    // SAFETY: the source range is identity-mapped Normal RAM (checked
+    // above) that no Rust reference covers: it is outside zboot's image
+    // (statics, stack) and outside every region handed out so far, and the
+    // destination is a distinct Rust object.
+    unsafe {
+        core::ptr::copy(
+            address as *const u8,
+            destination.as_mut_ptr(),
+            destination.len(),
+        );
+    }
+    true
+}
+
+/// Hands out a fixed RAM region outside zboot's image, once.
+fn take_region(taken: *mut bool, start: usize, end: usize) -> Option<&'static mut [u8]> {
+    let image_end = core::ptr::addr_of!(linker::__image_end) as usize;
+    // SAFETY: single CPU, no interrupts: the flag is only touched here.
+    if unsafe { taken.read_volatile() } || start < image_end || !mmu::is_normal_ram(start, end) {
         return None;
     }
-    // SAFETY: the range lies in RAM that is identity-mapped as Normal memory
-    // for the whole program; zboot never writes the boot loader's data, so
-    // a shared 'static view of it is sound.
-    Some(unsafe { core::slice::from_raw_parts(address as *const u8, len) })
+    // SAFETY: as above.
+    unsafe { taken.write_volatile(true) };
+    // SAFETY: [start, end) is identity-mapped Normal RAM above zboot's
+    // image (checked), handed out once (the flag), so this is the only
+    // reference to it for the rest of the program.
+    Some(unsafe { core::slice::from_raw_parts_mut(start as *mut u8, end - start) })
+}
+
+/// The 2 MiB region that holds zboot's copy of the boot loader's DTB
+/// ([`crate::layout::FIRMWARE_DTB`]); `None` on the second call.
+pub fn take_firmware_dtb_region() -> Option<&'static mut [u8]> {
+    let (start, end) = crate::layout::FIRMWARE_DTB;
+    take_region(&raw mut FIRMWARE_DTB_TAKEN, start, end)
+}
+
+static mut FIRMWARE_DTB_TAKEN: bool = false;
+static mut LOAD_AREA_TAKEN: bool = false;
+
+/// RAM from [`crate::layout::LOAD_AREA_START`] to `top`: where the kernel,
+/// initrd and final DTB are placed; `None` on the second call or if `top`
+/// is not mapped RAM.
+pub fn take_load_area(top: usize) -> Option<&'static mut [u8]> {
+    take_region(
+        &raw mut LOAD_AREA_TAKEN,
+        crate::layout::LOAD_AREA_START,
+        top,
+    )
+}
+
+mod linker {
+    //! Symbols the linker script defines.
+    unsafe extern "C" {
+        /// zboot's first byte (`linker/zboot.ld`).
+        pub static __image_start: u8;
+        /// The end of everything the loaded image uses: file, `.bss`, stack.
+        pub static __image_end: u8;
+    }
 }
 
 /// Exit QEMU (test builds run with `-semihosting`) with `code` as its status.

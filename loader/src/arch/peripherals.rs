@@ -1,5 +1,6 @@
 //! The one place where the loader creates its peripheral drivers.
 
+use hal_bcm2711::emmc2::Emmc2;
 use hal_bcm2711::gpio::Gpio;
 use hal_bcm2711::mailbox::Mailbox;
 use hal_bcm2711::memory_map;
@@ -14,6 +15,8 @@ pub struct Peripherals {
     pub mailbox: Mailbox,
     pub watchdog: Watchdog,
     pub gpio: Gpio,
+    /// Taken by the storage path.
+    pub emmc2: Option<Emmc2>,
 }
 
 static mut TAKEN: bool = false;
@@ -35,6 +38,7 @@ pub fn take_peripherals() -> Peripherals {
             mailbox: Mailbox::new(memory_map::MAILBOX),
             watchdog: Watchdog::new(memory_map::PM),
             gpio: Gpio::new(memory_map::GPIO),
+            emmc2: Some(Emmc2::new(memory_map::EMMC2)),
         }
     }
 }

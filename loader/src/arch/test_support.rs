@@ -2,7 +2,9 @@
 
 use core::fmt::Write;
 
+use hal_bcm2711::emmc2::Emmc2;
 use hal_bcm2711::mailbox::Mailbox;
+use hal_bcm2711::memory_map;
 
 use super::{ExceptionLevel, qemu_exit, write_raw};
 
@@ -29,6 +31,18 @@ pub fn unanswered_mailbox() -> Mailbox {
     // program's life; the driver only reads and writes 32-bit registers of
     // a block nothing else uses.
     unsafe { Mailbox::new(0xFE90_0000) }
+}
+
+/// The EMMC2 driver for the `emmc2` test hook.
+///
+/// Test builds only: the normal boot flow will own EMMC2 through its
+/// storage module; the hook runs before that and never at the same time.
+pub fn emmc2() -> Emmc2 {
+    // SAFETY: EMMC2 is the BCM2711 SDHCI at this address, in the
+    // Device-mapped peripheral window for the program's life; the test hook
+    // is the controller's only user while the returned driver lives (the
+    // boot flow has not touched EMMC2 when hooks run).
+    unsafe { Emmc2::new(memory_map::EMMC2) }
 }
 
 /// QEMU exit statuses of the hand-off check.
@@ -80,8 +94,7 @@ extern "C" fn check_after_hand_off(argument: usize) -> ! {
     let ok = !mmu && !dcache && intact && argument == PATTERN_ARGUMENT;
     // SAFETY: as in write_raw: the UART is mapped (and reachable with the
     // MMU off); only this CPU runs.
-    let mut uart =
-        unsafe { hal_bcm2711::pl011::Pl011Uart::new(hal_bcm2711::memory_map::PL011_UART0) };
+    let mut uart = unsafe { hal_bcm2711::pl011::Pl011Uart::new(memory_map::PL011_UART0) };
     let _ = write!(
         uart,
         "hand-off check: MMU {}, D-cache {}, pattern {}, argument 0x{argument:x}\r\n",
@@ -90,4 +103,18 @@ extern "C" fn check_after_hand_off(argument: usize) -> ! {
         if intact { "intact" } else { "CORRUPT" },
     );
     qemu_exit(if ok { EXIT_PASSED } else { EXIT_FAILED })
+}
+
+/// A second DTB copy area for the `dtb-at:` hook (the boot DTB's area is
+/// taken at start-up): 64 KiB of `.bss`, handed out once.
+pub fn dtb_scratch() -> &'static mut [u8] {
+    static mut SCRATCH: [u8; 64 * 1024] = [0; 64 * 1024];
+    static mut TAKEN: bool = false;
+    let taken = &raw mut TAKEN;
+    // SAFETY: single CPU; the flag is only touched here.
+    assert!(!unsafe { taken.read_volatile() }, "DTB scratch taken twice");
+    // SAFETY: as above.
+    unsafe { taken.write_volatile(true) };
+    // SAFETY: handed out once (the flag), so this is the only reference.
+    unsafe { &mut *core::ptr::addr_of_mut!(SCRATCH) }
 }

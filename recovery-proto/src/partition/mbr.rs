@@ -14,13 +14,13 @@ const TABLE_OFFSET: usize = 446;
 const ENTRY_SIZE: usize = 16;
 /// Protective MBR type of a GPT disk.
 const GPT_PROTECTIVE: u8 = 0xEE;
-/// Extended partition containers (CHS, LBA, Linux): not followed yet.
-const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
+/// Extended partition containers (CHS, LBA, Linux), followed by [`super::extended`].
+pub(crate) const EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 
-/// One primary partition.
+/// One partition: primary (1–4) or logical (5 and up, see [`super::extended`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MbrPartition {
-    /// 1–4.
+    /// Linux's number: 1–4 primary, 5 and up logical.
     pub number: u8,
     /// Type byte (0x0C = FAT32 LBA, 0x83 = Linux, ...).
     pub kind: u8,
@@ -48,8 +48,8 @@ impl MbrPartition {
         self.start_lba + self.sectors
     }
 
-    /// Whether this is an extended-partition container (its logical partitions are not
-    /// parsed yet).
+    /// Whether this is an extended-partition container (its logical partitions are read by
+    /// [`super::Partitions::read`]).
     pub fn is_extended(&self) -> bool {
         EXTENDED.contains(&self.kind)
     }

@@ -12,8 +12,8 @@ use zboot_qemu_tests::{
     workspace_root,
 };
 
-/// The last line a product build prints when it has nothing to boot.
-const HALT_TEXT: &str = "halting";
+/// What a product build prints when it has nothing to boot and waits.
+const HALT_TEXT: &str = "waiting (USB recovery";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "zboot developer tasks")]

@@ -1,0 +1,110 @@
+//! The hand-off to Linux: the device tree completed, then MMU and caches off and a jump.
+//!
+//! Linux `Documentation/arch/arm64/booting.rst`: x0 = the DTB's physical
+//! address, x1–x3 = 0, MMU off, D-cache off with the image cleaned to the
+//! PoC, interrupts masked, at EL2 (preferred) or EL1. The DTB's
+//! `/chosen/bootargs` carries the command line and `linux,initrd-start` /
+//! `linux,initrd-end` the initrd.
+
+use core::fmt;
+
+use dtoolkit::fdt::Fdt;
+use dtoolkit::fdt_mut::FdtMut;
+use dtoolkit::{Node, Property};
+
+use crate::arch::{self, ExceptionLevel};
+use crate::layout::{self, DoesNotFit, LoadArea};
+use crate::slot_files::LoadedSlot;
+
+/// Why the device tree for the kernel could not be made.
+#[derive(Debug)]
+pub enum DtbError {
+    /// Neither the slot nor the boot loader gave a usable device tree.
+    None,
+    /// The slot's `dtb.dtb` does not parse.
+    Invalid(dtoolkit::error::FdtParseError),
+    /// The tree has no `/chosen` node for the command line.
+    NoChosen,
+    /// The command line or initrd properties do not fit in the DTB's room.
+    NoRoom(dtoolkit::error::FdtMutError),
+    /// The DTB area is outside RAM.
+    Placement(DoesNotFit),
+}
+
+impl fmt::Display for DtbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => write!(
+                f,
+                "no device tree: the slot has no dtb.dtb and the boot loader passed none"
+            ),
+            Self::Invalid(error) => write!(f, "malformed device tree: {error}"),
+            Self::NoChosen => write!(f, "the device tree has no /chosen node"),
+            Self::NoRoom(error) => write!(f, "cannot edit /chosen: {error}"),
+            Self::Placement(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// Completes the DTB at [`layout::DTB_ADDRESS`]: the slot's own, or a copy
+/// of the boot loader's (`firmware`), with `bootargs` and the initrd range.
+/// Returns the DTB's address.
+pub fn prepare_device_tree(
+    area: &mut LoadArea,
+    slot: &LoadedSlot,
+    firmware: Option<Fdt<'static>>,
+    bootargs: &str,
+) -> Result<usize, DtbError> {
+    let region = area
+        .region("device tree", layout::DTB_ADDRESS, layout::DTB_CAPACITY)
+        .map_err(DtbError::Placement)?;
+    if slot.dtb_length.is_none() {
+        let source = firmware.ok_or(DtbError::None)?.data();
+        let Some(destination) = region.get_mut(..source.len()) else {
+            return Err(DtbError::Placement(DoesNotFit {
+                what: "device tree",
+                start: layout::DTB_ADDRESS,
+                length: source.len(),
+                limit: layout::DTB_ADDRESS + layout::DTB_CAPACITY,
+            }));
+        };
+        destination.copy_from_slice(source);
+    }
+    let mut fdt = FdtMut::from_slice(region).map_err(DtbError::Invalid)?;
+    let mut chosen = fdt.find_node_mut("/chosen").ok_or(DtbError::NoChosen)?;
+    chosen.remove_property("bootargs");
+    chosen
+        .add_property("bootargs", bootargs)
+        .map_err(DtbError::NoRoom)?;
+    chosen.remove_property("linux,initrd-start");
+    chosen.remove_property("linux,initrd-end");
+    if let Some((start, end)) = slot.initrd {
+        chosen
+            .add_property("linux,initrd-start", start as u64)
+            .map_err(DtbError::NoRoom)?;
+        chosen
+            .add_property("linux,initrd-end", end as u64)
+            .map_err(DtbError::NoRoom)?;
+    }
+    // Read back what the kernel will see.
+    let check = fdt.as_read_only();
+    let written = check.find_node("/chosen").and_then(|node| {
+        node.property("bootargs")
+            .and_then(|p| p.value_as::<&str>().ok())
+    });
+    if written != Some(bootargs) {
+        return Err(DtbError::NoChosen);
+    }
+    Ok(layout::DTB_ADDRESS)
+}
+
+/// Leaves zboot for the kernel. Nothing after this runs.
+pub fn jump(slot: &LoadedSlot, dtb_address: usize, level: ExceptionLevel) -> ! {
+    log::info!(
+        "handing off: kernel at 0x{:x}, DTB at 0x{dtb_address:x}, EL{}",
+        slot.kernel_entry,
+        level.number()
+    );
+    crate::console::flush();
+    arch::enter_kernel(slot.kernel_entry, dtb_address, level)
+}

@@ -1,0 +1,219 @@
+//! The EMMC2 SDHCI driver on QEMU raspi4b: SD card identification, PIO
+//! reads and writes in both addressing modes, and a boot without a card.
+//!
+//! The `zboot.test=emmc2` hook (loader/src/test_hooks.rs) initialises the
+//! card, prints FNV-1a checksums of LBA 0 (CMD17) and LBA 1..=16 (CMD18),
+//! writes a pattern to the last nine blocks (CMD24 + CMD25), reads it back,
+//! and checks that a read past the end is refused. The tests compare the
+//! checksums with the image's bytes and the image afterwards with what
+//! should be there. QEMU's `sd.c` makes cards up to 2 GiB SDSC (CSD 1.0,
+//! byte addressing) and bigger ones SDHC (CSD 2.0, block addressing); image
+//! sizes must be powers of two. QEMU emulates no eMMC on this bus, so the
+//! eMMC path is not covered here.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
+
+const BLOCK: u64 = 512;
+/// What the hook reads: LBA 0, then this many blocks from LBA 1.
+const READ_BLOCKS: u64 = 16;
+/// What the hook writes: the last nine blocks.
+const WRITTEN_BLOCKS: u64 = 9;
+
+/// The byte the hook writes at `index` of block `lba`
+/// (`emmc2_pattern_byte` in loader/src/test_hooks.rs).
+fn pattern_byte(lba: u64, index: usize) -> u8 {
+    (lba as u8)
+        .wrapping_mul(37)
+        .wrapping_add((index as u8).wrapping_mul(11))
+        ^ ((index >> 8) as u8)
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Distinct, non-repeating bytes for the image's first blocks (xorshift64).
+fn head_bytes(length: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A sparse card image of `size` bytes whose first 1 + READ_BLOCKS blocks
+/// hold [`head_bytes`]; returns its directory, path and those bytes.
+fn card_image(size: u64) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("card.img");
+    let head = head_bytes(((1 + READ_BLOCKS) * BLOCK) as usize);
+    let mut file = File::create(&path).expect("creating the image");
+    file.set_len(size).expect("sizing the image");
+    file.write_all(&head).expect("writing the image head");
+    (dir, path, head)
+}
+
+fn read_at(path: &Path, offset: u64, length: u64) -> Vec<u8> {
+    let mut file = File::open(path).expect("opening the image");
+    file.seek(SeekFrom::Start(offset)).expect("seeking");
+    let mut bytes = vec![0; length as usize];
+    file.read_exact(&mut bytes).expect("reading the image");
+    bytes
+}
+
+fn run_hook(card: Option<&Path>) -> Run {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the qemu-test loader");
+    let mut qemu = Qemu::new(&loader.image)
+        .dtb(&minimal_dtb().expect("compiling the DTB"))
+        .append("zboot.test=emmc2");
+    if let Some(card) = card {
+        qemu = qemu.emmc(card);
+    }
+    let run = qemu.run().expect("running QEMU");
+    println!(
+        "--- console ({:?}, {:.1} s) ---\n{}",
+        run.ending,
+        run.wall_time.as_secs_f64(),
+        run.console
+    );
+    println!("--- QEMU log ---\n{}", run.qemu_log);
+    run
+}
+
+/// The run ended by itself after the hook (the test build exits through
+/// semihosting; 3 is "nothing to boot", which a card without partitions
+/// is), not by a hang, a reset or a crash.
+fn assert_ran_to_the_end(run: &Run) {
+    assert!(
+        matches!(run.ending, Ending::Exited(0 | 3)),
+        "the loader went on after the hook and exited: {:?}",
+        run.ending
+    );
+    assert!(!run.console_has("panicked"), "no panic");
+}
+
+/// Boots with a card of `size` bytes and checks console and image.
+fn exercise_card(size: u64, card_type: &str, addressing: &str) {
+    let (_dir, path, head) = card_image(size);
+    let run = run_hook(Some(&path));
+    assert_ran_to_the_end(&run);
+
+    // QEMU's EMMC2 with a card: inserted, stable, lines high, idle.
+    assert!(
+        run.console_has("emmc2: present state 0x01ff0000, SDHCI specification version 2"),
+        "card present on EMMC2 (0xfe340000), SDHCI v3.00"
+    );
+    let blocks = size / BLOCK;
+    let description = format!("emmc2: {card_type} card \"QEMU!\"");
+    assert!(run.console_has(&description), "card type: {description}");
+    assert!(
+        run.console_has(&format!(
+            "{blocks} blocks ({} MiB), {addressing} addressing, 4-bit bus",
+            size >> 20
+        )),
+        "capacity and bus"
+    );
+    let first = fnv1a64(&head[..BLOCK as usize]);
+    assert!(
+        run.console_has(&format!("emmc2: LBA 0 fnv1a64 0x{first:016x}")),
+        "LBA 0 read correctly (CMD17)"
+    );
+    let range = fnv1a64(&head[BLOCK as usize..]);
+    assert!(
+        run.console_has(&format!(
+            "emmc2: LBA 1+{READ_BLOCKS} fnv1a64 0x{range:016x}"
+        )),
+        "LBA 1..=16 read correctly (CMD18 + Auto CMD12)"
+    );
+    let written_lba = blocks - WRITTEN_BLOCKS;
+    assert!(
+        run.console_has(&format!(
+            "emmc2: wrote LBA {written_lba}+{WRITTEN_BLOCKS}, read back: verified"
+        )),
+        "write (CMD24 + CMD25) read back"
+    );
+    assert!(
+        run.console_has("emmc2: read past the end refused: EMMC2: blocks"),
+        "out-of-range read refused"
+    );
+    assert!(run.console_has("emmc2: commands issued "), "command count");
+    assert!(
+        run.console_has("transfer retries 0"),
+        "no retries on a healthy card"
+    );
+
+    // The image: the pattern at the written blocks ...
+    let tail = read_at(&path, written_lba * BLOCK, WRITTEN_BLOCKS * BLOCK);
+    let expected: Vec<u8> = (0..(WRITTEN_BLOCKS * BLOCK) as usize)
+        .map(|offset| {
+            pattern_byte(
+                written_lba + (offset as u64) / BLOCK,
+                offset % BLOCK as usize,
+            )
+        })
+        .collect();
+    assert!(
+        tail == expected,
+        "the pattern is in the last {WRITTEN_BLOCKS} blocks"
+    );
+    // ... the head untouched, and the size unchanged ...
+    assert_eq!(read_at(&path, 0, head.len() as u64), head, "head unchanged");
+    assert_eq!(
+        std::fs::metadata(&path).expect("metadata").len(),
+        size,
+        "size unchanged"
+    );
+    // ... and nothing else written: the rest still reads as zeros, checked
+    // in full for small images and through the file's allocation (sparse:
+    // any write allocates) for big ones.
+    if size <= 256 << 20 {
+        let middle_start = head.len() as u64;
+        let middle = read_at(&path, middle_start, written_lba * BLOCK - middle_start);
+        assert!(middle.iter().all(|&byte| byte == 0), "nothing else written");
+    } else {
+        let allocated = std::fs::metadata(&path).expect("metadata").blocks() * 512;
+        assert!(
+            allocated <= 1 << 20,
+            "nothing else written: {allocated} bytes allocated in the sparse image"
+        );
+        let before = read_at(&path, written_lba * BLOCK - (1 << 20), 1 << 20);
+        assert!(
+            before.iter().all(|&byte| byte == 0),
+            "blocks before the pattern untouched"
+        );
+    }
+}
+
+#[test]
+fn sdsc_card_byte_addressing() {
+    // 64 MiB: SDSC (CSD 1.0), byte addresses in CMD17/18/24/25.
+    exercise_card(64 << 20, "SDSC", "byte");
+}
+
+#[test]
+fn sdhc_card_block_addressing() {
+    // 4 GiB (sparse): SDHC (CSD 2.0, OCR CCS), block addresses.
+    exercise_card(4 << 30, "SDHC/SDXC", "block");
+}
+
+#[test]
+fn no_card_is_reported_and_the_boot_goes_on() {
+    let run = run_hook(None);
+    assert_ran_to_the_end(&run);
+    assert!(
+        run.console_has("emmc2: init failed: EMMC2: no card"),
+        "a clear no-card message"
+    );
+    assert!(!run.console_has("emmc2: LBA 0"), "nothing read");
+}

@@ -1,0 +1,367 @@
+//! The kernel command line handed to Linux: the slot's `cmdline.txt` with zboot's own tokens.
+//!
+//! From the slot's `cmdline.txt` every `root=`, `zboot.slot=` and `zboot.attempt=` is removed,
+//! then `root=PARTUUID=<id> zboot.slot=<A|B|SAFE> zboot.attempt=<n>` is appended (and
+//! `panic=<s>` when the hang guard asks for it and the line has no `panic=`). Words are split
+//! the way Linux's `next_arg()` (`lib/cmdline.c`) splits them: at spaces and tabs outside
+//! double quotes, so `foo="a root=b"` is one word and keeps its quoted text. Everything after a
+//! lone `--` belongs to init (Linux `init/main.c`), so zboot's words go before it and words
+//! there are left alone.
+//!
+//! Pure and allocation-free: the result is written into a caller's buffer.
+
+use core::fmt::{self, Write};
+
+use crate::slot::Slot;
+
+/// Linux arm64's `COMMAND_LINE_SIZE` (`arch/arm64/include/uapi/asm/setup.h`): the kernel keeps
+/// at most this many bytes *including* the terminating NUL and silently truncates the rest,
+/// which could cut off `root=`. So the line built here is at most `COMMAND_LINE_SIZE - 1` bytes.
+pub const COMMAND_LINE_SIZE: usize = 2048;
+
+/// The longest line [`build`] produces (without the NUL a DTB string property adds).
+pub const MAX_LENGTH: usize = COMMAND_LINE_SIZE - 1;
+
+/// Words zboot owns: removed from `cmdline.txt` before its own are appended.
+pub const OWNED_KEYS: [&str; 3] = ["root", "zboot.slot", "zboot.attempt"];
+
+/// What the loader adds to the slot's command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootArgs<'a> {
+    /// The slot root's PARTUUID as Linux prints it (`1a2b3c4d-02`, or a GPT GUID).
+    pub root_partuuid: &'a str,
+    /// The slot being booted.
+    pub slot: Slot,
+    /// Which attempt of this slot this boot is (1 = first).
+    pub attempt: u8,
+    /// `panic=<s>` (reboot `s` seconds after a panic) when the hang guard is on; only added
+    /// when the line has no `panic=` of its own.
+    pub panic_seconds: Option<u32>,
+}
+
+/// Why no command line could be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// `cmdline.txt` is not valid UTF-8 from this byte offset on.
+    InvalidUtf8 { offset: usize },
+    /// A NUL, line break or other control character (tab is allowed) at this offset.
+    ControlCharacter { offset: usize, byte: u8 },
+    /// A double quote at this offset is never closed: zboot's words would end up inside it.
+    UnbalancedQuote { offset: usize },
+    /// The PARTUUID holds something other than hex digits and dashes (or nothing).
+    BadPartUuid,
+    /// The result would be `length` bytes; Linux keeps at most `max` (or the buffer is smaller).
+    TooLong { length: usize, max: usize },
+}
+
+impl core::error::Error for CmdlineError {}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            CmdlineError::InvalidUtf8 { offset } => {
+                write!(f, "cmdline.txt: not valid UTF-8 at byte {offset}")
+            }
+            CmdlineError::ControlCharacter { offset, byte } => write!(
+                f,
+                "cmdline.txt: control character {byte:#04x} at byte {offset} (the file must be one line)"
+            ),
+            CmdlineError::UnbalancedQuote { offset } => {
+                write!(f, "cmdline.txt: the quote at byte {offset} is never closed")
+            }
+            CmdlineError::BadPartUuid => f.write_str("root PARTUUID must be hex digits and dashes"),
+            CmdlineError::TooLong { length, max } => write!(
+                f,
+                "kernel command line would be {length} bytes, at most {max} fit"
+            ),
+        }
+    }
+}
+
+/// Checks the bytes of `cmdline.txt` and returns the line without trailing newline, carriage
+/// return and blanks.
+pub fn check_line(input: &[u8]) -> Result<&str, CmdlineError> {
+    let text = core::str::from_utf8(input).map_err(|e| CmdlineError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    let text = text.trim_end_matches(['\n', '\r', ' ', '\t']);
+    if let Some((offset, byte)) = text
+        .bytes()
+        .enumerate()
+        .find(|&(_, b)| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(CmdlineError::ControlCharacter { offset, byte });
+    }
+    let mut open = None;
+    for (offset, byte) in text.bytes().enumerate() {
+        if byte == b'"' {
+            open = if open.is_some() { None } else { Some(offset) };
+        }
+    }
+    if let Some(offset) = open {
+        return Err(CmdlineError::UnbalancedQuote { offset });
+    }
+    Ok(text)
+}
+
+/// Splits a checked line into words as Linux does: at blanks outside double quotes.
+pub fn words(line: &str) -> impl Iterator<Item = &str> {
+    let mut rest = line;
+    core::iter::from_fn(move || {
+        rest = rest.trim_start_matches([' ', '\t']);
+        if rest.is_empty() {
+            return None;
+        }
+        let mut quoted = false;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                !quoted && (c == ' ' || c == '\t')
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let (word, tail) = rest.split_at_checked(end).unwrap_or((rest, ""));
+        rest = tail;
+        Some(word)
+    })
+}
+
+/// A word's parameter name: before the first `=`, without a leading quote
+/// (`"root=a b"` is `root`).
+pub fn key(word: &str) -> &str {
+    let word = word.strip_prefix('"').unwrap_or(word);
+    word.split_once('=').map_or(word, |(k, _)| k)
+}
+
+/// Builds the final command line into `out` and returns it.
+pub fn build<'o>(
+    cmdline_txt: &[u8],
+    args: &BootArgs<'_>,
+    out: &'o mut [u8],
+) -> Result<&'o str, CmdlineError> {
+    let line = check_line(cmdline_txt)?;
+    if args.root_partuuid.is_empty()
+        || !args
+            .root_partuuid
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        return Err(CmdlineError::BadPartUuid);
+    }
+    let max = out.len().min(MAX_LENGTH);
+    let mut writer = Writer {
+        out,
+        length: 0,
+        max,
+    };
+    let mut all = words(line);
+    let mut has_panic = false;
+    let mut init_words = false;
+    for word in all.by_ref() {
+        if word == "--" {
+            init_words = true;
+            break;
+        }
+        let key = key(word);
+        if OWNED_KEYS.contains(&key) {
+            continue;
+        }
+        has_panic |= key == "panic";
+        writer.word(word);
+    }
+    writer.word("root=PARTUUID=");
+    writer.push(args.root_partuuid);
+    writer.push(" zboot.slot=");
+    writer.push(args.slot.name());
+    let _ = write!(writer, " zboot.attempt={}", args.attempt);
+    if let (Some(seconds), false) = (args.panic_seconds, has_panic) {
+        let _ = write!(writer, " panic={seconds}");
+    }
+    if init_words {
+        writer.word("--");
+        for word in all {
+            writer.word(word);
+        }
+    }
+    let Writer { out, length, max } = writer;
+    if length > max {
+        return Err(CmdlineError::TooLong { length, max });
+    }
+    let bytes = out
+        .get(..length)
+        .ok_or(CmdlineError::TooLong { length, max })?;
+    // Only whole `&str`s were copied in, so the prefix is UTF-8; the error arm is unreachable.
+    core::str::from_utf8(bytes).map_err(|e| CmdlineError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })
+}
+
+/// Builds the line into a fixed-capacity string (for callers that keep it).
+pub fn build_string(
+    cmdline_txt: &[u8],
+    args: &BootArgs<'_>,
+) -> Result<heapless::String<COMMAND_LINE_SIZE>, CmdlineError> {
+    let mut buffer = [0u8; MAX_LENGTH];
+    let line = build(cmdline_txt, args, &mut buffer)?;
+    let mut out = heapless::String::new();
+    out.push_str(line).map_err(|_| CmdlineError::TooLong {
+        length: line.len(),
+        max: MAX_LENGTH,
+    })?;
+    Ok(out)
+}
+
+/// Copies into the buffer while it fits and counts the full length either way, so that
+/// [`CmdlineError::TooLong`] can say how long the line would have been.
+struct Writer<'o> {
+    out: &'o mut [u8],
+    length: usize,
+    max: usize,
+}
+
+impl Writer<'_> {
+    /// Appends a word, with a separating space unless it is the first.
+    fn word(&mut self, word: &str) {
+        if self.length > 0 {
+            self.push(" ");
+        }
+        self.push(word);
+    }
+
+    fn push(&mut self, text: &str) {
+        let end = self.length.saturating_add(text.len());
+        if end <= self.max
+            && let Some(dst) = self.out.get_mut(self.length..end)
+        {
+            dst.copy_from_slice(text.as_bytes());
+        }
+        self.length = end;
+    }
+}
+
+impl Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    fn args(panic_seconds: Option<u32>) -> BootArgs<'static> {
+        BootArgs {
+            root_partuuid: "1a2b3c4d-02",
+            slot: Slot::A,
+            attempt: 2,
+            panic_seconds,
+        }
+    }
+
+    fn run(input: &str, panic: Option<u32>) -> Result<std::string::String, CmdlineError> {
+        let mut out = [0u8; 4096];
+        build(input.as_bytes(), &args(panic), &mut out).map(ToString::to_string)
+    }
+
+    #[test]
+    fn replaces_owned_words_and_appends() {
+        assert_eq!(
+            run(
+                "console=ttyAMA0,115200 root=/dev/mmcblk0p2  rootwait zboot.slot=B\r\n",
+                None
+            )
+            .unwrap(),
+            "console=ttyAMA0,115200 rootwait root=PARTUUID=1a2b3c4d-02 zboot.slot=A zboot.attempt=2"
+        );
+        assert_eq!(
+            run("", Some(10)).unwrap(),
+            "root=PARTUUID=1a2b3c4d-02 zboot.slot=A zboot.attempt=2 panic=10"
+        );
+        assert_eq!(
+            run("quiet panic=5\n", Some(10)).unwrap(),
+            "quiet panic=5 root=PARTUUID=1a2b3c4d-02 zboot.slot=A zboot.attempt=2"
+        );
+        // Not ours: `rootfstype=`, `zboot.slotx=`, a quoted value that mentions root=.
+        assert_eq!(
+            run(
+                "rootfstype=ext4 zboot.slotx=1 dyndbg=\"file root=x +p\" \"root=a b\" zboot.attempt",
+                None
+            )
+            .unwrap(),
+            "rootfstype=ext4 zboot.slotx=1 dyndbg=\"file root=x +p\" root=PARTUUID=1a2b3c4d-02 zboot.slot=A zboot.attempt=2"
+        );
+    }
+
+    #[test]
+    fn init_arguments_stay_after_the_separator() {
+        assert_eq!(
+            run("quiet -- root=init-arg single", Some(3)).unwrap(),
+            "quiet root=PARTUUID=1a2b3c4d-02 zboot.slot=A zboot.attempt=2 panic=3 -- root=init-arg single"
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_offset() {
+        assert_eq!(
+            run("quiet\0x", None),
+            Err(CmdlineError::ControlCharacter { offset: 5, byte: 0 })
+        );
+        assert_eq!(
+            run("a\nb\n", None),
+            Err(CmdlineError::ControlCharacter {
+                offset: 1,
+                byte: b'\n'
+            })
+        );
+        let mut out = [0u8; 64];
+        assert_eq!(
+            build(b"ab\xffc", &args(None), &mut out),
+            Err(CmdlineError::InvalidUtf8 { offset: 2 })
+        );
+        assert_eq!(
+            run("a x=\"open", None),
+            Err(CmdlineError::UnbalancedQuote { offset: 4 })
+        );
+        let bad = BootArgs {
+            root_partuuid: "12 root=x",
+            ..args(None)
+        };
+        assert_eq!(build(b"", &bad, &mut out), Err(CmdlineError::BadPartUuid));
+        assert_eq!(
+            CmdlineError::ControlCharacter { offset: 3, byte: 0 }.to_string(),
+            "cmdline.txt: control character 0x00 at byte 3 (the file must be one line)"
+        );
+    }
+
+    #[test]
+    fn too_long_is_an_error_not_a_truncation() {
+        let long = "x".repeat(2000);
+        assert_eq!(
+            run(&long, None),
+            Err(CmdlineError::TooLong {
+                length: 2000 + 1 + 25 + 1 + 12 + 1 + 15,
+                max: MAX_LENGTH
+            })
+        );
+        let mut small = [0u8; 40];
+        assert!(matches!(
+            build(b"quiet", &args(None), &mut small),
+            Err(CmdlineError::TooLong { max: 40, .. })
+        ));
+        let fits = "x".repeat(MAX_LENGTH - 55);
+        let line = build_string(fits.as_bytes(), &args(None)).unwrap();
+        assert_eq!(line.len(), MAX_LENGTH);
+    }
+
+    #[test]
+    fn words_split_like_linux() {
+        let split: std::vec::Vec<&str> = words(" a\tb=\"c d\"  \"e f\" g").collect();
+        assert_eq!(split, ["a", "b=\"c d\"", "\"e f\"", "g"]);
+        assert_eq!(key("\"root=a b\""), "root");
+        assert_eq!(key("quiet"), "quiet");
+    }
+}
