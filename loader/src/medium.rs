@@ -130,7 +130,8 @@ impl<'d> Medium<'d> {
                 manifest
             }
             Err(error) => {
-                log::error!("{MANIFEST_NAME}: {error}; using the defaults");
+                // The error names the file and the line itself.
+                log::error!("{error}; using the defaults");
                 Manifest::default()
             }
         }

@@ -124,17 +124,21 @@ impl LoaderImage {
             .context("running cargo to build the loader")?;
         ensure!(
             status.success(),
-            "building the loader ({}) failed: {status}",
+            "building {} failed: {status}",
             build.name()
         );
 
         let built_elf = target_dir
             .join("aarch64-unknown-none")
             .join("release")
-            .join("zboot");
+            .join(build.package_and_binary().1);
         let out = output_dir()?;
-        let elf = out.join(format!("zboot-{}.elf", build.name()));
-        let image = out.join(format!("zboot-{}.img", build.name()));
+        let stem = match build {
+            LoaderBuild::TestKernel => "test-kernel".to_owned(),
+            _ => format!("zboot-{}", build.name()),
+        };
+        let elf = out.join(format!("{stem}.elf"));
+        let image = out.join(format!("{stem}.img"));
         std::fs::copy(&built_elf, &elf)
             .with_context(|| format!("copying {} to {}", built_elf.display(), elf.display()))?;
         let (load_address, symbols) = flatten_elf(&elf, &image)?;

@@ -181,7 +181,11 @@ fn a_looping_chain_stops_at_the_size() {
         .unwrap();
     // Point the file's second cluster back at its first: a loop.
     let second = entry.first_cluster + 1;
-    let width = if volume.fat_type == FatType::Fat32 { 4 } else { 2 };
+    let width = if volume.fat_type == FatType::Fat32 {
+        4
+    } else {
+        2
+    };
     let offset = volume.reserved_sectors as usize * BLOCK_SIZE + second as usize * width;
     disk.0[offset..offset + width].copy_from_slice(&entry.first_cluster.to_le_bytes()[..width]);
     let error = volume
@@ -191,7 +195,10 @@ fn a_looping_chain_stops_at_the_size() {
         .unwrap_err();
     // The walk is bounded by the size: it ends with a chain error, not a hang.
     assert!(
-        matches!(error, RunError::Fat(FatError::ChainTooLong { expected: 256 })),
+        matches!(
+            error,
+            RunError::Fat(FatError::ChainTooLong { expected: 256 })
+        ),
         "{error:?}"
     );
 }

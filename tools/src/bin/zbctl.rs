@@ -9,7 +9,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("zbctl: error: {error:#}");
-            std::process::ExitCode::FAILURE
+            // `image verify` and friends say why with their exit code (docs/image-format.md).
+            match error.downcast_ref::<zboot_tools::zbctl::image::ExitError>() {
+                Some(refusal) => std::process::ExitCode::from(refusal.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -6,7 +6,14 @@
 //! system, to create the preallocated state file.
 
 pub mod disk;
+pub mod disk_create;
+pub mod fat_fixup;
+pub mod image;
+pub mod image_convert;
+pub mod image_fs;
+pub mod image_tar;
 pub mod init;
+pub mod key;
 pub mod status;
 pub mod target;
 
@@ -131,6 +138,15 @@ pub enum Command {
         /// The manifest file.
         file: PathBuf,
     },
+    /// Disk images: `disk create` builds a complete eMMC image (docs/disk-layout.md).
+    #[command(subcommand)]
+    Disk(disk_create::DiskCommand),
+    /// `.zi` images: convert, inspect, verify, sign (docs/image-format.md).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Signing keys for `.zi` images.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 /// Runs a command, printing to `out`.
@@ -138,9 +154,19 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     if let Command::CheckManifest { file } = &cli.command {
         return check_manifest(file, out);
     }
+    if let Command::Disk(disk_create::DiskCommand::Create(args)) = &cli.command {
+        return disk_create::create(args, out);
+    }
+    match &cli.command {
+        Command::Image(command) => return image::run(command, out),
+        Command::Key(command) => return key::run(command, out),
+        _ => {}
+    }
     let target = cli.target.target()?;
     match &cli.command {
-        Command::CheckManifest { .. } => Ok(()),
+        Command::CheckManifest { .. } | Command::Disk(_) | Command::Image(_) | Command::Key(_) => {
+            Ok(())
+        }
         Command::InitState(args) => init::init_state(&target, args, out),
         Command::Status { json } => {
             let mut opened = target::open(&target)?;

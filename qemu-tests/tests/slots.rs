@@ -1,0 +1,385 @@
+//! Slot selection end to end on QEMU raspi4b: a real eMMC image made by
+//! `zbctl disk create`, the real loader, the test kernel standing in for
+//! Linux; every scenario asserts on the console and on the state on the
+//! image afterwards (read back with `zbctl status --json`).
+
+// Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
+#![allow(clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
+
+/// A disk id, so PARTUUIDs are known: `5a6b7c8d-02` is slot A's root.
+const DISK_ID: &str = "5a6b7c8d";
+
+/// Runs zbctl (the library behind the binary) with `args`; returns stdout.
+fn zbctl(args: &[&str]) -> String {
+    let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("zbctl").chain(args.iter().copied()),
+    )
+    .unwrap_or_else(|error| panic!("zbctl {args:?}: {error}"));
+    let mut out = Vec::new();
+    zboot_tools::zbctl::run(&cli, &mut out)
+        .unwrap_or_else(|error| panic!("zbctl {args:?}: {error:#}"));
+    String::from_utf8(out).unwrap()
+}
+
+struct Disk {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl Disk {
+    fn path(&self) -> &str {
+        self.image.to_str().unwrap()
+    }
+
+    /// `zbctl status --json` of the image.
+    fn status(&self) -> Value {
+        serde_json::from_str(&zbctl(&["status", "--json", "--image", self.path()])).unwrap()
+    }
+
+    fn slot(&self, name: &str) -> Value {
+        self.status()["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|slot| slot["name"] == name)
+            .unwrap()
+            .clone()
+    }
+
+    fn failed_boots(&self, name: &str) -> u64 {
+        self.slot(name)["failed_boots"].as_u64().unwrap()
+    }
+
+    fn mark_good(&self) {
+        zbctl(&["mark-good", "--image", self.path()]);
+    }
+
+    /// `image@@offset` of the boot partition, for mtools.
+    fn mtools_image(&self) -> String {
+        let mbr = std::fs::read(&self.image).unwrap();
+        let start = u32::from_le_bytes(mbr[454..458].try_into().unwrap());
+        format!("{}@@{}", self.path(), u64::from(start) * 512)
+    }
+
+    /// Replaces `path` on the boot partition with `bytes`, with mtools.
+    fn replace_file(&self, path: &str, bytes: &[u8]) {
+        let local = self.dir.path().join("replacement");
+        std::fs::write(&local, bytes).unwrap();
+        let status = Command::new("mcopy")
+            .args(["-o", "-i", &self.mtools_image()])
+            .arg(&local)
+            .arg(format!("::{path}"))
+            .status()
+            .expect("running mcopy (mtools; scripts/setup installs it)");
+        assert!(status.success(), "mcopy {path}");
+    }
+
+    /// Deletes `path` on the boot partition, with mtools.
+    fn delete_file(&self, path: &str) {
+        let status = Command::new("mdel")
+            .args(["-i", &self.mtools_image()])
+            .arg(format!("::{path}"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "mdel {path}");
+    }
+
+    /// Reads `path` from the boot partition, with mtools.
+    fn read_file(&self, path: &str) -> Vec<u8> {
+        let output = Command::new("mtype")
+            .args(["-i", &self.mtools_image()])
+            .arg(format!("::{path}"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "mtype {path}");
+        output.stdout
+    }
+
+    fn boot(&self) -> Run {
+        let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
+        let run = Qemu::new(&loader.image)
+            .dtb(&minimal_dtb().unwrap())
+            .emmc(&self.image)
+            .run()
+            .expect("running QEMU");
+        println!(
+            "--- console ({:?}) ---\n{}\n--- QEMU log ---\n{}",
+            run.ending, run.console, run.qemu_log
+        );
+        run
+    }
+}
+
+/// One slot of a test disk: the test kernel (or `kernel`), `outcome` on
+/// its command line.
+struct SlotSetup<'a> {
+    slot: &'a str,
+    outcome: &'a str,
+    kernel: Option<&'a Path>,
+    initrd: Option<&'a Path>,
+}
+
+impl<'a> SlotSetup<'a> {
+    fn new(slot: &'a str, outcome: &'a str) -> Self {
+        Self {
+            slot,
+            outcome,
+            kernel: None,
+            initrd: None,
+        }
+    }
+}
+
+fn disk(slots: &[SlotSetup<'_>]) -> Disk {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
+    let kernel = LoaderImage::get(LoaderBuild::TestKernel).expect("building the test kernel");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("emmc.img");
+    let mut args: Vec<String> = vec![
+        "disk".into(),
+        "create".into(),
+        "--output".into(),
+        image.display().to_string(),
+        "--size".into(),
+        "256M".into(),
+        "--disk-id".into(),
+        DISK_ID.into(),
+        "--loader".into(),
+        loader.image.display().to_string(),
+    ];
+    for setup in slots {
+        let mut spec = format!(
+            "{}:kernel={},version=1",
+            setup.slot,
+            setup.kernel.unwrap_or(&kernel.image).display()
+        );
+        if let Some(initrd) = setup.initrd {
+            let _ = write!(spec, ",initrd={}", initrd.display());
+        }
+        args.push("--slot".into());
+        args.push(spec);
+        args.push("--cmdline".into());
+        args.push(format!(
+            "{}=console=ttyAMA0 zbtest={}",
+            setup.slot, setup.outcome
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    zbctl(&args);
+    Disk { dir, image }
+}
+
+fn all_good() -> Disk {
+    disk(&[
+        SlotSetup::new("A", "good"),
+        SlotSetup::new("B", "good"),
+        SlotSetup::new("SAFE", "good"),
+    ])
+}
+
+/// The slot and attempt the test kernel was told.
+fn booted(run: &Run) -> (String, u32) {
+    let line = run
+        .console
+        .lines()
+        .find(|line| line.starts_with("test-kernel: bootargs: "))
+        .unwrap_or_else(|| panic!("the test kernel did not run:\n{}", run.console));
+    let word = |key: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .to_owned()
+    };
+    (word("zboot.slot="), word("zboot.attempt=").parse().unwrap())
+}
+
+#[test]
+fn slot_a_boots_with_its_root_and_attempt_and_mark_good_clears_the_counter() {
+    let disk = all_good();
+    let run = disk.boot();
+    assert_eq!(run.ending, Ending::GuestReset, "the test kernel resets");
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert!(run.console_has(&format!(
+        "root=PARTUUID={DISK_ID}-02 zboot.slot=A zboot.attempt=1"
+    )));
+    assert!(run.console_has("test-kernel: entered at EL2 at 0x1000000, MMU off, D-cache off"));
+    assert!(run.console_has("x1-x3 zero"));
+    assert!(
+        run.console_has("console=ttyAMA0 zbtest=good"),
+        "the slot's cmdline.txt is kept"
+    );
+    assert!(
+        run.console_has("slot state saved"),
+        "one state write before hand-off"
+    );
+    // On the disk: the attempt was counted before the hand-off.
+    assert_eq!(disk.failed_boots("A"), 1);
+    assert_eq!(disk.status()["history"][0]["decision"], "A");
+    disk.mark_good();
+    assert_eq!(disk.failed_boots("A"), 0);
+    // The next boot is attempt 1 again.
+    let run = disk.boot();
+    assert_eq!(booted(&run), ("A".into(), 1));
+}
+
+#[test]
+fn three_failed_boots_of_a_fall_back_to_b_then_safe() {
+    let disk = disk(&[
+        SlotSetup::new("A", "bad"),
+        SlotSetup::new("B", "bad"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    for attempt in 1..=3 {
+        let run = disk.boot();
+        assert_eq!(booted(&run), ("A".into(), attempt));
+        assert_eq!(disk.failed_boots("A"), u64::from(attempt));
+    }
+    let run = disk.boot();
+    assert_eq!(booted(&run), ("B".into(), 1), "A used its 3 attempts");
+    assert_eq!(disk.slot("A")["state"], "bad");
+    assert!(run.console_has("decision: "), "the decision is logged");
+    for attempt in 2..=3 {
+        let run = disk.boot();
+        assert_eq!(booted(&run), ("B".into(), attempt));
+    }
+    let run = disk.boot();
+    assert_eq!(booted(&run), ("SAFE".into(), 1), "A and B exhausted");
+    assert_eq!(disk.slot("B")["state"], "bad");
+    assert!(
+        run.console_has(&format!("root=PARTUUID={DISK_ID}-05")),
+        "SAFE's root is the first logical partition"
+    );
+}
+
+#[test]
+fn a_kernel_that_fails_verification_falls_back_in_the_same_boot() {
+    let disk = all_good();
+    let mut kernel = disk.read_file("A/kernel.img");
+    kernel[100] ^= 0xff;
+    disk.replace_file("A/kernel.img", &kernel);
+    let run = disk.boot();
+    assert!(
+        run.console_has("slot A: A/kernel.img: SHA-256 differs from slot.txt; falling back"),
+        "names the slot, the file and the problem"
+    );
+    assert_eq!(
+        booted(&run),
+        ("B".into(), 1),
+        "B boots without a wasted reboot"
+    );
+    assert_eq!(disk.failed_boots("A"), 1, "A's failure is counted");
+    assert_eq!(disk.failed_boots("B"), 1);
+}
+
+#[test]
+fn a_missing_kernel_falls_back_in_the_same_boot() {
+    let disk = all_good();
+    disk.delete_file("A/kernel.img");
+    let run = disk.boot();
+    assert!(run.console_has("slot A: A/kernel.img: not found; falling back"));
+    assert_eq!(booted(&run), ("B".into(), 1));
+    assert_eq!(disk.failed_boots("A"), 1);
+}
+
+#[test]
+fn a_gzip_kernel_and_an_initrd_are_handed_over() {
+    let kernel = LoaderImage::get(LoaderBuild::TestKernel).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("kernel.img.gz");
+    let status = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(&kernel.image)
+        .stdout(std::fs::File::create(&gz).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let initrd = dir.path().join("initrd.img");
+    let initrd_bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(&initrd, &initrd_bytes).unwrap();
+    let disk = disk(&[
+        SlotSetup {
+            slot: "A",
+            outcome: "good",
+            kernel: Some(&gz),
+            initrd: Some(&initrd),
+        },
+        SlotSetup::new("B", "good"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    let run = disk.boot();
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert!(
+        run.console_has("kernel inflated from"),
+        "gzip kernel inflated"
+    );
+    let checksum = initrd_bytes.iter().fold(0u32, |sum, &b| {
+        sum.wrapping_mul(31).wrapping_add(u32::from(b))
+    });
+    assert!(
+        run.console_has(&format!("(300000 bytes, checksum 0x{checksum:08x})")),
+        "the kernel sees the initrd intact"
+    );
+}
+
+#[test]
+fn one_corrupt_state_copy_is_survived_and_two_leave_only_safe() {
+    let disk = all_good();
+    let status = disk.status();
+    let lbas: Vec<u64> = status["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|copy| copy["lba"].as_u64().unwrap())
+        .collect();
+    let in_use = usize::try_from(status["copy_in_use"].as_u64().unwrap()).unwrap();
+    let corrupt = |lba: u64| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk.image)
+            .unwrap();
+        file.seek(SeekFrom::Start(lba * 512 + 20)).unwrap();
+        file.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap();
+    };
+    corrupt(lbas[in_use]);
+    let run = disk.boot();
+    assert_eq!(booted(&run).0, "A", "the other copy carries the state");
+    corrupt(lbas[0]);
+    corrupt(lbas[1]);
+    let run = disk.boot();
+    assert!(run.console_has("no valid copy"), "says the state is gone");
+    assert_eq!(booted(&run).0, "SAFE", "with no state only SAFE may boot");
+}
+
+#[test]
+fn a_garbage_manifest_is_reported_and_the_defaults_used() {
+    let disk = all_good();
+    disk.replace_file(
+        "zbmanifest.txt",
+        b"max_boot_failure=banana\n\x01\x02garbage without equals\n",
+    );
+    let run = disk.boot();
+    assert!(
+        run.console_has("zbmanifest.txt line 1: max_boot_failure: expected a decimal number"),
+        "the error names the file, the line and the problem"
+    );
+    assert!(run.console_has("using the defaults"));
+    assert_eq!(booted(&run).0, "A");
+}
+
+#[test]
+fn try_b_once_then_back_to_a() {
+    let disk = all_good();
+    zbctl(&["try", "B", "--image", disk.path()]);
+    let run = disk.boot();
+    assert_eq!(booted(&run).0, "B", "the one-shot try");
+    let run = disk.boot();
+    assert_eq!(booted(&run).0, "A", "one shot only");
+}
