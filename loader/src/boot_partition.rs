@@ -86,6 +86,8 @@ pub struct LoadStats {
     pub fat_reads: u32,
     /// Bytes read past the end of the file (sector rounding).
     pub slack_bytes: u32,
+    /// Storage commands the load issued (FAT and data reads).
+    pub commands: u64,
 }
 
 /// The open boot partition.
@@ -211,6 +213,7 @@ impl<'d> BootPartition<'d> {
             ..LoadStats::default()
         };
         let mut offset = 0usize;
+        let commands_before = self.disk.commands();
         let mut disk = self.disk;
         let fat_reads = self
             .fat
@@ -231,6 +234,7 @@ impl<'d> BootPartition<'d> {
                 },
             })?;
         stats.fat_reads = fat_reads;
+        stats.commands = self.disk.commands() - commands_before;
         Ok(stats)
     }
 

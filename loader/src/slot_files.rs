@@ -174,7 +174,23 @@ impl Loader<'_, '_> {
         let digest: [u8; 32] = Sha256::digest(&destination[..file.size as usize]).into();
         listed
             .verify(u64::from(file.size), &digest)
-            .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))
+            .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
+        // Commands per MiB, in hundredths (no floating point in the log).
+        let per_mib = (stats.commands * 100 * (1 << 20)) / u64::from(file.size.max(1));
+        log::info!(
+            "slot {}: {}/{name}: {} bytes, SHA-256 OK; {} run(s), {} FAT sector(s), {} storage \
+             commands ({}.{:02} per MiB), {} bytes read past the end",
+            self.slot,
+            self.slot,
+            file.size,
+            stats.runs,
+            stats.fat_reads,
+            stats.commands,
+            per_mib / 100,
+            per_mib % 100,
+            stats.slack_bytes,
+        );
+        Ok(())
     }
 }
 

@@ -30,8 +30,12 @@ enum Task {
         #[arg(long)]
         test_build: bool,
     },
-    /// Build zboot and boot it on QEMU raspi4b, showing the console.
+    /// Build zboot and an eMMC image whose slots A and B fail, and boot it on
+    /// QEMU raspi4b until the fallback reaches SAFE, showing every console.
     Demo {
+        /// Only boot the loader without a card (the banner, then it waits).
+        #[arg(long)]
+        no_disk: bool,
         /// Device tree to pass (default: the minimal raspi4b tree, compiled with dtc).
         #[arg(long)]
         dtb: Option<PathBuf>,
@@ -58,10 +62,17 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Build { test_build } => build(test_build),
         Task::Demo {
+            no_disk,
             dtb,
             no_dtb,
             timeout,
-        } => demo(dtb, no_dtb, timeout),
+        } => {
+            if no_disk {
+                demo(dtb, no_dtb, timeout)
+            } else {
+                fallback_demo(timeout)
+            }
+        }
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Bench => bench(),
         Task::Ci => ci(),
@@ -113,6 +124,95 @@ fn demo(dtb: Option<PathBuf>, no_dtb: bool, timeout: u64) -> Result<()> {
             run.qemu_log
         ),
     }
+}
+
+/// Runs zbctl (the same library code as the binary) and returns its output.
+fn zbctl(args: &[&str]) -> Result<String> {
+    let cli = zboot_tools::zbctl::Cli::try_parse_from(
+        std::iter::once("zbctl").chain(args.iter().copied()),
+    )
+    .map_err(|error| anyhow::anyhow!("zbctl {args:?}: {error}"))?;
+    let mut out = Vec::new();
+    zboot_tools::zbctl::run(&cli, &mut out).with_context(|| format!("zbctl {args:?}"))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// An eMMC image made by `zbctl disk create` whose slots hold the QEMU tests'
+/// stand-in kernel, each told by its command line how its boot should end.
+fn demo_disk(
+    dir: &std::path::Path,
+    slots: &[(&str, &str)],
+    initrd: Option<&std::path::Path>,
+) -> Result<PathBuf> {
+    let loader = LoaderImage::get(LoaderBuild::Release)?;
+    let kernel = LoaderImage::get(LoaderBuild::TestKernel)?;
+    std::fs::create_dir_all(dir)?;
+    let image = dir.join("emmc.img");
+    let _ = std::fs::remove_file(&image);
+    let mut args: Vec<String> = vec![
+        "disk".into(),
+        "create".into(),
+        "--output".into(),
+        image.display().to_string(),
+        "--size".into(),
+        "1G".into(),
+        // A boot partition big enough for 4 KiB FAT32 clusters.
+        "--boot-size".into(),
+        "512M".into(),
+        "--loader".into(),
+        loader.image.display().to_string(),
+    ];
+    for (slot, outcome) in slots {
+        let mut spec = format!("{slot}:kernel={},version=1", kernel.image.display());
+        if let Some(initrd) = initrd {
+            spec.push_str(",initrd=");
+            spec.push_str(&initrd.display().to_string());
+        }
+        args.extend(["--slot".into(), spec]);
+        args.extend([
+            "--cmdline".into(),
+            format!("{slot}=console=ttyAMA0 zbtest={outcome}"),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    zbctl(&args)?;
+    Ok(image)
+}
+
+fn fallback_demo(timeout: u64) -> Result<()> {
+    let dir = workspace_root().join("target").join("zboot").join("demo");
+    let image = demo_disk(&dir, &[("A", "bad"), ("B", "bad"), ("SAFE", "good")], None)?;
+    let loader = LoaderImage::get(LoaderBuild::Release)?;
+    let dtb = minimal_dtb()?;
+    println!("zboot demo: slots A and B hold kernels whose boots fail (they reset before");
+    println!(
+        "user space would run `zbctl mark-good`); SAFE's boots succeed. max_boot_failure = 3."
+    );
+    println!("eMMC image: {}\n", image.display());
+    for boot in 1..=8 {
+        println!("=== power-on {boot} ===");
+        let run = Qemu::new(&loader.image)
+            .dtb(&dtb)
+            .emmc(&image)
+            .echo(true)
+            .stop_at(HALT_TEXT)
+            .timeout(Duration::from_secs(timeout))
+            .run()?;
+        let status = zbctl(&["status", "--image", image.to_str().context("image path")?])?;
+        println!(
+            "--- zbctl status after power-on {boot} ({:?}) ---\n{status}",
+            run.ending
+        );
+        ensure!(
+            run.ending == Ending::GuestReset,
+            "boot {boot} did not end in a reset"
+        );
+        if run.console.contains("zboot.slot=SAFE") {
+            println!("SAFE booted after A and B used their attempts: the fallback is complete.");
+            return Ok(());
+        }
+    }
+    bail!("SAFE was not reached in 8 boots")
 }
 
 fn cargo() -> Command {
@@ -181,6 +281,66 @@ fn bench() -> Result<()> {
         println!("  {label:<40} {count:>10} instructions");
     }
     println!("  (icount realtime - work = instructions spent waiting on timers/devices)");
+    storage_bench(&loader, &plugin, &dtb)
+}
+
+/// Boots slot A (the stand-in kernel plus a 16 MiB initrd) and reports the
+/// storage path's cost: instructions from entry to the kernel's first
+/// instruction, and storage commands per MiB for the large file.
+fn storage_bench(
+    loader: &LoaderImage,
+    plugin: &std::path::Path,
+    dtb: &std::path::Path,
+) -> Result<()> {
+    const INITRD_MIB: usize = 16;
+    const KERNEL_ENTRY: u64 = 0x100_0000;
+    let dir = workspace_root().join("target").join("zboot").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.img");
+    // Incompressible-looking bytes (an LCG), like a real initramfs.
+    let mut seed = 0x2545_f491_u32;
+    let bytes: Vec<u8> = (0..INITRD_MIB << 20)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&initrd, bytes)?;
+    let image = demo_disk(
+        &dir,
+        &[("A", "good"), ("B", "good"), ("SAFE", "good")],
+        Some(&initrd),
+    )?;
+    let start = loader.symbol("_start")?;
+    let arguments = format!("start=0x{start:x},end=0x{KERNEL_ENTRY:x}");
+    println!("storage path (slot A: stand-in kernel + {INITRD_MIB} MiB initrd on the EMMC2 card)");
+    let mut console = String::new();
+    for (label, mode) in [("TCG", None), ("icount work", Some(Icount::Work))] {
+        let mut qemu = Qemu::new(&loader.image)
+            .dtb(dtb)
+            .emmc(&image)
+            .plugin(plugin, &arguments)
+            .timeout(Duration::from_mins(5));
+        if let Some(mode) = mode {
+            qemu = qemu.icount(mode);
+        }
+        let run = qemu.run()?;
+        let count = run
+            .instruction_count()
+            .with_context(|| format!("no count ({:?}):\n{}", run.ending, run.console))?;
+        println!("  entry -> kernel entry, {label:<27} {count:>10} instructions");
+        console = run.console;
+    }
+    for file in ["kernel.img", "initrd.img"] {
+        let line = console
+            .lines()
+            .find(|line| line.contains(&format!("A/{file}:")))
+            .with_context(|| format!("no load report for {file}"))?;
+        let report = line
+            .split_once("SHA-256 OK; ")
+            .map_or(line, |(_, rest)| rest);
+        println!("  {file:<12} {report}");
+    }
     Ok(())
 }
 

@@ -212,6 +212,21 @@ pub fn parse_slot_spec(text: &str) -> Result<SlotSpec, String> {
     Ok(spec)
 }
 
+/// The boot partition's cluster size: the largest up to 4 KiB that still
+/// leaves FAT32 its minimum of 65,525 clusters (Microsoft FAT specification,
+/// "FAT type determination"). Bigger clusters mean fewer FAT sectors to read
+/// per MiB of kernel: 512-byte clusters cost the loader one FAT read per
+/// 64 KiB loaded, 4 KiB clusters one per 512 KiB.
+pub fn boot_cluster_bytes(partition_bytes: u64) -> u32 {
+    const FAT32_MIN_CLUSTERS: u64 = 65_525;
+    // Room for the reserved sectors and both FATs, generously.
+    let data_bytes = partition_bytes - partition_bytes / 64;
+    [4096u32, 2048, 1024]
+        .into_iter()
+        .find(|&cluster| data_bytes / u64::from(cluster) > FAT32_MIN_CLUSTERS)
+        .unwrap_or(512)
+}
+
 fn ensure_nonempty(key: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         Err(format!("{key}= needs a value"))
@@ -650,6 +665,7 @@ fn boot_partition(args: &CreateArgs, layout: &Layout, disk_id: u32) -> Result<Ve
         Cursor::new(&mut volume),
         fatfs::FormatVolumeOptions::new()
             .fat_type(fatfs::FatType::Fat32)
+            .bytes_per_cluster(boot_cluster_bytes(layout.boot.bytes()))
             .volume_id(disk_id)
             .volume_label(*b"BOOT       "),
     )
@@ -1036,5 +1052,28 @@ mod tests {
         let error = Layout::compute(128 * MIB, 64 * MIB, 64 * MIB, 32 * MIB).unwrap_err();
         assert!(error.to_string().contains("do not fit"), "{error}");
         assert!(Layout::compute(256 * MIB, 8 * MIB, 64 * MIB, 32 * MIB).is_err());
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::boot_cluster_bytes;
+
+    #[test]
+    fn boot_clusters_are_as_large_as_fat32_allows() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(boot_cluster_bytes(64 * MIB), 512);
+        assert_eq!(boot_cluster_bytes(128 * MIB), 1024);
+        assert_eq!(boot_cluster_bytes(256 * MIB), 2048);
+        assert_eq!(boot_cluster_bytes(512 * MIB), 4096);
+        assert_eq!(boot_cluster_bytes(4096 * MIB), 4096);
+        // Every choice leaves FAT32 its minimum cluster count.
+        for size in [64, 100, 130, 200, 270, 300, 1000] {
+            let bytes = size * MIB;
+            assert!(
+                bytes * 63 / 64 / u64::from(boot_cluster_bytes(bytes)) > 65_525,
+                "{size} MiB"
+            );
+        }
     }
 }
