@@ -391,25 +391,7 @@ impl FatVolume {
         device: &mut D,
         cluster: u32,
     ) -> Result<u32, FatError<D::Error>> {
-        if !self.valid_cluster(cluster) {
-            return Err(FatError::BadCluster { cluster });
-        }
-        let width = if self.fat_type == FatType::Fat32 {
-            4u64
-        } else {
-            2
-        };
-        let offset = u64::from(cluster) * width;
-        let lba = self.base_lba + u64::from(self.reserved_sectors) + offset / BLOCK_SIZE as u64;
-        let within = (offset % BLOCK_SIZE as u64) as usize;
-        let mut sector = [0u8; BLOCK_SIZE];
-        device
-            .read_block(lba, &mut sector)
-            .map_err(FatError::Device)?;
-        Ok(match self.fat_type {
-            FatType::Fat32 => le32(&sector, within) & 0x0FFF_FFFF,
-            FatType::Fat16 => u32::from(le16(&sector, within)),
-        })
+        self.cached_fat_entry(device, cluster, &mut None, &mut 0)
     }
 
     fn is_end_of_chain(&self, value: u32) -> bool {
