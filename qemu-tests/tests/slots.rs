@@ -102,6 +102,33 @@ impl Disk {
         output.stdout
     }
 
+    /// The image's bytes, to compare after a boot.
+    fn snapshot(&self) -> Vec<u8> {
+        std::fs::read(&self.image).unwrap()
+    }
+
+    /// Asserts that nothing but the two state sectors differs from `before`:
+    /// zboot writes the state and nothing else (no FAT metadata, no slot).
+    fn assert_only_state_written(&self, before: &[u8]) {
+        let status = self.status();
+        let state_lbas: Vec<u64> = status["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|copy| copy["lba"].as_u64().unwrap())
+            .collect();
+        let after = self.snapshot();
+        assert_eq!(before.len(), after.len());
+        for (index, (old, new)) in before.chunks(512).zip(after.chunks(512)).enumerate() {
+            if old != new {
+                assert!(
+                    state_lbas.contains(&(index as u64)),
+                    "sector {index} changed, and it is not a state copy ({state_lbas:?})"
+                );
+            }
+        }
+    }
+
     fn boot(&self) -> Run {
         let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
         let run = Qemu::new(&loader.image)
@@ -203,7 +230,9 @@ fn booted(run: &Run) -> (String, u32) {
 #[test]
 fn slot_a_boots_with_its_root_and_attempt_and_mark_good_clears_the_counter() {
     let disk = all_good();
+    let before = disk.snapshot();
     let run = disk.boot();
+    disk.assert_only_state_written(&before);
     assert_eq!(run.ending, Ending::GuestReset, "the test kernel resets");
     assert_eq!(booted(&run), ("A".into(), 1));
     assert!(run.console_has(&format!(
@@ -264,7 +293,9 @@ fn a_kernel_that_fails_verification_falls_back_in_the_same_boot() {
     let mut kernel = disk.read_file("A/kernel.img");
     kernel[100] ^= 0xff;
     disk.replace_file("A/kernel.img", &kernel);
+    let before = disk.snapshot();
     let run = disk.boot();
+    disk.assert_only_state_written(&before);
     assert!(
         run.console_has("slot A: A/kernel.img: SHA-256 differs from slot.txt; falling back"),
         "names the slot, the file and the problem"
