@@ -414,3 +414,36 @@ fn try_b_once_then_back_to_a() {
     let run = disk.boot();
     assert_eq!(booted(&run).0, "A", "one shot only");
 }
+
+#[test]
+fn a_trial_update_that_fails_rolls_back_to_the_previous_active() {
+    // A is the confirmed system; an update put a kernel that fails into B.
+    let disk = disk(&[
+        SlotSetup::new("A", "good"),
+        SlotSetup::new("B", "bad"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    assert_eq!(booted(&disk.boot()).0, "A");
+    disk.mark_good();
+    zbctl(&["set-active", "B", "--version", "2", "--image", disk.path()]);
+    assert_eq!(disk.slot("B")["state"], "trial");
+    assert_eq!(disk.status()["active"], "B");
+    for attempt in 1..=3 {
+        let run = disk.boot();
+        assert_eq!(
+            booted(&run),
+            ("B".into(), attempt),
+            "the trial gets its attempts"
+        );
+    }
+    let run = disk.boot();
+    assert_eq!(
+        booted(&run).0,
+        "A",
+        "the failed trial rolls back to the previous ACTIVE"
+    );
+    let status = disk.status();
+    assert_eq!(status["active"], "A", "A is ACTIVE again");
+    assert_eq!(disk.slot("B")["state"], "bad");
+    assert_eq!(disk.failed_boots("A"), 1, "A's boot is counted as usual");
+}
