@@ -151,6 +151,7 @@ struct SlotSetup<'a> {
     outcome: &'a str,
     kernel: Option<&'a Path>,
     initrd: Option<&'a Path>,
+    dtb: Option<&'a Path>,
 }
 
 impl<'a> SlotSetup<'a> {
@@ -160,6 +161,7 @@ impl<'a> SlotSetup<'a> {
             outcome,
             kernel: None,
             initrd: None,
+            dtb: None,
         }
     }
 }
@@ -189,6 +191,9 @@ fn disk(slots: &[SlotSetup<'_>]) -> Disk {
         );
         if let Some(initrd) = setup.initrd {
             let _ = write!(spec, ",initrd={}", initrd.display());
+        }
+        if let Some(dtb) = setup.dtb {
+            let _ = write!(spec, ",dtb={}", dtb.display());
         }
         args.push("--slot".into());
         args.push(spec);
@@ -336,10 +341,9 @@ fn a_gzip_kernel_and_an_initrd_are_handed_over() {
     std::fs::write(&initrd, &initrd_bytes).unwrap();
     let disk = disk(&[
         SlotSetup {
-            slot: "A",
-            outcome: "good",
             kernel: Some(&gz),
             initrd: Some(&initrd),
+            ..SlotSetup::new("A", "good")
         },
         SlotSetup::new("B", "good"),
         SlotSetup::new("SAFE", "good"),
@@ -446,4 +450,60 @@ fn a_trial_update_that_fails_rolls_back_to_the_previous_active() {
     assert_eq!(status["active"], "A", "A is ACTIVE again");
     assert_eq!(disk.slot("B")["state"], "bad");
     assert_eq!(disk.failed_boots("A"), 1, "A's boot is counted as usual");
+}
+
+#[test]
+fn a_kernel_that_is_not_an_arm64_image_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("kernel.img");
+    std::fs::write(&bogus, vec![0x5a; 70_000]).unwrap();
+    let disk = disk(&[
+        SlotSetup {
+            kernel: Some(&bogus),
+            ..SlotSetup::new("A", "good")
+        },
+        SlotSetup::new("B", "good"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    let run = disk.boot();
+    assert!(
+        run.console_has("slot A: A/kernel.img: no arm64 Image magic at offset 56"),
+        "names the slot, the file and the problem"
+    );
+    assert_eq!(booted(&run), ("B".into(), 1));
+    assert_eq!(disk.failed_boots("A"), 1);
+}
+
+#[test]
+fn a_slot_device_tree_without_chosen_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("no-chosen.dts");
+    std::fs::write(
+        &source,
+        "/dts-v1/;\n/ {\n\tmodel = \"no chosen\";\n\t#address-cells = <2>;\n\t#size-cells = <1>;\n};\n",
+    )
+    .unwrap();
+    let dtb = dir.path().join("no-chosen.dtb");
+    let status = Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&dtb)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let disk = disk(&[
+        SlotSetup {
+            dtb: Some(&dtb),
+            ..SlotSetup::new("A", "good")
+        },
+        SlotSetup::new("B", "good"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    let run = disk.boot();
+    assert!(
+        run.console_has("slot A: device tree: the device tree has no /chosen node; falling back"),
+        "names the slot and the problem"
+    );
+    assert_eq!(booted(&run), ("B".into(), 1));
+    assert_eq!(disk.failed_boots("A"), 1);
 }
