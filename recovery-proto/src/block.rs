@@ -24,6 +24,29 @@ pub trait BlockDevice {
 
     /// Number of blocks on the device.
     fn block_count(&self) -> u64;
+
+    /// Reads `buffer.len() / 512` consecutive blocks from `lba` (a trailing partial block
+    /// is not read). Devices that have a multi-block command override this; the default
+    /// reads block by block.
+    fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), Self::Error> {
+        for (index, chunk) in buffer.chunks_exact_mut(BLOCK_SIZE).enumerate() {
+            let mut block = [0u8; BLOCK_SIZE];
+            self.read_block(lba + index as u64, &mut block)?;
+            chunk.copy_from_slice(&block);
+        }
+        Ok(())
+    }
+
+    /// Writes `buffer.len() / 512` consecutive blocks at `lba` (a trailing partial block is
+    /// not written). Devices that have a multi-block command override this.
+    fn write_blocks(&mut self, lba: u64, buffer: &[u8]) -> Result<(), Self::Error> {
+        for (index, chunk) in buffer.chunks_exact(BLOCK_SIZE).enumerate() {
+            let mut block = [0u8; BLOCK_SIZE];
+            block.copy_from_slice(chunk);
+            self.write_block(lba + index as u64, &block)?;
+        }
+        Ok(())
+    }
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for &mut D {
@@ -39,6 +62,14 @@ impl<D: BlockDevice + ?Sized> BlockDevice for &mut D {
 
     fn block_count(&self) -> u64 {
         (**self).block_count()
+    }
+
+    fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), Self::Error> {
+        (**self).read_blocks(lba, buffer)
+    }
+
+    fn write_blocks(&mut self, lba: u64, buffer: &[u8]) -> Result<(), Self::Error> {
+        (**self).write_blocks(lba, buffer)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod locate;
 pub mod manifest;
 pub mod ops;
 pub mod partition;
+pub mod reflash;
 pub mod slot;
 pub mod slot_manifest;
 pub mod state;
