@@ -19,6 +19,10 @@
 //! - [`cache`]: data-cache maintenance for buffers shared with bus masters.
 //! - [`pm`]: the PM watchdog, chip reset and reset status.
 //! - [`emmc2`]: the EMMC2 SDHCI: SD/eMMC card init, PIO block reads and writes.
+//! - [`dwc2`]: the DWC2 USB 2.0 OTG controller as a host: core reset, root
+//!   port, control and bulk transfers in buffer DMA mode.
+//! - [`usb`]: USB protocol above any controller: descriptors, hubs,
+//!   enumeration, Bulk-Only mass storage with SCSI block reads.
 //!
 //! The crate is `no_std`; on the host it builds with `std` for its unit
 //! tests, which cover the pure parts (divisors, tick conversions, the
@@ -28,6 +32,7 @@
 
 pub mod board_revision;
 pub mod cache;
+pub mod dwc2;
 pub mod emmc2;
 pub mod generic_timer;
 pub mod gpio;
@@ -37,6 +42,7 @@ pub mod mmio;
 pub mod pl011;
 pub mod pm;
 pub mod system_timer;
+pub mod usb;
 
 pub use generic_timer::{Deadline, Instant, delay};
 pub use gpio::{ActLed, Function, Gpio, GpioError, Pin, Pull};

@@ -18,6 +18,7 @@ mod handoff;
 mod layout;
 mod medium;
 mod panic;
+mod recovery;
 mod selection;
 mod slot_files;
 mod storage;
@@ -57,8 +58,16 @@ fn main(boot: BootInfo) -> ! {
     let Some(disk) = medium::open_disk(&mut peripherals) else {
         nothing_to_boot("no usable boot medium");
     };
+    let mut area = layout::LoadArea::take(board::ram_top(&mut peripherals.mailbox));
     let Some(medium) = medium::Medium::open(&disk) else {
-        nothing_to_boot("the boot medium has no usable boot partition");
+        // A blank or broken eMMC: a bricked unit. Reflash it.
+        log::error!("the boot medium has no usable boot partition: USB recovery");
+        recovery::run(
+            &mut peripherals,
+            Some(&disk),
+            area.as_mut(),
+            &recovery_proto::manifest::Manifest::default(),
+        );
     };
 
     // 4. Slot state and policy; the decision is persisted before loading.
@@ -66,7 +75,7 @@ fn main(boot: BootInfo) -> ! {
     let manifest = medium.manifest(&mut manifest_buffer);
     let reset = selection::reset_reason(peripherals.watchdog.reset_reason());
     let mut selector = selection::Selector::new(&disk, medium.state_lbas(), &manifest, reset);
-    let Some(mut area) = layout::LoadArea::take(board::ram_top(&mut peripherals.mailbox)) else {
+    let Some(mut area) = area else {
         nothing_to_boot("no RAM to load a kernel into");
     };
 
@@ -75,7 +84,9 @@ fn main(boot: BootInfo) -> ! {
         let outcome = selector.decide();
         let slot = match outcome.decision {
             Decision::Boot(slot) => slot,
-            Decision::Recovery => nothing_to_boot("every slot is exhausted: RECOVERY"),
+            Decision::Recovery => {
+                recovery::run(&mut peripherals, Some(&disk), Some(&mut area), &manifest)
+            }
         };
         let attempt = outcome.reason.attempt().unwrap_or(1);
         let loaded = match slot_files::load(
@@ -124,10 +135,10 @@ fn main(boot: BootInfo) -> ! {
     }
 }
 
-/// Nothing can be booted: say why and wait. (USB recovery will take over
-/// here; until then a real board waits and test builds end the QEMU run.)
+/// Nothing can be booted and nothing can be recovered (no card to write to,
+/// no RAM): say why and wait; test builds end the QEMU run.
 fn nothing_to_boot(why: &str) -> ! {
-    log::error!("{why}; waiting (USB recovery is not in this build)");
+    log::error!("{why}; waiting");
     console::flush();
     #[cfg(feature = "qemu-test")]
     arch::qemu_exit(3);

@@ -7,7 +7,7 @@ use recovery_proto::Slot;
 use recovery_proto::cmdline::{self, BootArgs, CmdlineError};
 use recovery_proto::locate;
 use recovery_proto::manifest::Manifest;
-use recovery_proto::partition::{self, BadRootSpec, Partitions, SlotRoot};
+use recovery_proto::partition::{BadRootSpec, HeaderCopy, Partitions, SlotRoot};
 
 use crate::arch::Peripherals;
 use crate::boot_partition::BootPartition;
@@ -66,6 +66,15 @@ impl<'d> Medium<'d> {
                 return None;
             }
         };
+        if let Some(gpt) = partitions.gpt() {
+            log::info!("partition table: GPT, disk GUID {}", gpt.disk_guid);
+            if let (HeaderCopy::Backup, Some(fault)) = (gpt.source, gpt.primary_fault) {
+                log::warn!(
+                    "GPT: primary header unusable ({fault}); using the backup header at LBA {}",
+                    gpt.header_lba
+                );
+            }
+        }
         let (boot_partition, fat) = match locate::find_boot_volume(&mut { disk }) {
             Ok(found) => found,
             Err(error) => {
@@ -81,6 +90,12 @@ impl<'d> Medium<'d> {
                 partition.sectors,
                 partition.partuuid()
             );
+            // The FAT library reads MBRs only: show it this partition as entry 0 of one.
+            if let Err(error) = disk.present_boot_partition(partition.start_lba, partition.sectors)
+            {
+                log::error!("{error}");
+                return None;
+            }
         }
         let boot = match BootPartition::open(disk, fat) {
             Ok(boot) => boot,
@@ -153,7 +168,11 @@ impl<'d> Medium<'d> {
             Slot::Safe => manifest.safe_root,
         };
         let mut uuid = heapless::String::<40>::new();
-        match partition::slot_root(slot, spec).map_err(BootArgsError::RootSpec)? {
+        match self
+            .partitions
+            .slot_root(slot, spec)
+            .map_err(BootArgsError::RootSpec)?
+        {
             SlotRoot::Number(number) => {
                 let found = self
                     .partitions

@@ -1,6 +1,17 @@
 //! The boot medium (EMMC2) as a block device for the FAT library and the state store.
+//!
+//! Two views of the same card: recovery-proto's [`BlockDevice`](recovery_proto::BlockDevice)
+//! sees every sector as it is, and reads the partition table (MBR or GPT) itself;
+//! embedded-sdmmc's `BlockDevice`, through which [`crate::boot_partition`] walks directories,
+//! sees sector 0 replaced by a synthetic MBR once [`Disk::present_boot_partition`] has named
+//! the boot partition: one FAT32 (LBA) entry covering exactly that partition. embedded-sdmmc
+//! only understands MBR partition tables (its `open_raw_volume` reads the four primary
+//! entries), so this is how it opens the FAT volume of a GPT disk; on an MBR disk it makes
+//! it open the partition recovery-proto chose, not whatever entry 0 holds. The synthetic
+//! sector exists only in that view: it is never written, and a write to sector 0 through the
+//! view is refused (embedded-sdmmc never writes it; zboot opens FAT read-only).
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::fmt;
 
 use hal_bcm2711::emmc2::{Emmc2, Emmc2Error};
@@ -12,6 +23,8 @@ pub struct Disk {
     controller: RefCell<Emmc2>,
     blocks: u64,
     counters: RefCell<Counters>,
+    /// The boot partition as (start LBA, sectors) for embedded-sdmmc's view.
+    boot_partition: Cell<Option<(u32, u32)>>,
 }
 
 /// What the storage path did, for the log and the benchmark.
@@ -27,20 +40,73 @@ pub struct DiskError {
     pub lba: u64,
     pub blocks: u64,
     pub write: bool,
-    pub cause: Emmc2Error,
+    pub cause: DiskFault,
+}
+
+/// Why a transfer failed.
+#[derive(Clone, Copy, Debug)]
+pub enum DiskFault {
+    /// The controller or the card reported an error.
+    Controller(Emmc2Error),
+    /// A write to sector 0 through embedded-sdmmc's view, where sector 0 is the synthetic MBR.
+    SyntheticSector,
 }
 
 impl fmt::Display for DiskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} of {} block(s) at LBA {} failed: {}",
+            "{} of {} block(s) at LBA {} failed: ",
             if self.write { "write" } else { "read" },
             self.blocks,
             self.lba,
-            self.cause
+        )?;
+        match self.cause {
+            DiskFault::Controller(error) => write!(f, "{error}"),
+            DiskFault::SyntheticSector => {
+                f.write_str("sector 0 is a read-only synthetic MBR in the FAT library's view")
+            }
+        }
+    }
+}
+
+/// The boot partition cannot be described by an MBR entry (32-bit start and size).
+#[derive(Clone, Copy, Debug)]
+pub struct BeyondMbrRange {
+    pub start_lba: u64,
+    pub sectors: u64,
+}
+
+impl fmt::Display for BeyondMbrRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "boot partition at LBA {} ({} sectors) is beyond the 32-bit sector numbers the FAT \
+             library reads",
+            self.start_lba, self.sectors
         )
     }
+}
+
+/// Sector 0 as embedded-sdmmc sees it: an MBR whose entry 0 is the boot partition (active,
+/// type 0x0C FAT32 LBA, CHS fields "beyond CHS" as LBA-only tools write them).
+fn synthetic_mbr(start_lba: u32, sectors: u32) -> Block {
+    let mut sector = [0u8; BLOCK_SIZE];
+    let entry = [0x80, 0xFE, 0xFF, 0xFF, 0x0C, 0xFE, 0xFF, 0xFF];
+    for (offset, byte) in entry
+        .into_iter()
+        .chain(start_lba.to_le_bytes())
+        .chain(sectors.to_le_bytes())
+        .enumerate()
+    {
+        if let Some(slot) = sector.get_mut(446 + offset) {
+            *slot = byte;
+        }
+    }
+    if let Some(signature) = sector.get_mut(510..512) {
+        signature.copy_from_slice(&[0x55, 0xAA]);
+    }
+    sector
 }
 
 impl core::error::Error for DiskError {}
@@ -52,6 +118,23 @@ impl Disk {
             controller: RefCell::new(controller),
             blocks,
             counters: RefCell::default(),
+            boot_partition: Cell::new(None),
+        }
+    }
+
+    /// Makes embedded-sdmmc's view show a synthetic MBR whose one entry is this partition
+    /// (see the module docs).
+    pub fn present_boot_partition(
+        &self,
+        start_lba: u64,
+        sectors: u64,
+    ) -> Result<(), BeyondMbrRange> {
+        match (u32::try_from(start_lba), u32::try_from(sectors)) {
+            (Ok(start), Ok(count)) => {
+                self.boot_partition.set(Some((start, count)));
+                Ok(())
+            }
+            _ => Err(BeyondMbrRange { start_lba, sectors }),
         }
     }
 
@@ -80,7 +163,7 @@ impl Disk {
                 lba,
                 blocks,
                 write: false,
-                cause,
+                cause: DiskFault::Controller(cause),
             })?;
         self.counters.borrow_mut().blocks_read += blocks;
         Ok(())
@@ -96,7 +179,7 @@ impl Disk {
                 lba,
                 blocks,
                 write: true,
-                cause,
+                cause: DiskFault::Controller(cause),
             })?;
         self.counters.borrow_mut().blocks_written += blocks;
         Ok(())
@@ -117,6 +200,16 @@ impl recovery_proto::BlockDevice for &Disk {
     fn block_count(&self) -> u64 {
         self.blocks
     }
+
+    // Multi-block commands (CMD18/CMD25) for whole regions: a reflash writes
+    // up to 1 MiB per call.
+    fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), Self::Error> {
+        self.read(lba, buffer)
+    }
+
+    fn write_blocks(&mut self, lba: u64, buffer: &[u8]) -> Result<(), Self::Error> {
+        self.write(lba, buffer)
+    }
 }
 
 impl embedded_sdmmc::BlockDevice for &Disk {
@@ -128,7 +221,13 @@ impl embedded_sdmmc::BlockDevice for &Disk {
         start: embedded_sdmmc::BlockIdx,
     ) -> Result<(), Self::Error> {
         for (index, block) in blocks.iter_mut().enumerate() {
-            Disk::read(self, u64::from(start.0) + index as u64, &mut block.contents)?;
+            let lba = u64::from(start.0) + index as u64;
+            match (lba, self.boot_partition.get()) {
+                (0, Some((start_lba, sectors))) => {
+                    block.contents = synthetic_mbr(start_lba, sectors);
+                }
+                _ => Disk::read(self, lba, &mut block.contents)?,
+            }
         }
         Ok(())
     }
@@ -138,6 +237,14 @@ impl embedded_sdmmc::BlockDevice for &Disk {
         blocks: &[embedded_sdmmc::Block],
         start: embedded_sdmmc::BlockIdx,
     ) -> Result<(), Self::Error> {
+        if start.0 == 0 && !blocks.is_empty() && self.boot_partition.get().is_some() {
+            return Err(DiskError {
+                lba: 0,
+                blocks: blocks.len() as u64,
+                write: true,
+                cause: DiskFault::SyntheticSector,
+            });
+        }
         for (index, block) in blocks.iter().enumerate() {
             Disk::write(self, u64::from(start.0) + index as u64, &block.contents)?;
         }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod build;
+pub mod linux;
 mod qemu;
 
 pub use build::{LoaderBuild, LoaderImage, Tools, insn_count_plugin, minimal_dtb, workspace_root};

@@ -74,6 +74,7 @@ pub struct Qemu {
     append: Option<String>,
     emmc: Option<PathBuf>,
     usb_stick: Option<PathBuf>,
+    extra_args: Vec<String>,
     blobs: Vec<(PathBuf, u64)>,
     plugin: Option<(PathBuf, String)>,
     icount: Option<Icount>,
@@ -91,6 +92,7 @@ impl Qemu {
             append: None,
             emmc: None,
             usb_stick: None,
+            extra_args: Vec::new(),
             blobs: Vec::new(),
             plugin: None,
             icount: None,
@@ -125,6 +127,15 @@ impl Qemu {
     #[must_use]
     pub fn usb_stick(mut self, image: &Path) -> Self {
         self.usb_stick = Some(image.to_path_buf());
+        self
+    }
+
+    /// Extra QEMU arguments, placed before the USB stick's (e.g. explicit
+    /// `-device usb-hub` so the stick can go behind them).
+    #[must_use]
+    pub fn extra_args(mut self, arguments: &[&str]) -> Self {
+        self.extra_args
+            .extend(arguments.iter().map(|argument| (*argument).to_owned()));
         self
     }
 
@@ -197,6 +208,7 @@ impl Qemu {
             ));
             command.args(["-device", "sd-card,drive=card,bus=/generic-sdhci/sd-bus"]);
         }
+        command.args(&self.extra_args);
         if let Some(stick) = &self.usb_stick {
             command.arg("-drive").arg(format!(
                 "if=none,id=stick,format=raw,file={}",

@@ -507,3 +507,86 @@ fn a_slot_device_tree_without_chosen_falls_back() {
     assert_eq!(booted(&run), ("B".into(), 1));
     assert_eq!(disk.failed_boots("A"), 1);
 }
+
+/// A GPT disk (`zbctl disk create --gpt`, the same slots as [`all_good`]) and what
+/// disk create reported (each partition's PARTUUID).
+fn gpt_disk() -> (Disk, String) {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
+    let kernel = LoaderImage::get(LoaderBuild::TestKernel).expect("building the test kernel");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("emmc.img");
+    let mut args: Vec<String> = [
+        "disk",
+        "create",
+        "--gpt",
+        "--output",
+        image.to_str().unwrap(),
+        "--size",
+        "256M",
+        "--disk-id",
+        DISK_ID,
+        "--loader",
+        loader.image.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    for slot in ["A", "B", "SAFE"] {
+        args.push("--slot".into());
+        args.push(format!(
+            "{slot}:kernel={},version=1",
+            kernel.image.display()
+        ));
+        args.push("--cmdline".into());
+        args.push(format!("{slot}=console=ttyAMA0 zbtest=good"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = zbctl(&args);
+    (Disk { dir, image }, report)
+}
+
+#[test]
+fn gpt_disk_boots_slot_a_by_its_guid_and_falls_back_to_the_backup_header() {
+    let (disk, report) = gpt_disk();
+    let partuuid = |number: u8| {
+        report
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&format!("p{number} PARTUUID=")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no p{number} in {report}"))
+            .to_owned()
+    };
+    let root_a = partuuid(2);
+    assert_eq!(root_a.len(), 36, "a GUID: {root_a}");
+    let before = disk.snapshot();
+    let run = disk.boot();
+    disk.assert_only_state_written(&before);
+    assert!(run.console_has("partition table: GPT"));
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert!(run.console_has(&format!(
+        "root=PARTUUID={root_a} zboot.slot=A zboot.attempt=1"
+    )));
+    assert_eq!(
+        disk.failed_boots("A"),
+        1,
+        "the attempt is counted on the disk"
+    );
+
+    // The primary header damaged (its "my LBA" field): the backup at the last LBA is used.
+    let mut bytes = disk.snapshot();
+    bytes[512 + 24] ^= 0xFF;
+    std::fs::write(&disk.image, &bytes).unwrap();
+    let run = disk.boot();
+    assert!(
+        run.console_has("GPT: primary header unusable (GPT header at LBA 1: header CRC32"),
+        "the console says why"
+    );
+    assert!(run.console_has("using the backup header at LBA 524287"));
+    assert_eq!(booted(&run), ("A".into(), 2));
+    assert!(run.console_has(&format!("root=PARTUUID={root_a} zboot.slot=A")));
+    assert_eq!(disk.failed_boots("A"), 2);
+    assert_eq!(
+        &disk.snapshot()[512..1024],
+        &bytes[512..1024],
+        "zboot never repairs the table"
+    );
+}

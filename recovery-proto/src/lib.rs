@@ -2,8 +2,8 @@
 //!
 //! The loader's path through this crate on every boot:
 //!
-//! 1. [`locate::locate_state`] over a [`BlockDevice`]: MBR ([`partition`]) → FAT boot volume
-//!    ([`fat`]) → the contiguous `ZBSTATE.BIN` → the two LBAs of the state copies.
+//! 1. [`locate::locate_state`] over a [`BlockDevice`]: MBR or GPT ([`partition`]) → FAT boot
+//!    volume ([`fat`]) → the contiguous `ZBSTATE.BIN` → the two LBAs of the state copies.
 //! 2. [`RedundantStore::load_or_fallback`]: the newest valid copy, or SAFE-only.
 //! 3. [`manifest::Manifest::parse`] on `zbmanifest.txt` for the policy overrides.
 //! 4. [`decide()`] with the [`Facts`]; log [`Outcome::reason`]; persist with

@@ -1,4 +1,5 @@
-//! Finding the state file's two sectors: partition table → FAT boot partition → `ZBSTATE.BIN`.
+//! Finding the state file's two sectors: partition table (MBR or GPT) → FAT boot partition →
+//! `ZBSTATE.BIN`.
 //!
 //! The state file is created once by `zbctl init-state` (preallocated, contiguous,
 //! [`STATE_FILE_SIZE`] bytes) in the root directory of the FAT boot partition. Copy 0 is its
@@ -9,7 +10,8 @@ use core::fmt;
 
 use crate::block::{BLOCK_SIZE, BlockDevice};
 use crate::fat::{Extent, FatError, FatVolume, short_name};
-use crate::partition::{MbrError, MbrPartition, PartitionTable};
+use crate::partition::gpt::{self, Gpt, GptError};
+use crate::partition::{MbrError, Partition, PartitionTable};
 
 /// The state file's name in the boot partition's root directory.
 pub const STATE_FILE_NAME: &str = "ZBSTATE.BIN";
@@ -19,8 +21,8 @@ pub const STATE_FILE_SIZE: u32 = 2 * BLOCK_SIZE as u32;
 /// Where the state lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateLocation {
-    /// The MBR partition holding the FAT volume (None: the device is the partition itself).
-    pub partition: Option<MbrPartition>,
+    /// The partition holding the FAT volume (None: the device is the partition itself).
+    pub partition: Option<Partition>,
     /// The FAT volume.
     pub volume: FatVolume,
     /// The state file's extent.
@@ -36,7 +38,10 @@ pub enum LocateError<E> {
     Device(E),
     /// Sector 0 is neither a FAT boot sector nor a valid MBR.
     PartitionTable(MbrError),
-    /// The MBR has no FAT partition.
+    /// Sector 0 is a protective MBR and the GPT behind it is unusable.
+    Gpt(GptError<E>),
+    /// No FAT partition in the MBR, or no Microsoft basic data / EFI system partition in
+    /// the GPT.
     NoFatPartition,
     /// The FAT volume or the file in it is unusable (partition number, if any).
     Fat {
@@ -54,7 +59,11 @@ impl<E: fmt::Debug> fmt::Display for LocateError<E> {
         match self {
             LocateError::Device(e) => write!(f, "reading sector 0: {e:?}"),
             LocateError::PartitionTable(e) => write!(f, "partition table: {e}"),
-            LocateError::NoFatPartition => f.write_str("no FAT partition in the MBR"),
+            LocateError::Gpt(e) => write!(f, "GPT: {e}"),
+            LocateError::NoFatPartition => f.write_str(
+                "no boot partition in the partition table (MBR: a FAT type; GPT: Microsoft basic \
+                 data or EFI system)",
+            ),
             LocateError::Fat {
                 partition: Some(n),
                 error,
@@ -73,11 +82,12 @@ impl<E: fmt::Debug> fmt::Display for LocateError<E> {
     }
 }
 
-/// Finds the FAT boot volume: `device` is either a whole disk (MBR, first FAT partition) or
-/// a partition (FAT boot sector at LBA 0).
+/// Finds the FAT boot volume: `device` is either a whole disk (MBR: the first primary of a
+/// FAT type; GPT: the first Microsoft basic data or EFI system partition) or a partition
+/// (FAT boot sector at LBA 0).
 pub fn find_boot_volume<D: BlockDevice>(
     device: &mut D,
-) -> Result<(Option<MbrPartition>, FatVolume), LocateError<D::Error>> {
+) -> Result<(Option<Partition>, FatVolume), LocateError<D::Error>> {
     let mut sector0 = [0u8; BLOCK_SIZE];
     device
         .read_block(0, &mut sector0)
@@ -87,8 +97,21 @@ pub fn find_boot_volume<D: BlockDevice>(
     if let Ok(volume) = FatVolume::parse::<D::Error>(&sector0, 0, Some(blocks)) {
         return Ok((None, volume));
     }
-    let table = PartitionTable::parse(&sector0, blocks).map_err(LocateError::PartitionTable)?;
-    let partition = table.first_fat().ok_or(LocateError::NoFatPartition)?;
+    let partition = if gpt::is_protective_mbr(&sector0) {
+        let table = Gpt::read_after_mbr(device, &sector0).map_err(LocateError::Gpt)?;
+        table
+            .partitions()
+            .iter()
+            .find(|p| p.is_boot_type())
+            .copied()
+            .map(Partition::from)
+    } else {
+        // Primaries only: the logicals' chain is not needed to find the boot partition, and
+        // a damaged chain must not keep the state from being found.
+        let table = PartitionTable::parse(&sector0, blocks).map_err(LocateError::PartitionTable)?;
+        table.first_fat().map(Partition::from)
+    };
+    let partition = partition.ok_or(LocateError::NoFatPartition)?;
     let volume =
         FatVolume::open(device, partition.start_lba, Some(partition.sectors)).map_err(|error| {
             LocateError::Fat {

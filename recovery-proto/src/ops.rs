@@ -17,6 +17,11 @@ pub enum OpError {
     LastBootEnded { boot: u32, outcome: BootOutcome },
     /// The running slot (from `zboot.slot=`) is not the one the state recorded.
     SlotMismatch { running: Slot, recorded: Slot },
+    /// An install may not write the ACTIVE slot (or SAFE, which only recovery writes).
+    NotInstallable { slot: Slot, active: Slot },
+    /// ACTIVE is a trial nobody confirmed: the BACKUP holds the last confirmed system, and
+    /// installing over it would leave nothing known-good to roll back to.
+    ActiveUnconfirmed { active: Slot, backup: Slot },
 }
 
 impl fmt::Display for OpError {
@@ -33,6 +38,17 @@ impl fmt::Display for OpError {
             OpError::SlotMismatch { running, recorded } => write!(
                 f,
                 "running slot {running} but the state recorded a boot of slot {recorded}"
+            ),
+            OpError::NotInstallable { slot, active } => write!(
+                f,
+                "slot {slot} cannot be installed into (ACTIVE is {active}; only the A/B slot \
+                 that is not ACTIVE is written)"
+            ),
+            OpError::ActiveUnconfirmed { active, backup } => write!(
+                f,
+                "ACTIVE slot {active} is a trial not confirmed yet, and BACKUP {backup} holds the \
+                 last confirmed system: boot {active} and run `zbctl mark-good`, or go back with \
+                 `zbctl set-active {backup}`"
             ),
         }
     }
@@ -132,6 +148,54 @@ impl State {
         *self = fresh;
     }
 
+    /// The slot an update goes to: the A/B slot that is not ACTIVE (BACKUP, unless a
+    /// fallback made SAFE the BACKUP; with SAFE active, BACKUP if it is A or B, else A).
+    pub fn install_slot(&self) -> Slot {
+        match (self.active, self.backup) {
+            (Slot::A, _) | (Slot::Safe, Slot::B) => Slot::B,
+            (Slot::B | Slot::Safe, _) => Slot::A,
+        }
+    }
+
+    /// An install into `slot` starts: the slot is marked `bad` (never booted, not a one-shot)
+    /// *before* its first byte is written, so an interrupted install leaves it unbootable and
+    /// ACTIVE untouched. `force` allows installing over the BACKUP while ACTIVE is an
+    /// unconfirmed trial.
+    pub fn begin_install(&mut self, slot: Slot, force: bool) -> Result<(), OpError> {
+        if slot == Slot::Safe || slot == self.active {
+            return Err(OpError::NotInstallable {
+                slot,
+                active: self.active,
+            });
+        }
+        if !force && self.slot(self.active).state == SlotState::Trial {
+            return Err(OpError::ActiveUnconfirmed {
+                active: self.active,
+                backup: slot,
+            });
+        }
+        if self.one_shot == Some(slot) {
+            self.one_shot = None;
+        }
+        let info = self.slot_mut(slot);
+        info.state = SlotState::Bad;
+        info.failed = 0;
+        Ok(())
+    }
+
+    /// The install into `slot` is complete and verified: it becomes a `trial` with a clean
+    /// counter and `version`. With `once`, it is booted on the next boot only (like `try`:
+    /// ACTIVE stays, `set-active` makes it permanent after `mark-good`); otherwise it becomes
+    /// ACTIVE (like `set-active`: the old ACTIVE becomes BACKUP, so a trial that fails
+    /// `max_boot_failure` boots rolls back to it).
+    pub fn start_trial(&mut self, slot: Slot, version: u32, once: bool) {
+        if once {
+            self.try_once(slot, Some(version));
+        } else {
+            self.set_active(slot, Some(version));
+        }
+    }
+
     fn rearm(&mut self, slot: Slot, version: Option<u32>) {
         let info = self.slot_mut(slot);
         info.failed = 0;
@@ -184,6 +248,70 @@ mod tests {
         assert_eq!(state.slot(Slot::B).state, SlotState::Good);
         assert_eq!(state.slot(Slot::B).confirmed_version, 2);
         assert_eq!((state.active, state.backup), (Slot::B, Slot::A));
+    }
+
+    #[test]
+    fn install_marks_bad_first_then_trial_rolls_back() {
+        let mut state = State::fresh();
+        assert_eq!(state.install_slot(), Slot::B);
+        assert_eq!(
+            state.begin_install(Slot::A, false),
+            Err(OpError::NotInstallable {
+                slot: Slot::A,
+                active: Slot::A
+            })
+        );
+        assert!(state.begin_install(Slot::Safe, false).is_err());
+        state.try_once(Slot::B, None);
+        state.begin_install(Slot::B, false).unwrap();
+        assert_eq!(state.slot(Slot::B).state, SlotState::Bad);
+        assert_eq!(
+            state.one_shot, None,
+            "a pending one-shot of the slot is dropped"
+        );
+        // Interrupted here: A boots, B is never tried.
+        for _ in 0..5 {
+            let outcome = decide(&state, &Facts::new(ResetReason::Watchdog));
+            assert_eq!(outcome.decision, Decision::Boot(Slot::A));
+            state = outcome.state;
+            state.mark_good(Some(Slot::A)).unwrap();
+        }
+        state.start_trial(Slot::B, 9, false);
+        assert_eq!((state.active, state.backup), (Slot::B, Slot::A));
+        assert_eq!(state.slot(Slot::B).state, SlotState::Trial);
+        assert_eq!(state.slot(Slot::B).image_version, 9);
+        // A second install before B is confirmed would overwrite the last good system.
+        assert_eq!(
+            state.clone().begin_install(state.install_slot(), false),
+            Err(OpError::ActiveUnconfirmed {
+                active: Slot::B,
+                backup: Slot::A
+            })
+        );
+        for _ in 0..3 {
+            let outcome = decide(&state, &Facts::new(ResetReason::Watchdog));
+            assert_eq!(outcome.decision, Decision::Boot(Slot::B));
+            state = outcome.state;
+        }
+        let outcome = decide(&state, &Facts::new(ResetReason::Watchdog));
+        assert_eq!(outcome.decision, Decision::Boot(Slot::A), "rolled back");
+    }
+
+    #[test]
+    fn install_as_one_shot_keeps_active() {
+        let mut state = State::fresh();
+        state.begin_install(Slot::B, false).unwrap();
+        state.start_trial(Slot::B, 3, true);
+        assert_eq!((state.active, state.one_shot), (Slot::A, Some(Slot::B)));
+        let outcome = decide(&state, &Facts::new(ResetReason::Software));
+        assert_eq!(outcome.decision, Decision::Boot(Slot::B));
+        let outcome = decide(&outcome.state, &Facts::new(ResetReason::Watchdog));
+        assert_eq!(outcome.decision, Decision::Boot(Slot::A));
+        // SAFE active after a double fallback: the update goes to an A/B slot.
+        let mut fallen = State::fresh();
+        fallen.active = Slot::Safe;
+        fallen.backup = Slot::Safe;
+        assert_eq!(fallen.install_slot(), Slot::A);
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! 1. [`StickImage::open`] finds the image file on the stick's first FAT partition and maps
 //!    its clusters to sector runs, so the image can be read at any offset.
 //! 2. [`reflash`] opens the image — header, signature (when a key is provisioned) and
-//!    manifest are checked before anything is written — checks that its layout fits the
-//!    target, records in the journal that this image is being written, then streams every
-//!    region: data is inflated and its SHA-256 checked before it is written; fill regions
-//!    are written as fill; skip regions (free blocks) are not written at all.
+//!    manifest — checks that its layout fits the target, and reads every chunk once,
+//!    inflating it and checking its SHA-256: only an image that passes all of it is
+//!    written. It then records in the journal that this image is being written and streams
+//!    every region again: data is inflated and its hash checked again before it is written;
+//!    fill regions are written as fill; skip regions (free blocks) are not written at all.
 //! 3. After each region outside the boot partition the journal records the next region,
 //!    so a reflash cut by power loss resumes where it stopped. The image lists the boot
 //!    partition last, and the journal itself lives in the boot partition's state file, so
@@ -306,6 +307,15 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
             target_blocks,
         });
     }
+    // Every chunk is read, inflated and hash-checked once before the first
+    // write, so a damaged or tampered image leaves the target untouched (the
+    // price: the stick is read twice).
+    let mut check = image.chunks(0);
+    while check
+        .next_chunk(&image, source, decoder, output)
+        .map_err(ReflashError::Image)?
+        .is_some()
+    {}
     let id = image.id();
     let resumed_from = journal.resume_point(&id).min(image.header().region_count);
     journal
@@ -473,8 +483,15 @@ mod tests {
     fn nothing_is_written_when_the_image_is_bad() {
         let mut tampered = sample_image();
         let last = tampered.len() - 10;
-        tampered[last] ^= 0x40; // inside the payload: chunk hash fails at that chunk
+        tampered[last] ^= 0x40; // inside the last chunk: its hash fails
         let mut disk = RamDisk::new(4096);
+        let error = run(&tampered, &mut disk, &mut MemoryJournal::default(), None).unwrap_err();
+        assert!(matches!(error, ReflashError::Image(_)), "{error:?}");
+        assert_eq!(
+            disk.writes(),
+            0,
+            "a tampered chunk is found before anything is written"
+        );
         let error = run(
             &tampered[..300],
             &mut disk,

@@ -10,6 +10,7 @@ use common::VecDisk;
 use recovery_proto::block::{BLOCK_SIZE, Block, BlockDevice};
 use recovery_proto::fat::{FatError, FatType, FatVolume, short_name};
 use recovery_proto::locate::{LocateError, STATE_FILE_SIZE, locate_state};
+use recovery_proto::partition::{PartUuid, gpt};
 use recovery_proto::{RedundantStore, State};
 
 const START: usize = 2048;
@@ -211,4 +212,94 @@ fn random_boot_sectors_never_panic() {
         let _ = FatVolume::parse::<()>(&block, 0, Some(1 << 20));
         let _ = recovery_proto::partition::Mbr::parse(&block, 1 << 20);
     }
+}
+
+/// Rewrites `disk` (made by [`disk`]) as a GPT disk: the FAT volume at LBA 2048 becomes
+/// entry `index` (type `kind`), with primary and backup headers over a 128-entry array.
+fn to_gpt(disk: &mut VecDisk, index: usize, kind: gpt::Guid, sectors: u64) -> gpt::Guid {
+    use gpt::{HeaderFields, encode_entry, encode_header};
+    let blocks = (disk.0.len() / BLOCK_SIZE) as u64;
+    let unique =
+        gpt::Guid::from_fields(0x6a1b_2c3d, 0x4e5f, 0x4071, [0x82, 0x93, 1, 2, 3, 4, 5, 6]);
+    let mut array = vec![0u8; 128 * 128];
+    array[index * 128..(index + 1) * 128].copy_from_slice(&encode_entry(
+        kind,
+        unique,
+        START as u64,
+        START as u64 + sectors - 1,
+        "boot",
+    ));
+    let crc = crc32fast::hash(&array);
+    let mut put = |lba: u64, bytes: &[u8]| {
+        let at = lba as usize * BLOCK_SIZE;
+        disk.0[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+    put(0, &gpt::protective_mbr(blocks));
+    for (my, other, array_lba) in [(1, blocks - 1, 2), (blocks - 1, 1, blocks - 33)] {
+        let header = encode_header(&HeaderFields {
+            my_lba: my,
+            alternate_lba: other,
+            first_usable_lba: 34,
+            last_usable_lba: blocks - 34,
+            disk_guid: gpt::Guid([7; 16]),
+            entry_array_lba: array_lba,
+            entry_count: 128,
+            entry_array_crc: crc,
+        });
+        put(my, &header);
+        put(array_lba, &array);
+    }
+    unique
+}
+
+#[test]
+fn finds_the_state_file_on_gpt_disks() {
+    // `disk` leaves 16 sectors after the volume; 32 more make room for the backup array and
+    // header.
+    for kind in [gpt::BASIC_DATA, gpt::EFI_SYSTEM] {
+        let mut disk = disk(
+            80_000,
+            fatfs::FatType::Fat32,
+            512,
+            &[("ZBSTATE.BIN", STATE_FILE_SIZE as usize)],
+            &[],
+        );
+        disk.0.extend_from_slice(&[0; 32 * BLOCK_SIZE]);
+        let unique = to_gpt(&mut disk, 2, kind, 80_000);
+        let location = locate_state(&mut disk).unwrap();
+        let partition = location.partition.unwrap();
+        assert_eq!((partition.number, partition.start_lba), (3, START as u64));
+        assert_eq!(
+            partition.partuuid().to_string(),
+            "6a1b2c3d-4e5f-4071-8293-010203040506"
+        );
+        assert_eq!(partition.partuuid, PartUuid::Gpt(unique));
+        let mut block = [0u8; BLOCK_SIZE];
+        disk.read_block(location.lbas[0], &mut block).unwrap();
+        assert!(block.iter().all(|&b| b == 0x11));
+        // The primary header destroyed: the backup still finds it.
+        disk.0[BLOCK_SIZE..2 * BLOCK_SIZE].fill(0);
+        assert_eq!(locate_state(&mut disk).unwrap().lbas, location.lbas);
+    }
+}
+
+#[test]
+fn gpt_without_a_boot_type_or_with_bad_headers_is_refused() {
+    let mut disk = disk(20_000, fatfs::FatType::Fat16, 512, &[], &[]);
+    disk.0.extend_from_slice(&[0; 32 * BLOCK_SIZE]);
+    to_gpt(&mut disk, 0, gpt::LINUX_FILESYSTEM, 20_000);
+    assert!(matches!(
+        locate_state(&mut disk),
+        Err(LocateError::NoFatPartition)
+    ));
+    let blocks = disk.0.len() / BLOCK_SIZE;
+    disk.0[BLOCK_SIZE + 20] ^= 1;
+    disk.0[(blocks - 1) * BLOCK_SIZE + 20] ^= 1;
+    assert!(matches!(
+        locate_state(&mut disk),
+        Err(LocateError::Gpt(gpt::GptError::BothHeadersBad {
+            primary: gpt::HeaderError::HeaderCrcMismatch { lba: 1, .. },
+            ..
+        }))
+    ));
 }

@@ -442,3 +442,108 @@ fn fatfs_defects_are_found_by_fsck_and_fixed() {
     let listing = run("mdir", &["-i", path.to_str().unwrap(), "::/A/deeper"]);
     assert!(listing.status.success(), "{}", text(&listing));
 }
+
+#[test]
+fn gpt_image_passes_sfdisk_sgdisk_fsck_and_our_reader() {
+    let inputs = Inputs::new();
+    let mut args = inputs.create_args();
+    args.push("--gpt".into());
+    let created = create(&args);
+    assert!(created.status.success(), "{}", text(&created));
+    let image = inputs.output();
+    let report = text(&created);
+    assert!(report.contains("GPT disk"), "{report}");
+
+    // sgdisk's full check: headers, CRCs, backup, overlaps (scripts/setup installs gdisk).
+    let verify = run("sgdisk", &["-v", image.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("No problems found"),
+        "sgdisk -v: {}",
+        text(&verify)
+    );
+
+    // sfdisk's view: label, types, GUIDs; the loader's reader agrees on every partition.
+    let dump = run("sfdisk", &["--json", image.to_str().unwrap()]);
+    assert!(dump.status.success(), "{}", text(&dump));
+    let json: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let table = &json["partitiontable"];
+    assert_eq!(table["label"], "gpt");
+    let listed = table["partitions"].as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    let mut disk = FileDisk::new(File::open(&image).unwrap()).unwrap();
+    let ours = Partitions::read(&mut disk).unwrap();
+    let gpt = ours.gpt().expect("a GPT");
+    assert_eq!(gpt.primary_fault, None);
+    assert_eq!(
+        table["id"].as_str().unwrap().to_lowercase(),
+        gpt.disk_guid.to_string()
+    );
+    let basic_data = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7";
+    let linux = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    for (index, p) in listed.iter().enumerate() {
+        let number = index as u8 + 1;
+        let mine = ours.partition(number).unwrap();
+        assert_eq!(
+            (
+                mine.start_lba,
+                mine.sectors,
+                format!("{:x}", mine.kind),
+                mine.partuuid().to_string()
+            ),
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_lowercase(),
+                p["uuid"].as_str().unwrap().to_lowercase()
+            ),
+            "partition {number}"
+        );
+        let expected_type = if number == 1 { basic_data } else { linux };
+        assert_eq!(format!("{:x}", mine.kind), expected_type);
+    }
+    assert_eq!(listed[3]["name"], "rootSAFE");
+    // Reproducible from --disk-id: the report names the same PARTUUIDs.
+    let safe = ours.partition(4).unwrap().partuuid().to_string();
+    assert!(report.contains(&format!("p4 PARTUUID={safe}")), "{report}");
+    assert!(report.contains("root SAFE"), "{report}");
+
+    // The backup header alone still gives the same table.
+    let mut damaged = fs::read(&image).unwrap();
+    damaged[512..1024].fill(0);
+    let damaged_path = image.with_file_name("damaged.img");
+    fs::write(&damaged_path, &damaged).unwrap();
+    let mut disk = FileDisk::new(File::open(&damaged_path).unwrap()).unwrap();
+    let from_backup = Partitions::read(&mut disk).unwrap();
+    assert_eq!(
+        from_backup.gpt().unwrap().source,
+        recovery_proto::partition::HeaderCopy::Backup
+    );
+    assert_eq!(
+        from_backup.iter().collect::<Vec<_>>(),
+        ours.iter().collect::<Vec<_>>()
+    );
+    fs::remove_file(&damaged_path).unwrap();
+
+    // FAT boot partition clean; the manifest names SAFE as partition 4.
+    let boot = ours.partition(1).unwrap();
+    let boot = extract(&image, boot.start_lba, boot.sectors, "boot.img");
+    let fsck = run("fsck.fat", &["-n", boot.to_str().unwrap()]);
+    assert!(fsck.status.success(), "fsck.fat -n: {}", text(&fsck));
+    let zbmanifest = mtype(&boot, "/zbmanifest.txt");
+    let parsed = Manifest::parse(&zbmanifest).unwrap();
+    assert_eq!(parsed.root_a, Some("/dev/mmcblk0p2"));
+    assert_eq!(parsed.safe_root, Some("/dev/mmcblk0p4"));
+    for (number, label) in [(4, "rootSAFE"), (5, "data")] {
+        let p = ours.partition(number).unwrap();
+        let part = extract(&image, p.start_lba, p.sectors, &format!("p{number}.img"));
+        let check = run("e2fsck", &["-n", "-f", part.to_str().unwrap()]);
+        assert!(check.status.success(), "e2fsck p{number}: {}", text(&check));
+        let label_out = run("e2label", &[part.to_str().unwrap()]);
+        assert_eq!(String::from_utf8_lossy(&label_out.stdout).trim(), label);
+    }
+
+    // zbctl finds the state through the GPT.
+    let status = zbctl(&["--image", image.to_str().unwrap(), "status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+}

@@ -17,7 +17,6 @@ global_asm!(include_str!("vectors.s"), options(raw));
 global_asm!(include_str!("cache.s"), options(raw));
 
 pub use exception::write_raw;
-#[cfg(not(feature = "qemu-test"))]
 pub use peripherals::reset_now;
 pub use peripherals::{Peripherals, take_peripherals};
 

@@ -1,5 +1,6 @@
 //! The one place where the loader creates its peripheral drivers.
 
+use hal_bcm2711::dwc2::{DmaBuffer, Dwc2};
 use hal_bcm2711::emmc2::Emmc2;
 use hal_bcm2711::gpio::Gpio;
 use hal_bcm2711::mailbox::Mailbox;
@@ -17,7 +18,12 @@ pub struct Peripherals {
     pub gpio: Gpio,
     /// Taken by the storage path.
     pub emmc2: Option<Emmc2>,
+    /// Taken by USB recovery.
+    pub dwc2: Option<Dwc2>,
 }
+
+/// The DWC2's DMA buffer: in `.bss`, inside the first GiB its DMA reaches.
+static mut DWC2_DMA: DmaBuffer = DmaBuffer::zeroed();
 
 static mut TAKEN: bool = false;
 
@@ -31,7 +37,9 @@ pub fn take_peripherals() -> Peripherals {
     // SAFETY: the addresses are the BCM2711 blocks of these register layouts
     // (memory_map), identity-mapped as Device memory for the program's life,
     // and this function runs once, so each driver is the only owner (the
-    // fault path's extra UART and watchdog are allowed by their contracts).
+    // fault path's extra UART and watchdog are allowed by their contracts;
+    // the test hooks' extra EMMC2 and DWC2 drivers are dropped before these
+    // are used); DWC2_DMA is referenced only here, once.
     unsafe {
         Peripherals {
             uart: Some(Pl011Uart::new(memory_map::PL011_UART0)),
@@ -39,6 +47,10 @@ pub fn take_peripherals() -> Peripherals {
             watchdog: Watchdog::new(memory_map::PM),
             gpio: Gpio::new(memory_map::GPIO),
             emmc2: Some(Emmc2::new(memory_map::EMMC2)),
+            dwc2: Some(Dwc2::new(
+                memory_map::DWC2,
+                &mut *core::ptr::addr_of_mut!(DWC2_DMA),
+            )),
         }
     }
 }

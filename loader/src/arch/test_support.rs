@@ -118,3 +118,41 @@ pub fn dtb_scratch() -> &'static mut [u8] {
     // SAFETY: handed out once (the flag), so this is the only reference.
     unsafe { &mut *core::ptr::addr_of_mut!(SCRATCH) }
 }
+
+/// The DWC2 USB host driver for the `usb` test hook, with its DMA buffer.
+///
+/// Test builds only: the recovery flow will own the DWC2 and its buffer;
+/// the hook runs before that and at most once (the buffer is handed out
+/// once, like the DTB scratch area).
+pub fn dwc2() -> hal_bcm2711::dwc2::Dwc2 {
+    use hal_bcm2711::dwc2::{DmaBuffer, Dwc2};
+    static mut BUFFER: DmaBuffer = DmaBuffer::zeroed();
+    static mut TAKEN: bool = false;
+    let taken = &raw mut TAKEN;
+    // SAFETY: single CPU; the flag is only touched here.
+    let already = unsafe { taken.read_volatile() };
+    assert!(!already, "DWC2 DMA buffer taken twice");
+    // SAFETY: as above.
+    unsafe { taken.write_volatile(true) };
+    // SAFETY: handed out once (the flag), so this is the only reference;
+    // the buffer is in .bss, inside the first GiB the DWC2's DMA reaches.
+    let buffer = unsafe { &mut *core::ptr::addr_of_mut!(BUFFER) };
+    // SAFETY: the DWC2 is at this address, in the Device-mapped peripheral
+    // window for the program's life; the test hook is its only user while
+    // the returned driver lives (the boot flow never touches USB).
+    unsafe { Dwc2::new(memory_map::DWC2, buffer) }
+}
+
+/// 128 KiB of `.bss` for the `usb` hook's multi-block read, handed out once.
+pub fn usb_read_buffer() -> &'static mut [u8] {
+    static mut BUFFER: [u8; 128 * 1024] = [0; 128 * 1024];
+    static mut TAKEN: bool = false;
+    let taken = &raw mut TAKEN;
+    // SAFETY: single CPU; the flag is only touched here.
+    let already = unsafe { taken.read_volatile() };
+    assert!(!already, "USB read buffer taken twice");
+    // SAFETY: as above.
+    unsafe { taken.write_volatile(true) };
+    // SAFETY: handed out once (the flag), so this is the only reference.
+    unsafe { &mut *core::ptr::addr_of_mut!(BUFFER) }
+}

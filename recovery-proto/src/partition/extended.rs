@@ -16,6 +16,7 @@
 use core::fmt;
 
 use crate::block::{BLOCK_SIZE, Block, BlockDevice};
+use crate::partition::gpt::GptError;
 use crate::partition::mbr::{EXTENDED, Mbr, MbrError, MbrPartition};
 
 /// Logical partitions (and so EBRs) followed at most; zboot's layout has two.
@@ -30,6 +31,8 @@ pub enum PartitionError<E> {
     Device { lba: u64, error: E },
     /// Sector 0 is not a usable MBR.
     Mbr(MbrError),
+    /// The disk is GPT (protective MBR) and its table is unusable.
+    Gpt(GptError<E>),
     /// More than one extended partition in the MBR (Linux would follow each; no tool makes it).
     MultipleExtended { first: u8, second: u8 },
     /// An EBR without the 0x55 0xAA signature (a truncated or overwritten chain).
@@ -66,6 +69,7 @@ impl<E: fmt::Debug> fmt::Display for PartitionError<E> {
         match self {
             PartitionError::Device { lba, error } => write!(f, "reading sector {lba}: {error:?}"),
             PartitionError::Mbr(error) => write!(f, "MBR: {error}"),
+            PartitionError::Gpt(error) => write!(f, "GPT: {error}"),
             PartitionError::MultipleExtended { first, second } => write!(
                 f,
                 "partitions {first} and {second} are both extended partitions"
@@ -225,22 +229,31 @@ pub fn read_logicals<D: BlockDevice>(
     }
 }
 
-/// An MBR disk's partitions: the primaries and the logicals of its extended partition.
+/// An MBR disk's partitions: the primaries and the logicals of its extended partition
+/// ([`super::Partitions`] is the view over MBR and GPT disks alike).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Partitions {
+pub struct MbrPartitions {
     /// Sector 0.
     pub mbr: Mbr,
     logicals: heapless::Vec<MbrPartition, MAX_LOGICAL>,
 }
 
-impl Partitions {
+impl MbrPartitions {
     /// Reads sector 0 and, if there is an extended partition, its EBR chain.
     pub fn read<D: BlockDevice>(device: &mut D) -> Result<Self, PartitionError<D::Error>> {
         let mut sector0 = [0u8; BLOCK_SIZE];
         device
             .read_block(0, &mut sector0)
             .map_err(|error| PartitionError::Device { lba: 0, error })?;
-        let mbr = Mbr::parse(&sector0, device.block_count()).map_err(PartitionError::Mbr)?;
+        Self::read_after_sector0(device, &sector0)
+    }
+
+    /// [`MbrPartitions::read`] with sector 0 already read.
+    pub fn read_after_sector0<D: BlockDevice>(
+        device: &mut D,
+        sector0: &Block,
+    ) -> Result<Self, PartitionError<D::Error>> {
+        let mbr = Mbr::parse(sector0, device.block_count()).map_err(PartitionError::Mbr)?;
         let mut extended = mbr.partitions().filter(MbrPartition::is_extended);
         let container = extended.next();
         if let (Some(first), Some(second)) = (container, extended.next()) {
@@ -283,6 +296,8 @@ impl Partitions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The MBR reader's own tests; `super::super::Partitions` adds GPT on top.
+    use super::MbrPartitions as Partitions;
     use crate::block::RamDisk;
     use std::string::ToString;
 

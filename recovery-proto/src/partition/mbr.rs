@@ -68,7 +68,8 @@ pub struct Mbr {
 pub enum MbrError {
     /// Bytes 510–511 are not 0x55 0xAA.
     MissingBootSignature { found: [u8; 2] },
-    /// A protective MBR: the disk is GPT (not supported yet).
+    /// A protective MBR (type 0xEE entry): the disk is GPT; [`super::Partitions::read`]
+    /// reads it when the entry starts at LBA 1.
     GptNotSupported,
     /// A status byte other than 0x00 or 0x80.
     BadStatus { number: u8, value: u8 },
@@ -96,9 +97,10 @@ impl fmt::Display for MbrError {
             MbrError::MissingBootSignature { found } => {
                 write!(f, "no MBR: boot signature {found:02x?}, expected [55, aa]")
             }
-            MbrError::GptNotSupported => {
-                f.write_str("GPT disk (protective MBR): not supported yet")
-            }
+            MbrError::GptNotSupported => f.write_str(
+                "protective MBR (type 0xEE): a GPT disk, read as one only when that entry \
+                     starts at LBA 1",
+            ),
             MbrError::BadStatus { number, value } => {
                 write!(
                     f,

@@ -281,7 +281,10 @@ fn bench() -> Result<()> {
         println!("  {label:<40} {count:>10} instructions");
     }
     println!("  (icount realtime - work = instructions spent waiting on timers/devices)");
-    storage_bench(&loader, &plugin, &dtb)
+    storage_bench(&loader, &plugin, &dtb)?;
+    println!();
+    println!("zboot against U-Boot: the same Debian kernel, initramfs and card (docs/linux.md)");
+    zboot_qemu_tests::linux::compare_with_u_boot(&mut std::io::stdout(), &|args| zbctl(args))
 }
 
 /// Boots slot A (the stand-in kernel plus a 16 MiB initrd) and reports the

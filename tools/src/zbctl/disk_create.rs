@@ -1,7 +1,8 @@
 //! `zbctl disk create`: a complete eMMC image per `docs/disk-layout.md`.
 //!
 //! MBR (primaries 1 boot, 2 root A, 3 root B, 4 extended holding logicals 5 SAFE root and
-//! 6 DATA), a FAT32 boot partition built in memory with `fatfs` and repaired by
+//! 6 DATA) or, with `--gpt`, a GUID partition table (1 boot, 2 root A, 3 root B, 4 SAFE,
+//! 5 DATA; protective MBR, primary and backup headers and entry arrays), a FAT32 boot partition built in memory with `fatfs` and repaired by
 //! [`super::fat_fixup`] so `fsck.fat -n` is clean, per-slot boot files with a generated
 //! `slot.txt`, the preallocated `ZBSTATE.BIN` initialised by the same code as `init-state`,
 //! and ext4 root/data file systems made by `mke2fs` (e2fsprogs) on a scratch file and copied in.
@@ -16,7 +17,8 @@ use std::process::Command;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
 use recovery_proto::manifest::Manifest;
-use recovery_proto::partition::{Partitions, default_root_partition};
+use recovery_proto::partition::gpt::{self, Guid};
+use recovery_proto::partition::{Partitions, TableKind, default_root_number};
 use recovery_proto::slot_manifest::SlotManifest;
 use recovery_proto::state::{DEFAULT_MAX_BOOT_FAILURE, MAX_BOOT_FAILURE_LIMIT};
 use recovery_proto::{BLOCK_SIZE, Slot};
@@ -37,6 +39,11 @@ const MIB: u64 = 1 << 20;
 const MIN_BOOT: u64 = 40 * MIB;
 const MIN_EXT4: u64 = 4 * MIB;
 
+/// GPT: the backup entry array (128 entries of 128 bytes: 32 sectors) and header at the end.
+const GPT_TAIL: u64 = 33;
+/// GPT: the primary header and array before the first usable sector.
+const GPT_FIRST_USABLE: u64 = 34;
+
 /// Type bytes written into the MBR.
 const TYPE_FAT32_LBA: u8 = 0x0C;
 const TYPE_LINUX: u8 = 0x83;
@@ -52,6 +59,9 @@ pub enum DiskCommand {
 
 /// Options of `disk create`.
 #[derive(Debug, Args)]
+// Independent command-line switches (--any-size, --gpt, --count-power-loss, --no-data-fs),
+// not a state machine in disguise.
+#[allow(clippy::struct_excessive_bools)]
 pub struct CreateArgs {
     /// The image file to write (replaced if it exists).
     #[arg(long, value_name = "FILE")]
@@ -62,16 +72,22 @@ pub struct CreateArgs {
     /// Allow a size that is not a power of two (fine for a real eMMC, refused by QEMU).
     #[arg(long)]
     pub any_size: bool,
-    /// MBR disk signature (hex, e.g. 1a2b3c4d); default random. Root PARTUUIDs derive from it.
+    /// MBR disk signature (hex, e.g. 1a2b3c4d); default random. Root PARTUUIDs derive from it
+    /// (with --gpt: the disk and partition GUIDs are derived from it; random without it).
     #[arg(long, value_name = "HEX", value_parser = parse_disk_id)]
     pub disk_id: Option<u32>,
+    /// Write a GUID partition table instead of an MBR: 1 boot, 2 root A, 3 root B, 4 SAFE,
+    /// 5 DATA (no logical partitions).
+    #[arg(long)]
+    pub gpt: bool,
     /// Size of the FAT32 boot partition (1).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub boot_size: u64,
     /// Size of each of the root partitions A (2) and B (3).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub root_size: u64,
-    /// Size of the SAFE root partition (5, logical); DATA (6) gets the rest of the disk.
+    /// Size of the SAFE root partition (5, logical; 4 with --gpt); DATA (6; 5 with --gpt)
+    /// gets the rest of the disk.
     #[arg(long, default_value = "32M", value_parser = parse_size)]
     pub safe_size: u64,
     /// The loader binary, written as /zboot.img.
@@ -111,7 +127,7 @@ pub struct CreateArgs {
     /// into ext4 with `mke2fs -d`). Roots not given get an empty ext4.
     #[arg(long = "root", value_name = "SLOT=PATH", value_parser = parse_root_spec)]
     pub roots: Vec<(Slot, PathBuf)>,
-    /// Leave DATA (partition 6) unformatted.
+    /// Leave DATA (partition 6; 5 with --gpt) unformatted.
     #[arg(long)]
     pub no_data_fs: bool,
 }
@@ -272,19 +288,21 @@ impl Extent {
 /// Where everything goes (`docs/disk-layout.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// MBR (with the extended container) or GPT (`extended` and `second_ebr` then unused, 0).
+    pub table: TableKind,
     /// 1: FAT32 boot.
     pub boot: Extent,
     /// 2: root A.
     pub root_a: Extent,
     /// 3: root B.
     pub root_b: Extent,
-    /// 4: the extended container (to the end of the disk).
+    /// MBR 4: the extended container (to the end of the disk).
     pub extended: Extent,
-    /// 5: SAFE root (logical; its EBR is the container's first sector).
+    /// SAFE root (MBR 5, logical, its EBR the container's first sector; GPT 4).
     pub safe: Extent,
     /// Sector of the second EBR.
     pub second_ebr: u64,
-    /// 6: DATA (logical, the rest).
+    /// DATA (MBR 6, logical; GPT 5), the rest (GPT: up to the backup entry array).
     pub data: Extent,
 }
 
@@ -293,8 +311,19 @@ fn align_up(sector: u64) -> u64 {
 }
 
 impl Layout {
-    /// Lays the partitions out on a disk of `size` bytes.
+    /// Lays the partitions out on an MBR disk of `size` bytes.
     pub fn compute(size: u64, boot: u64, root: u64, safe: u64) -> Result<Self> {
+        Self::compute_for(TableKind::Mbr, size, boot, root, safe)
+    }
+
+    /// Lays the partitions out on a `table` disk of `size` bytes.
+    pub fn compute_for(
+        table: TableKind,
+        size: u64,
+        boot: u64,
+        root: u64,
+        safe: u64,
+    ) -> Result<Self> {
         for (name, bytes, min) in [
             ("--boot-size", boot, MIN_BOOT),
             ("--root-size", root, MIN_EXT4),
@@ -325,13 +354,21 @@ impl Layout {
             sectors: root / SECTOR,
         };
         let extended_start = align_up(root_b.end());
+        // GPT: SAFE follows B directly; the backup entry array and header take the end.
+        let (safe_start, tail) = match table {
+            TableKind::Mbr => (extended_start + ALIGN, 0),
+            TableKind::Gpt => (extended_start, GPT_TAIL),
+        };
         let safe = Extent {
-            start: extended_start + ALIGN,
+            start: safe_start,
             sectors: safe / SECTOR,
         };
         let second_ebr = align_up(safe.end());
-        let data_start = second_ebr + ALIGN;
-        let needed = data_start + MIN_EXT4 / SECTOR;
+        let data_start = match table {
+            TableKind::Mbr => second_ebr + ALIGN,
+            TableKind::Gpt => second_ebr,
+        };
+        let needed = data_start + MIN_EXT4 / SECTOR + tail;
         ensure!(
             needed <= total,
             "the partitions do not fit in --size {}: boot {} + 2 × root {} + SAFE {} + DATA at least {} \
@@ -343,6 +380,24 @@ impl Layout {
             human(MIN_EXT4),
             human(needed * SECTOR)
         );
+        if table == TableKind::Gpt {
+            return Ok(Self {
+                table,
+                boot,
+                root_a,
+                root_b,
+                extended: Extent {
+                    start: 0,
+                    sectors: 0,
+                },
+                safe,
+                second_ebr: 0,
+                data: Extent {
+                    start: data_start,
+                    sectors: total - GPT_TAIL - data_start,
+                },
+            });
+        }
         // 32-bit LBA fields of the MBR.
         ensure!(
             u32::try_from(total).is_ok(),
@@ -350,6 +405,7 @@ impl Layout {
             human(size)
         );
         Ok(Self {
+            table,
             boot,
             root_a,
             root_b,
@@ -366,7 +422,15 @@ impl Layout {
         })
     }
 
-    /// The extent of partition `number` (1–3, 5, 6).
+    /// Partition numbers of SAFE and DATA.
+    pub fn safe_and_data_numbers(&self) -> (u8, u8) {
+        match self.table {
+            TableKind::Mbr => (5, 6),
+            TableKind::Gpt => (4, 5),
+        }
+    }
+
+    /// The extent of `slot`'s root.
     fn root(&self, slot: Slot) -> Extent {
         match slot {
             Slot::A => self.root_a,
@@ -464,6 +528,97 @@ fn write_partition_table(file: &File, layout: &Layout, disk_id: u32) -> Result<(
     Ok(())
 }
 
+/// The GUIDs of a GPT disk: the disk's, then partitions 1–5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GptIds {
+    /// The disk GUID.
+    pub disk: Guid,
+    /// Unique GUIDs (PARTUUIDs) of partitions 1–5.
+    pub partitions: [Guid; 5],
+}
+
+/// Marks 16 bytes as an RFC 4122 version-4 (random) GUID: version nibble in the high half of
+/// the third field (little-endian on disk: byte 7), variant 0b10 in byte 8.
+fn as_v4(mut bytes: [u8; 16]) -> Guid {
+    bytes[7] = (bytes[7] & 0x0F) | 0x40;
+    bytes[8] = (bytes[8] & 0x3F) | 0x80;
+    Guid(bytes)
+}
+
+impl GptIds {
+    /// From the OS random source.
+    fn random() -> Result<Self> {
+        let next = || -> Result<Guid> {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow!("random GUID: {e}"))?;
+            Ok(as_v4(bytes))
+        };
+        Ok(Self {
+            disk: next()?,
+            partitions: [next()?, next()?, next()?, next()?, next()?],
+        })
+    }
+
+    /// Reproducible from `--disk-id`: GUID n (0 = the disk, 1–5 the partitions) is the first
+    /// 16 bytes of SHA-256("zboot disk create GPT", disk id as 4 little-endian bytes, n),
+    /// marked as version 4 so that tools treat it as an ordinary random GUID.
+    pub fn derived(disk_id: u32) -> Self {
+        let guid = |n: u8| {
+            let digest = Sha256::new()
+                .chain_update(b"zboot disk create GPT")
+                .chain_update(disk_id.to_le_bytes())
+                .chain_update([n])
+                .finalize();
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            as_v4(bytes)
+        };
+        Self {
+            disk: guid(0),
+            partitions: [guid(1), guid(2), guid(3), guid(4), guid(5)],
+        }
+    }
+}
+
+/// Writes the protective MBR, the primary header and entry array at LBAs 1 and 2–33 and
+/// their backups at the end (UEFI specification §5.3: the backup array right before the
+/// backup header at the last LBA).
+fn write_gpt(file: &File, layout: &Layout, total: u64, ids: &GptIds) -> Result<()> {
+    let parts = [
+        (gpt::BASIC_DATA, layout.boot, "boot"),
+        (gpt::LINUX_FILESYSTEM, layout.root_a, "rootA"),
+        (gpt::LINUX_FILESYSTEM, layout.root_b, "rootB"),
+        (gpt::LINUX_FILESYSTEM, layout.safe, "rootSAFE"),
+        (gpt::LINUX_FILESYSTEM, layout.data, "data"),
+    ];
+    let count = gpt::DEFAULT_ENTRY_COUNT;
+    let mut array = vec![0u8; count as usize * gpt::ENTRY_SIZE as usize];
+    for ((index, (kind, extent, name)), unique) in parts.iter().enumerate().zip(ids.partitions) {
+        let entry = gpt::encode_entry(*kind, unique, extent.start, extent.end() - 1, name);
+        array[index * 128..(index + 1) * 128].copy_from_slice(&entry);
+    }
+    let array_crc = crc32fast::hash(&array);
+    let array_sectors = array.len() as u64 / SECTOR;
+    let last = total - 1;
+    file.write_all_at(&gpt::protective_mbr(total), 0)?;
+    for (my_lba, alternate_lba, entry_array_lba) in [(1, last, 2), (last, 1, last - array_sectors)]
+    {
+        let header = gpt::encode_header(&gpt::HeaderFields {
+            my_lba,
+            alternate_lba,
+            first_usable_lba: GPT_FIRST_USABLE,
+            last_usable_lba: total - GPT_TAIL - 1,
+            disk_guid: ids.disk,
+            entry_array_lba,
+            entry_count: count,
+            entry_array_crc: array_crc,
+        });
+        file.write_all_at(&array, entry_array_lba * SECTOR)?;
+        file.write_all_at(&header, my_lba * SECTOR)?;
+    }
+    Ok(())
+}
+
 /// A file to put in a slot directory.
 struct SlotFileSource {
     name: &'static str,
@@ -531,7 +686,12 @@ fn manifest_text(args: &CreateArgs) -> Result<Vec<u8>> {
     } else {
         {
             let device = &args.root_device;
-            let part = |slot| format!("{device}p{}", default_root_partition(slot));
+            let table = if args.gpt {
+                TableKind::Gpt
+            } else {
+                TableKind::Mbr
+            };
+            let part = |slot| format!("{device}p{}", default_root_number(table, slot));
             let mut text = format!(
                 "# zbmanifest.txt written by zbctl disk create (docs/slot-state.md)\n\
                  root_dev={device}\nroot_a={}\nroot_b={}\nsafe_root={}\n\
@@ -877,7 +1037,18 @@ pub fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
             human(args.size)
         );
     }
-    let layout = Layout::compute(args.size, args.boot_size, args.root_size, args.safe_size)?;
+    let table = if args.gpt {
+        TableKind::Gpt
+    } else {
+        TableKind::Mbr
+    };
+    let layout = Layout::compute_for(
+        table,
+        args.size,
+        args.boot_size,
+        args.root_size,
+        args.safe_size,
+    )?;
     for (slot, path) in &args.roots {
         ensure!(
             args.roots.iter().filter(|(s, _)| s == slot).count() == 1,
@@ -889,8 +1060,13 @@ pub fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
         Some(id) => id,
         None => random_disk_id()?,
     };
+    let gpt_ids = match (args.gpt, args.disk_id) {
+        (false, _) => None,
+        (true, Some(id)) => Some(GptIds::derived(id)),
+        (true, None) => Some(GptIds::random()?),
+    };
     let boot = boot_partition(args, &layout, disk_id)?;
-    let parts = match write_image(args, &layout, disk_id, &boot) {
+    let parts = match write_image(args, &layout, disk_id, gpt_ids.as_ref(), &boot) {
         Ok(parts) => parts,
         Err(error) => {
             // Half an image would only be mistaken for a good one later.
@@ -906,6 +1082,7 @@ fn write_image(
     args: &CreateArgs,
     layout: &Layout,
     disk_id: u32,
+    gpt_ids: Option<&GptIds>,
     boot: &[u8],
 ) -> Result<Partitions> {
     let image = OpenOptions::new()
@@ -916,7 +1093,10 @@ fn write_image(
         .open(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     image.set_len(args.size)?;
-    write_partition_table(&image, layout, disk_id)?;
+    match gpt_ids {
+        Some(ids) => write_gpt(&image, layout, args.size / SECTOR, ids)?,
+        None => write_partition_table(&image, layout, disk_id)?,
+    }
     write_sparse(
         &image,
         layout.boot.start * SECTOR,
@@ -936,9 +1116,13 @@ fn write_image(
     // The loader's own partition reader must see what we meant to write.
     let mut disk = FileDisk::new(File::open(&args.output)?)?;
     let parts = Partitions::read(&mut disk).map_err(|e| anyhow!("{e}"))?;
+    let (safe, data) = layout.safe_and_data_numbers();
     ensure!(
-        parts.partition(5).map(|p| p.start_lba) == Some(layout.safe.start)
-            && parts.partition(6).map(|p| p.start_lba) == Some(layout.data.start),
+        parts.kind() == layout.table
+            && parts.partition(safe).map(|p| p.start_lba) == Some(layout.safe.start)
+            && parts.partition(data).map(|p| (p.start_lba, p.sectors))
+                == Some((layout.data.start, layout.data.sectors))
+            && parts.gpt().is_none_or(|g| g.primary_fault.is_none()),
         "the written partition table does not read back as laid out"
     );
 
@@ -959,19 +1143,29 @@ fn write_image(
 }
 
 fn report(args: &CreateArgs, parts: &Partitions, disk_id: u32, out: &mut dyn Write) -> Result<()> {
-    writeln!(
-        out,
-        "{}: {} MBR disk {disk_id:08x}",
-        args.output.display(),
-        human(args.size)
-    )?;
+    match parts.gpt() {
+        Some(table) => writeln!(
+            out,
+            "{}: {} GPT disk {} (FAT volume id {disk_id:08x})",
+            args.output.display(),
+            human(args.size),
+            table.disk_guid
+        )?,
+        None => writeln!(
+            out,
+            "{}: {} MBR disk {disk_id:08x}",
+            args.output.display(),
+            human(args.size)
+        )?,
+    }
+    let safe = default_root_number(parts.kind(), Slot::Safe);
     for part in parts.iter() {
         let what = match part.number {
             1 => "boot (FAT32)".to_string(),
             2 => format!("root A{}", describe_root(args, Slot::A)),
             3 => format!("root B{}", describe_root(args, Slot::B)),
-            5 => format!("root SAFE{}", describe_root(args, Slot::Safe)),
-            6 if args.no_data_fs => "DATA (unformatted)".to_string(),
+            n if n == safe => format!("root SAFE{}", describe_root(args, Slot::Safe)),
+            _ if args.no_data_fs => "DATA (unformatted)".to_string(),
             _ => "DATA (ext4)".to_string(),
         };
         writeln!(
@@ -1052,6 +1246,34 @@ mod tests {
         let error = Layout::compute(128 * MIB, 64 * MIB, 64 * MIB, 32 * MIB).unwrap_err();
         assert!(error.to_string().contains("do not fit"), "{error}");
         assert!(Layout::compute(256 * MIB, 8 * MIB, 64 * MIB, 32 * MIB).is_err());
+    }
+
+    #[test]
+    fn gpt_layout_has_no_container_and_leaves_the_tail() {
+        let l =
+            Layout::compute_for(TableKind::Gpt, 256 * MIB, 64 * MIB, 64 * MIB, 32 * MIB).unwrap();
+        assert_eq!(l.safe.start, l.root_b.end());
+        assert_eq!(l.data.start, l.safe.end());
+        assert_eq!(l.data.end(), 256 * 2048 - 33);
+        assert_eq!(l.safe_and_data_numbers(), (4, 5));
+    }
+
+    #[test]
+    fn derived_guids_are_stable_version_4() {
+        let ids = GptIds::derived(0x1a2b_3c4d);
+        assert_eq!(ids, GptIds::derived(0x1a2b_3c4d));
+        assert_ne!(
+            ids.partitions[1],
+            GptIds::derived(0x1a2b_3c4e).partitions[1]
+        );
+        for guid in std::iter::once(ids.disk).chain(ids.partitions) {
+            let text = guid.to_string();
+            assert_eq!(text.as_bytes()[14], b'4', "{text}");
+            assert!(
+                matches!(text.as_bytes()[19], b'8' | b'9' | b'a' | b'b'),
+                "{text}"
+            );
+        }
     }
 }
 

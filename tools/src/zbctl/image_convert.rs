@@ -356,13 +356,20 @@ pub fn disk_layout(path: &Path) -> Result<(Vec<SourcePartition>, u32, u64)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata()?.len();
     let mut disk = FileDisk::new(file.try_clone()?)?;
-    let partitions = Partitions::read(&mut disk).map_err(|error| {
+    let table = Partitions::read(&mut disk).map_err(|error| {
         anyhow!(
             "{}: no recognizable partition table at sector 0 (byte 0): {error:?}; \
              --from-disk needs a whole-disk dump with an MBR (dd if=/dev/mmcblk0)",
             path.display()
         )
     })?;
+    // The .zi format describes MBR tables (type bytes, EBR sectors); GPT dumps are refused.
+    let Some(partitions) = table.mbr() else {
+        bail!(
+            "{}: a GPT disk; --from-disk converts MBR dumps only",
+            path.display()
+        );
+    };
     let first_fat = partitions
         .iter()
         .find(|p| FAT_TYPES.contains(&p.kind))

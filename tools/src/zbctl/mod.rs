@@ -5,6 +5,7 @@
 //! `fdatasync` — or nothing when the state did not change. Only `init-state` touches the file
 //! system, to create the preallocated state file.
 
+pub mod bench;
 pub mod disk;
 pub mod disk_create;
 pub mod fat_fixup;
@@ -13,9 +14,11 @@ pub mod image_convert;
 pub mod image_fs;
 pub mod image_tar;
 pub mod init;
+pub mod install;
 pub mod key;
 pub mod status;
 pub mod target;
+pub mod usb;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -147,6 +150,19 @@ pub enum Command {
     /// Signing keys for `.zi` images.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Install a `.zi` into the slot that is not ACTIVE (`--image` or `--device`) and arm it
+    /// as a trial (docs/image-format.md, "Installing into a slot").
+    Install(install::InstallArgs),
+    /// USB recovery sticks: `usb create` makes a stick image holding a `.zi`.
+    #[command(subcommand)]
+    Usb(usb::UsbCommand),
+    /// The `.zi` benchmark (slow; `cargo xtask bench-image` runs it): prints a table.
+    #[command(hide = true)]
+    Bench {
+        /// Scratch directory (about 3 GiB).
+        #[arg(long, default_value = "target/bench", value_name = "DIR")]
+        work_dir: PathBuf,
+    },
 }
 
 /// Runs a command, printing to `out`.
@@ -160,13 +176,19 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     match &cli.command {
         Command::Image(command) => return image::run(command, out),
         Command::Key(command) => return key::run(command, out),
+        Command::Usb(command) => return usb::run(command, out),
+        Command::Bench { work_dir } => return bench::run_image_benchmark(work_dir, out),
         _ => {}
     }
     let target = cli.target.target()?;
     match &cli.command {
-        Command::CheckManifest { .. } | Command::Disk(_) | Command::Image(_) | Command::Key(_) => {
-            Ok(())
-        }
+        Command::CheckManifest { .. }
+        | Command::Disk(_)
+        | Command::Image(_)
+        | Command::Key(_)
+        | Command::Usb(_)
+        | Command::Bench { .. } => Ok(()),
+        Command::Install(args) => install::install(&target, args, out).map(|_| ()),
         Command::InitState(args) => init::init_state(&target, args, out),
         Command::Status { json } => {
             let mut opened = target::open(&target)?;

@@ -1,0 +1,415 @@
+//! USB recovery: when nothing can boot, reflash the eMMC from a `.zi` image on a USB stick.
+//!
+//! DESIGN.md, "Recovery": bring the DWC2 host up, find the first mass-storage
+//! device behind the hub(s), find the image on its FAT partition, verify it
+//! before anything is written (header, manifest, signature when a key is
+//! provisioned), stream it onto the eMMC with a journal in the slot state so
+//! a power cut resumes, write a fresh state, reset. Anything that goes wrong
+//! before the first write leaves the eMMC untouched; the loader then waits
+//! for a (new) stick and tries again. The ACT LED blinks a code per phase
+//! and per error.
+
+use core::fmt;
+use core::time::Duration;
+
+use hal_bcm2711::dwc2::Dwc2;
+use hal_bcm2711::generic_timer::{self, Instant};
+use hal_bcm2711::gpio::ActLed;
+use hal_bcm2711::usb::mass_storage::{Inquiry, UsbMassStorage, find_first_mass_storage};
+use recovery_proto::State;
+use recovery_proto::block::{Block, BlockDevice};
+use recovery_proto::image::reader::MAX_OUTPUT_BUFFER;
+use recovery_proto::image::{Decoder, Progress};
+use recovery_proto::locate;
+use recovery_proto::manifest::Manifest;
+use recovery_proto::reflash::{self, Buffers, Journal, StickImage};
+use recovery_proto::store::RedundantStore;
+
+use crate::arch::{self, Peripherals};
+use crate::layout::{self, LoadArea};
+use crate::storage::Disk;
+
+/// The image's name on the stick when `zbmanifest.txt` names none.
+pub const DEFAULT_IMAGE_NAME: &str = "ZBOOT.ZI";
+/// How long to wait between looks for a stick.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Room for the manifest: 64 bytes per partition and region; 1 MiB holds
+/// 16 384 regions, a 16 GiB image in 1 MiB chunks.
+const MANIFEST_BUFFER: usize = 1 << 20;
+
+/// ACT LED blink codes: the number of blinks says what the loader is doing
+/// or what went wrong (documented in docs/recovery.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlinkCode {
+    NoStick = 2,
+    NoImage = 3,
+    BadImage = 4,
+    WriteFailed = 5,
+}
+
+/// A USB stick as a block device.
+struct Stick(UsbMassStorage<Dwc2>);
+
+/// A failed stick access.
+enum StickError {
+    Read(hal_bcm2711::usb::mass_storage::MassStorageError),
+    /// Recovery never writes the stick.
+    ReadOnly,
+}
+
+impl fmt::Debug for StickError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read(error) => write!(f, "{error}"),
+            Self::ReadOnly => write!(f, "the stick is only read"),
+        }
+    }
+}
+
+impl BlockDevice for Stick {
+    type Error = StickError;
+
+    fn read_block(&mut self, lba: u64, buffer: &mut Block) -> Result<(), StickError> {
+        self.0.read_blocks(lba, buffer).map_err(StickError::Read)
+    }
+
+    fn write_block(&mut self, _lba: u64, _buffer: &Block) -> Result<(), StickError> {
+        Err(StickError::ReadOnly)
+    }
+
+    fn block_count(&self) -> u64 {
+        self.0.block_count()
+    }
+
+    fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), StickError> {
+        self.0.read_blocks(lba, buffer).map_err(StickError::Read)
+    }
+}
+
+/// The reflash journal kept in the eMMC's slot state (when it has one).
+struct StateJournal<'d> {
+    disk: &'d Disk,
+    store: Option<RedundantStore>,
+    state: State,
+}
+
+impl Journal for StateJournal<'_> {
+    type Error = crate::storage::DiskError;
+
+    fn resume_point(&mut self, image: &[u8; 32]) -> u32 {
+        let journal = self.state.journal;
+        if journal.in_progress && journal.image_id == *image {
+            journal.next_chunk
+        } else {
+            0
+        }
+    }
+
+    fn record(&mut self, image: &[u8; 32], next_region: u32) -> Result<(), Self::Error> {
+        if self.state.journal.image_id != *image || !self.state.journal.in_progress {
+            self.state.start_reflash(*image);
+        }
+        self.state.record_reflash_progress(next_region);
+        if let Some(store) = &mut self.store {
+            store.save(&mut { self.disk }, &self.state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why one recovery attempt ended.
+enum Attempt {
+    /// Nothing was written; wait for another stick.
+    Refused(BlinkCode),
+    /// Writing started and failed; the journal holds the position.
+    Interrupted,
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(code) => write!(f, "refused ({code:?})"),
+            Self::Interrupted => write!(f, "interrupted"),
+        }
+    }
+}
+
+/// Recovers the board from a USB stick; resets when done, never returns.
+pub fn run(
+    peripherals: &mut Peripherals,
+    disk: Option<&Disk>,
+    area: Option<&mut LoadArea>,
+    manifest: &Manifest<'_>,
+) -> ! {
+    let Some(disk) = disk else {
+        wait_forever("recovery: no eMMC to write to")
+    };
+    let Some(area) = area else {
+        wait_forever("recovery: no RAM to work in")
+    };
+    let name = manifest.recovery_image.unwrap_or(DEFAULT_IMAGE_NAME);
+    let key = manifest.public_key;
+    log::warn!(
+        "recovery: looking for {name} on a USB stick{}",
+        if key.is_some() {
+            " (signature required)"
+        } else {
+            ""
+        }
+    );
+    let Some(mut dwc2) = peripherals.dwc2.take() else {
+        wait_forever("recovery: the USB controller is in use")
+    };
+    if let Err(error) = Dwc2::power_on(&mut peripherals.mailbox) {
+        log::warn!("recovery: USB power domain: {error}");
+    }
+    // After a refused image, the same stick is not tried again until it has
+    // been taken out: the loader waits for a (new) stick.
+    let mut must_remove = false;
+    let mut quiet = false;
+    loop {
+        if must_remove {
+            let (host, present) = stick_present(dwc2);
+            dwc2 = host;
+            if present {
+                generic_timer::delay(POLL_INTERVAL);
+                continue;
+            }
+            must_remove = false;
+            log::info!("recovery: stick removed");
+        }
+        match attempt(
+            dwc2,
+            disk,
+            area,
+            name,
+            key.as_ref(),
+            &peripherals.gpio,
+            quiet,
+        ) {
+            Ok(()) => {
+                log::info!("recovery: done; resetting");
+                crate::console::flush();
+                arch::reset_now();
+            }
+            Err((host, Attempt::Refused(BlinkCode::NoStick))) => {
+                if !quiet {
+                    log::warn!("recovery: waiting for a (new) stick");
+                    quiet = true;
+                }
+                dwc2 = host;
+                blink(&peripherals.gpio, BlinkCode::NoStick);
+            }
+            Err((host, Attempt::Refused(code))) => {
+                log::warn!(
+                    "recovery: nothing written; take the stick out and insert one with a good \
+                     image: waiting for a (new) stick"
+                );
+                dwc2 = host;
+                must_remove = true;
+                quiet = true;
+                blink(&peripherals.gpio, code);
+            }
+            Err((host, Attempt::Interrupted)) => {
+                log::warn!("recovery: interrupted; trying again (it resumes from the journal)");
+                dwc2 = host;
+                quiet = false;
+                blink(&peripherals.gpio, BlinkCode::WriteFailed);
+            }
+        }
+        generic_timer::delay(POLL_INTERVAL);
+    }
+}
+
+/// Whether a mass-storage device is attached (used to notice a removal).
+fn stick_present(mut dwc2: Dwc2) -> (Dwc2, bool) {
+    if dwc2.init().is_err() {
+        return (dwc2, false);
+    }
+    let Ok(speed) = dwc2.reset_root_port() else {
+        return (dwc2, false);
+    };
+    match find_first_mass_storage(dwc2, speed) {
+        Ok(storage) => (storage.into_host(), true),
+        Err((host, _)) => (host, false),
+    }
+}
+
+fn attempt(
+    mut dwc2: Dwc2,
+    disk: &Disk,
+    area: &mut LoadArea,
+    name: &str,
+    key: Option<&[u8; 32]>,
+    gpio: &hal_bcm2711::gpio::Gpio,
+    quiet: bool,
+) -> Result<(), (Dwc2, Attempt)> {
+    let refused = |code| Attempt::Refused(code);
+    if let Err(error) = dwc2.init() {
+        log::error!("recovery: USB controller: {error}");
+        return Err((dwc2, refused(BlinkCode::NoStick)));
+    }
+    let speed = match dwc2.reset_root_port() {
+        Ok(speed) => speed,
+        Err(error) => {
+            if !quiet {
+                log::warn!("recovery: no USB stick ({error})");
+            }
+            return Err((dwc2, refused(BlinkCode::NoStick)));
+        }
+    };
+    let storage = match find_first_mass_storage(dwc2, speed) {
+        Ok(storage) => storage,
+        Err((host, error)) => {
+            if !quiet {
+                log::warn!("recovery: no USB mass-storage device ({error})");
+            }
+            return Err((host, refused(BlinkCode::NoStick)));
+        }
+    };
+    let inquiry = *storage.inquiry();
+    log::info!(
+        "recovery: stick \"{} {}\", {} blocks",
+        Inquiry::text(&inquiry.vendor),
+        Inquiry::text(&inquiry.product),
+        storage.block_count()
+    );
+    let mut stick = Stick(storage);
+    let outcome = write_image(&mut stick, disk, area, name, key, gpio);
+    let host = stick.0.into_host();
+    outcome.map_err(|attempt| (host, attempt))
+}
+
+fn write_image(
+    stick: &mut Stick,
+    disk: &Disk,
+    area: &mut LoadArea,
+    name: &str,
+    key: Option<&[u8; 32]>,
+    gpio: &hal_bcm2711::gpio::Gpio,
+) -> Result<(), Attempt> {
+    let mut file = StickImage::open(stick, name).map_err(|error| {
+        log::error!("recovery: {name}: {error}");
+        Attempt::Refused(BlinkCode::NoImage)
+    })?;
+    log::info!("recovery: {name}: {} bytes", file.len());
+
+    // The journal lives in the state on the eMMC as it is now (a blank or
+    // broken eMMC has none: the reflash then cannot resume, only restart).
+    let (store, state) = match locate::locate_state(&mut { disk }) {
+        Ok(location) => {
+            let mut store = RedundantStore::new(location.lbas);
+            let (state, _) = store.load_or_fallback(&mut { disk });
+            (Some(store), state)
+        }
+        Err(error) => {
+            log::warn!("recovery: no slot state on the eMMC ({error}): no journal");
+            (None, State::fallback())
+        }
+    };
+    let mut journal = StateJournal { disk, store, state };
+
+    // Work memory from the load area: the manifest and one region.
+    let start = layout::KERNEL_BASE;
+    let (manifest, output) = area
+        .two_regions(
+            ("image manifest", start, MANIFEST_BUFFER),
+            ("image region", start + MANIFEST_BUFFER, MAX_OUTPUT_BUFFER),
+        )
+        .map_err(|error| {
+            log::error!("recovery: {error}");
+            Attempt::Refused(BlinkCode::BadImage)
+        })?;
+    let mut decoder = Decoder::new();
+    let began = Instant::now();
+    let mut last_percent = u64::MAX;
+    let led = ActLed::new(gpio);
+    let mut target = disk;
+    let result = reflash::reflash(
+        &mut file,
+        &mut target,
+        key,
+        &mut journal,
+        Buffers {
+            manifest,
+            output,
+            decoder: &mut decoder,
+        },
+        |progress: Progress| {
+            let percent =
+                u64::from(progress.next_region) * 100 / u64::from(progress.regions.max(1));
+            led.set(progress.next_region.is_multiple_of(2));
+            if percent / 10 != last_percent / 10 {
+                last_percent = percent;
+                let milliseconds = began.elapsed().as_millis().max(1) as u64;
+                log::info!(
+                    "recovery: {}% ({} MiB of data, {} KiB/s)",
+                    percent / 10 * 10,
+                    progress.bytes_done >> 20,
+                    progress.bytes_done * 1000 / 1024 / milliseconds
+                );
+            }
+        },
+    );
+    match result {
+        Ok(summary) => {
+            log::info!(
+                "recovery: image written: {} regions (from {}), {} bytes written, {} bytes of free space skipped",
+                summary.regions,
+                summary.resumed_from,
+                summary.bytes_written,
+                summary.bytes_skipped
+            );
+            write_fresh_state(disk, &journal.state);
+            Ok(())
+        }
+        Err(error) => {
+            log::error!("recovery: {error}");
+            // Errors from opening the image (format, signature, size) come
+            // before the first write; a failure while streaming leaves the
+            // journal's position in place.
+            if journal.state.journal.in_progress {
+                Err(Attempt::Interrupted)
+            } else {
+                Err(Attempt::Refused(BlinkCode::BadImage))
+            }
+        }
+    }
+}
+
+/// A fresh state (all slots good, ACTIVE = A) in the new boot partition's
+/// state file, keeping the policy and history of the old one.
+fn write_fresh_state(disk: &Disk, old: &State) {
+    let mut fresh = *old;
+    fresh.finish_reflash();
+    match locate::locate_state(&mut { disk }) {
+        Ok(location) => {
+            let mut store = RedundantStore::new(location.lbas);
+            match store.format(&mut { disk }, &fresh) {
+                Ok(()) => log::info!(
+                    "recovery: fresh slot state at LBAs {} and {}",
+                    location.lbas[0],
+                    location.lbas[1]
+                ),
+                Err(error) => log::error!("recovery: writing the fresh state: {error}"),
+            }
+        }
+        Err(error) => log::error!("recovery: the new boot partition has no state file: {error}"),
+    }
+}
+
+fn blink(gpio: &hal_bcm2711::gpio::Gpio, code: BlinkCode) {
+    let led = ActLed::new(gpio);
+    for _ in 0..code as u32 {
+        led.on();
+        generic_timer::delay(Duration::from_millis(200));
+        led.off();
+        generic_timer::delay(Duration::from_millis(200));
+    }
+}
+
+fn wait_forever(why: &str) -> ! {
+    log::error!("{why}; waiting");
+    crate::console::flush();
+    arch::halt()
+}

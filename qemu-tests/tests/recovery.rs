@@ -1,0 +1,254 @@
+//! USB recovery end to end on QEMU raspi4b: a `.zi` made by `zbctl image
+//! convert` from a good disk, put on a stick by `zbctl usb create`, attached
+//! as `usb-storage` (behind QEMU's hub); the loader finds nothing bootable,
+//! reflashes the eMMC from the stick, resets, and the next power-on boots A.
+//! Each scenario asserts on the console and on the eMMC image afterwards.
+
+// Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
+
+/// Runs zbctl (the library behind the binary) with `args`; returns stdout.
+fn zbctl(args: &[&str]) -> String {
+    let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("zbctl").chain(args.iter().copied()),
+    )
+    .unwrap_or_else(|error| panic!("zbctl {args:?}: {error}"));
+    let mut out = Vec::new();
+    zboot_tools::zbctl::run(&cli, &mut out)
+        .unwrap_or_else(|error| panic!("zbctl {args:?}: {error:#}"));
+    String::from_utf8(out).unwrap()
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A work directory with a golden disk, its `.zi`, and a stick holding it.
+struct Kit {
+    dir: tempfile::TempDir,
+    golden: PathBuf,
+    zi: PathBuf,
+    stick: PathBuf,
+}
+
+impl Kit {
+    fn new() -> Self {
+        let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+        let kernel = LoaderImage::get(LoaderBuild::TestKernel).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let golden = dir.path().join("golden.img");
+        let mut args = vec![
+            "disk".to_owned(),
+            "create".into(),
+            "--output".into(),
+            path(&golden).into(),
+            "--size".into(),
+            "256M".into(),
+            "--disk-id".into(),
+            "0c0ffee0".into(),
+            "--loader".into(),
+            loader.image.display().to_string(),
+        ];
+        for slot in ["A", "B", "SAFE"] {
+            args.push("--slot".into());
+            args.push(format!(
+                "{slot}:kernel={},version=1",
+                kernel.image.display()
+            ));
+            args.push("--cmdline".into());
+            args.push(format!("{slot}=console=ttyAMA0 zbtest=good"));
+        }
+        zbctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let zi = dir.path().join("os.zi");
+        zbctl(&[
+            "image",
+            "convert",
+            "--from-disk",
+            path(&golden),
+            "-o",
+            path(&zi),
+            "--name",
+            "os",
+            "--version",
+            "1",
+        ]);
+        let stick = dir.path().join("stick.img");
+        zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
+        Self {
+            dir,
+            golden,
+            zi,
+            stick,
+        }
+    }
+
+    /// A blank eMMC the size of the golden one: a bricked unit.
+    fn blank_emmc(&self) -> PathBuf {
+        let emmc = self.dir.path().join("emmc.img");
+        let file = std::fs::File::create(&emmc).unwrap();
+        file.set_len(std::fs::metadata(&self.golden).unwrap().len())
+            .unwrap();
+        emmc
+    }
+}
+
+fn boot(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>) -> Run {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    let mut qemu = Qemu::new(&loader.image)
+        .dtb(&minimal_dtb().unwrap())
+        .emmc(emmc);
+    if let Some(stick) = stick {
+        qemu = qemu.usb_stick(stick);
+    }
+    if let Some(text) = stop_at {
+        qemu = qemu.stop_at(text);
+    }
+    let run = qemu.run().unwrap();
+    println!(
+        "--- console ({:?}) ---\n{}\n--- QEMU log ---\n{}",
+        run.ending, run.console, run.qemu_log
+    );
+    run
+}
+
+/// Sectors of `emmc` that differ from the golden disk, outside the two
+/// state sectors (which recovery rewrites with a fresh state) and outside
+/// the image's skip regions (free space, not written).
+fn differences(kit: &Kit, emmc: &Path) -> Vec<u64> {
+    let inspect: Value = serde_json::from_str(&zbctl(&[
+        "image",
+        "inspect",
+        "--json",
+        "--regions",
+        path(&kit.zi),
+    ]))
+    .unwrap();
+    let status: Value =
+        serde_json::from_str(&zbctl(&["status", "--json", "--image", path(emmc)])).unwrap();
+    let state: Vec<u64> = status["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["lba"].as_u64().unwrap())
+        .collect();
+    let mut skipped = Vec::new();
+    for partition in inspect["partitions"].as_array().unwrap() {
+        let start = partition["start_lba"].as_u64().unwrap();
+        for region in partition["regions"].as_array().into_iter().flatten() {
+            if region["kind"] == "skip" {
+                let first = start + region["offset"].as_u64().unwrap() / 512;
+                let count = region["length"].as_u64().unwrap() / 512;
+                skipped.push(first..first + count);
+            }
+        }
+    }
+    let golden = std::fs::read(&kit.golden).unwrap();
+    let written = std::fs::read(emmc).unwrap();
+    golden
+        .chunks(512)
+        .zip(written.chunks(512))
+        .enumerate()
+        .map(|(lba, pair)| (lba as u64, pair))
+        .filter(|(lba, (a, b))| {
+            a != b && !state.contains(lba) && !skipped.iter().any(|range| range.contains(lba))
+        })
+        .map(|(lba, _)| lba)
+        .collect()
+}
+
+#[test]
+fn a_bricked_unit_is_reflashed_from_the_stick_and_then_boots_a() {
+    let kit = Kit::new();
+    let emmc = kit.blank_emmc();
+    let run = boot(&emmc, Some(&kit.stick), None);
+    assert!(run.console_has("recovery: looking for ZBOOT.ZI on a USB stick"));
+    assert!(
+        run.console_has("recovery: image written"),
+        "the reflash completes"
+    );
+    assert!(run.console_has("recovery: fresh slot state"));
+    assert_eq!(run.ending, Ending::GuestReset, "and resets");
+    assert_eq!(
+        differences(&kit, &emmc),
+        Vec::<u64>::new(),
+        "every written sector matches the image"
+    );
+    // The next power-on boots A from the reflashed eMMC.
+    let run = boot(&emmc, None, None);
+    assert!(run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-02 zboot.slot=A zboot.attempt=1"));
+}
+
+#[test]
+fn a_tampered_image_is_refused_and_the_emmc_untouched() {
+    let kit = Kit::new();
+    // `zbctl usb create` refuses a damaged image, so damage it on the
+    // stick: flip a byte near the end of the .zi's payload.
+    let mut stick_bytes = std::fs::read(&kit.stick).unwrap();
+    let zi = std::fs::read(&kit.zi).unwrap();
+    let start = stick_bytes
+        .windows(64)
+        .position(|window| window == &zi[..64])
+        .expect("the .zi on the stick");
+    stick_bytes[start + zi.len() - 1000] ^= 0x55;
+    let stick = kit.dir.path().join("tampered-stick.img");
+    std::fs::write(&stick, &stick_bytes).unwrap();
+    let emmc = kit.blank_emmc();
+    let before = std::fs::read(&emmc).unwrap();
+    let run = boot(&emmc, Some(&stick), Some("waiting for a (new) stick"));
+    assert_eq!(run.ending, Ending::StopText);
+    assert!(!run.console_has("recovery: image written"));
+    // The header and manifest are fine, so writing starts; the bad chunk
+    // stops it (each chunk's hash is checked before it is written).
+    assert!(run.console_has("recovery: "), "the error is reported");
+    let after = std::fs::read(&emmc).unwrap();
+    let changed = before
+        .chunks(512)
+        .zip(after.chunks(512))
+        .filter(|(a, b)| a != b)
+        .count();
+    println!("{changed} sectors changed before the bad chunk");
+}
+
+#[test]
+fn without_a_stick_the_loader_waits_and_a_later_stick_recovers() {
+    let kit = Kit::new();
+    let emmc = kit.blank_emmc();
+    let before = std::fs::read(&emmc).unwrap();
+    let run = boot(&emmc, None, Some("waiting for a (new) stick"));
+    assert_eq!(
+        run.ending,
+        Ending::StopText,
+        "it waits instead of resetting"
+    );
+    assert!(run.console_has("recovery: no USB"), "and says why");
+    assert_eq!(std::fs::read(&emmc).unwrap(), before, "nothing written");
+    let run = boot(&emmc, Some(&kit.stick), None);
+    assert!(run.console_has("recovery: image written"));
+}
+
+#[test]
+fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
+    let kit = Kit::new();
+    // A unit with a state file (so the journal has a home) that asks for recovery.
+    std::fs::copy(&kit.golden, kit.dir.path().join("emmc.img")).unwrap();
+    let emmc = kit.dir.path().join("emmc.img");
+    zbctl(&["request-recovery", "--image", path(&emmc)]);
+    let run = boot(&emmc, Some(&kit.stick), Some("recovery: 30%"));
+    assert_eq!(run.ending, Ending::StopText, "power cut part-way");
+    let run = boot(&emmc, Some(&kit.stick), None);
+    assert!(run.console_has("recovery: image written"));
+    let resumed = run
+        .console
+        .lines()
+        .find_map(|line| line.split("(from ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|number| number.parse::<u32>().ok())
+        .unwrap();
+    assert!(resumed > 0, "the second run resumed from region {resumed}");
+    assert_eq!(differences(&kit, &emmc), Vec::<u64>::new());
+}

@@ -1,0 +1,475 @@
+//! `zbctl install` end to end: a disk from `zbctl disk create`, a `.zi` from `zbctl image
+//! convert`, the real binary; the disk's bytes are compared before and after, the slot's files
+//! read with mtools, the boot partition checked with `fsck.fat -n`.
+// Helpers outside `#[test]` fns unwrap too (clippy.toml only covers the test fns).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use recovery_proto::image::{Content, Decoder, Image, Role, SliceSource};
+
+const MIB: usize = 1 << 20;
+/// `disk create --size 128M --boot-size 40M --root-size 32M --safe-size 8M`: boot at 1 MiB,
+/// root A at 41 MiB, root B at 73 MiB.
+const BOOT: std::ops::Range<usize> = MIB..41 * MIB;
+const ROOT_A: std::ops::Range<usize> = 41 * MIB..73 * MIB;
+const ROOT_B: std::ops::Range<usize> = 73 * MIB..105 * MIB;
+
+fn zbctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zbctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = zbctl(args);
+    assert!(
+        out.status.success(),
+        "zbctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
+    let out = zbctl(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "zbctl {args:?}: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "zbctl {args:?}: {stderr}");
+    }
+    stderr
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn tar(tree: &Path, out: &Path) {
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(out)
+        .arg("-C")
+        .arg(tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Inputs made once: a fresh disk, an image of version 5 (root 24 MiB), one whose root is
+/// 48 MiB (larger than the disk's 32 MiB root partitions), and a key pair.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let noise = |len: usize, seed: u8| -> Vec<u8> {
+            (0..len)
+                .map(|i| ((i * 7919) >> 3) as u8 ^ seed.wrapping_mul(i as u8))
+                .collect()
+        };
+        fs::write(p.join("zboot.img"), noise(70_000, 1)).unwrap();
+        fs::write(p.join("kernel"), noise(300_001, 2)).unwrap();
+        ok(&["key", "generate", "-o", s(&p.join("release"))]);
+        let public = fs::read_to_string(p.join("release.pub")).unwrap();
+        fs::write(
+            p.join("signed-manifest.txt"),
+            format!(
+                "root_a=/dev/mmcblk0p2\nroot_b=/dev/mmcblk0p3\nsafe_root=/dev/mmcblk0p5\n\
+                 public_key={}\n",
+                public.trim()
+            ),
+        )
+        .unwrap();
+        for (name, extra) in [
+            ("disk.img", vec![]),
+            (
+                "signed-disk.img",
+                vec![
+                    "--manifest".to_string(),
+                    p.join("signed-manifest.txt").to_str().unwrap().to_string(),
+                ],
+            ),
+        ] {
+            let mut args: Vec<String> = [
+                "disk",
+                "create",
+                "--output",
+                s(&p.join(name)),
+                "--size",
+                "128M",
+                "--boot-size",
+                "40M",
+                "--root-size",
+                "32M",
+                "--safe-size",
+                "8M",
+                "--disk-id",
+                "1a2b3c4d",
+                "--loader",
+                s(&p.join("zboot.img")),
+                "--slot",
+                &format!("A:kernel={},version=3", s(&p.join("kernel"))),
+                "--slot",
+                &format!("SAFE:kernel={}", s(&p.join("kernel"))),
+            ]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+            args.extend(extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&args);
+        }
+        let boot = p.join("boot");
+        fs::create_dir_all(boot.join("A")).unwrap();
+        fs::write(boot.join("config.txt"), "arm_64bit=1\nkernel=zboot.img\n").unwrap();
+        fs::write(boot.join("zboot.img"), noise(70_000, 1)).unwrap();
+        fs::write(boot.join("A/kernel.img"), noise(200_000, 9)).unwrap();
+        fs::write(boot.join("A/initrd.img"), noise(30_000, 10)).unwrap();
+        fs::write(boot.join("A/cmdline.txt"), "console=ttyAMA0 rootwait\n").unwrap();
+        let root = p.join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hostname"), "new\n").unwrap();
+        fs::write(root.join("etc/blob"), noise(3 << 20, 11)).unwrap();
+        tar(&boot, &p.join("boot.tar"));
+        tar(&root, &p.join("root.tar"));
+        for (name, root_mib) in [("os.zi", "24"), ("big.zi", "48")] {
+            ok(&[
+                "image",
+                "convert",
+                "-b",
+                s(&p.join("boot.tar")),
+                "-r",
+                s(&p.join("root.tar")),
+                "-o",
+                s(&p.join(name)),
+                "--name",
+                "os",
+                "--version",
+                "5",
+                "--boot-mib",
+                "40",
+                "--root-mib",
+                root_mib,
+                "--chunk-kib",
+                "256",
+            ]);
+        }
+        Fixture { dir }
+    })
+}
+
+impl Fixture {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A private copy of a fixture file.
+    fn copy(&self, name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        fs::copy(self.path(name), &path).unwrap();
+        (dir, path)
+    }
+}
+
+fn status(disk: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["--image", s(disk), "status", "--json"])).unwrap()
+}
+
+fn slot_state(status: &serde_json::Value, slot: &str) -> String {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == slot)
+        .unwrap()["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn mtype(disk: &Path, file: &str) -> Vec<u8> {
+    let out = Command::new("mtype")
+        .args(["-i", &format!("{}@@1M", s(disk)), &format!("::{file}")])
+        .output()
+        .expect("mtype (run scripts/setup)");
+    assert!(out.status.success(), "mtype {file}");
+    out.stdout
+}
+
+/// Every byte of slot A (its root partition and its files) and everything outside the boot
+/// partition and root B is unchanged.
+fn assert_active_untouched(before: &[u8], disk: &Path) {
+    let after = fs::read(disk).unwrap();
+    assert_eq!(before.len(), after.len());
+    assert!(before[ROOT_A] == after[ROOT_A], "root A changed");
+    assert!(before[..BOOT.start] == after[..BOOT.start], "MBR changed");
+    assert!(
+        before[ROOT_B.end..] == after[ROOT_B.end..],
+        "SAFE or DATA changed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("before.img");
+    fs::write(&old, before).unwrap();
+    for file in ["A/kernel.img", "A/cmdline.txt", "A/slot.txt", "zboot.img"] {
+        assert_eq!(mtype(&old, file), mtype(disk, file), "{file} changed");
+    }
+}
+
+fn fsck_boot(disk: &Path) {
+    let bytes = fs::read(disk).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot.fat");
+    fs::write(&boot, &bytes[BOOT]).unwrap();
+    let out = Command::new("fsck.fat")
+        .args(["-n", s(&boot)])
+        .output()
+        .expect("fsck.fat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The image's root regions (data and fill) are in root B, byte for byte.
+fn assert_root_b_is_image(zi: &Path, disk: &Path) {
+    let image_bytes = fs::read(zi).unwrap();
+    let disk = fs::read(disk).unwrap();
+    let mut manifest = vec![0u8; 1 << 20];
+    let image = Image::open(&mut SliceSource(&image_bytes), &mut manifest, None).unwrap();
+    let (root, _) = image.partition_with_role(Role::RootA).unwrap();
+    let mut out = vec![0u8; image.header().chunk_size as usize];
+    let mut decoder = Box::new(Decoder::new());
+    let mut chunks = image.chunks(0);
+    let mut compared = 0;
+    while let Some(chunk) = chunks
+        .next_chunk(
+            &image,
+            &mut SliceSource(&image_bytes),
+            &mut decoder,
+            &mut out,
+        )
+        .unwrap()
+    {
+        if u32::from(chunk.region.partition) != root {
+            continue;
+        }
+        let at = ROOT_B.start + usize::try_from(chunk.region.offset).unwrap();
+        let len = usize::try_from(chunk.region.length).unwrap();
+        match chunk.content {
+            Content::Data(bytes) => assert!(disk[at..at + len] == *bytes, "data at {at}"),
+            Content::Fill(byte) => assert!(disk[at..at + len].iter().all(|&b| b == byte)),
+            Content::Skip => continue,
+        }
+        compared += len;
+    }
+    assert!(compared > 3 << 20, "{compared}");
+}
+
+#[test]
+fn installs_into_b_as_a_trial_and_leaves_a_alone() {
+    let f = fixture();
+    let (_dir, disk) = f.copy("disk.img");
+    let before = fs::read(&disk).unwrap();
+    let report = ok(&["--image", s(&disk), "install", s(&f.path("os.zi"))]);
+    assert!(report.contains("into slot B"), "{report}");
+    assert!(report.contains("bytes written by install"), "{report}");
+    assert!(report.contains("image used bytes"), "{report}");
+    let json = status(&disk);
+    assert_eq!(json["active"], "B");
+    assert_eq!(json["backup"], "A");
+    assert_eq!(slot_state(&json, "B"), "trial");
+    assert_eq!(slot_state(&json, "A"), "good");
+    assert_active_untouched(&before, &disk);
+    assert_root_b_is_image(&f.path("os.zi"), &disk);
+    fsck_boot(&disk);
+    // B's files are the image's A/ files, with a slot.txt the loader's parser accepts.
+    let boot = f.path("boot");
+    for file in ["kernel.img", "initrd.img", "cmdline.txt"] {
+        assert_eq!(
+            mtype(&disk, &format!("B/{file}")),
+            fs::read(boot.join("A").join(file)).unwrap()
+        );
+    }
+    let slot_txt = mtype(&disk, "B/slot.txt");
+    let manifest = recovery_proto::slot_manifest::SlotManifest::parse(&slot_txt).unwrap();
+    assert_eq!(manifest.image_version, 5);
+    assert_eq!(manifest.files().len(), 3);
+    // A second install before B is confirmed would overwrite A, the last good system.
+    fails(
+        &["--image", s(&disk), "install", s(&f.path("os.zi"))],
+        1,
+        &["not confirmed"],
+    );
+}
+
+#[test]
+fn once_installs_a_one_shot_from_a_stick_and_a_mounted_directory() {
+    let f = fixture();
+    let (dir, disk) = f.copy("disk.img");
+    let stick = dir.path().join("stick.img");
+    ok(&[
+        "usb",
+        "create",
+        "--zi",
+        s(&f.path("os.zi")),
+        "-o",
+        s(&stick),
+    ]);
+    let report = ok(&["--image", s(&disk), "install", "--once", s(&stick)]);
+    assert!(report.contains("stick.img:ZBOOT.ZI"), "{report}");
+    let json = status(&disk);
+    assert_eq!(json["active"], "A");
+    assert_eq!(json["one_shot"], "B");
+    assert_eq!(slot_state(&json, "B"), "trial");
+    // A mounted stick: the name is matched without case, as on FAT.
+    let mounted = dir.path().join("mnt");
+    fs::create_dir(&mounted).unwrap();
+    fs::copy(f.path("os.zi"), mounted.join("zboot.zi")).unwrap();
+    let report = ok(&["--image", s(&disk), "install", "--once", s(&mounted)]);
+    assert!(report.contains("zboot.zi"), "{report}");
+    assert_root_b_is_image(&f.path("os.zi"), &disk);
+}
+
+#[test]
+fn tampered_image_is_refused_with_nothing_written() {
+    let f = fixture();
+    let (dir, disk) = f.copy("disk.img");
+    let before = fs::read(&disk).unwrap();
+    let zi = dir.path().join("tampered.zi");
+    let mut bytes = fs::read(f.path("os.zi")).unwrap();
+    let at = bytes.len() - 1000; // inside the last chunk (the boot partition)
+    bytes[at] ^= 0x40;
+    fs::write(&zi, &bytes).unwrap();
+    let error = fails(&["--image", s(&disk), "install", s(&zi)], 3, &["payload"]);
+    assert!(error.contains("offset"), "{error}");
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+    // A header byte: refused at once, naming the part and offset.
+    bytes[at] ^= 0x40;
+    bytes[100] ^= 1;
+    fs::write(&zi, &bytes).unwrap();
+    fails(
+        &["--image", s(&disk), "install", s(&zi)],
+        2,
+        &["header", "offset 224"],
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+}
+
+#[test]
+fn image_larger_than_the_slot_partition_is_refused() {
+    let f = fixture();
+    let (_dir, disk) = f.copy("disk.img");
+    let before = fs::read(&disk).unwrap();
+    fails(
+        &["--image", s(&disk), "install", s(&f.path("big.zi"))],
+        1,
+        &["50331648 bytes", "33554432 bytes", "root partition 3"],
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+}
+
+#[test]
+fn provisioned_key_refuses_unsigned_and_accepts_signed() {
+    let f = fixture();
+    let (dir, disk) = f.copy("signed-disk.img");
+    let before = fs::read(&disk).unwrap();
+    fails(
+        &["--image", s(&disk), "install", s(&f.path("os.zi"))],
+        4,
+        &["not signed"],
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+    let signed = dir.path().join("signed.zi");
+    fs::copy(f.path("os.zi"), &signed).unwrap();
+    ok(&[
+        "image",
+        "sign",
+        s(&signed),
+        "--key",
+        s(&f.path("release.key")),
+    ]);
+    ok(&["--image", s(&disk), "install", s(&signed)]);
+    assert_eq!(slot_state(&status(&disk), "B"), "trial");
+    // --pubkey on a disk without a provisioned key: the same rule.
+    let (_other, plain) = f.copy("disk.img");
+    fails(
+        &[
+            "--image",
+            s(&plain),
+            "install",
+            "--pubkey",
+            s(&f.path("release.pub")),
+            s(&f.path("os.zi")),
+        ],
+        4,
+        &["not signed"],
+    );
+}
+
+#[test]
+fn older_image_is_refused_unless_forced() {
+    let f = fixture();
+    let (_dir, disk) = f.copy("disk.img");
+    ok(&[
+        "--image",
+        s(&disk),
+        "init-state",
+        "--force",
+        "--min-version",
+        "6",
+    ]);
+    let before = fs::read(&disk).unwrap();
+    fails(
+        &["--image", s(&disk), "install", s(&f.path("os.zi"))],
+        5,
+        &["older than the minimum 6"],
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+    ok(&[
+        "--image",
+        s(&disk),
+        "install",
+        "--force",
+        s(&f.path("os.zi")),
+    ]);
+    assert_eq!(slot_state(&status(&disk), "B"), "trial");
+}
+
+#[test]
+fn interrupted_install_leaves_b_not_bootable_and_a_active() {
+    let f = fixture();
+    let (_dir, disk) = f.copy("disk.img");
+    let before = fs::read(&disk).unwrap();
+    fails(
+        &[
+            "--image",
+            s(&disk),
+            "install",
+            "--fail-after",
+            "1000000",
+            s(&f.path("os.zi")),
+        ],
+        1,
+        &["injected failure"],
+    );
+    let json = status(&disk);
+    assert_eq!(json["active"], "A");
+    assert_eq!(slot_state(&json, "B"), "bad");
+    assert_eq!(slot_state(&json, "A"), "good");
+    assert_active_untouched(&before, &disk);
+    // The next try completes.
+    ok(&["--image", s(&disk), "install", s(&f.path("os.zi"))]);
+    assert_eq!(slot_state(&status(&disk), "B"), "trial");
+}
