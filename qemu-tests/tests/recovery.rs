@@ -252,3 +252,30 @@ fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
     assert!(resumed > 0, "the second run resumed from region {resumed}");
     assert_eq!(differences(&kit, &emmc), Vec::<u64>::new());
 }
+
+#[test]
+fn an_image_installed_into_b_boots_as_a_trial() {
+    let kit = Kit::new();
+    // A unit running A (confirmed good); the update goes into B.
+    let emmc = kit.dir.path().join("unit.img");
+    std::fs::copy(&kit.golden, &emmc).unwrap();
+    let run = boot(&emmc, None, None);
+    assert!(run.console_has("zboot.slot=A zboot.attempt=1"));
+    zbctl(&["mark-good", "--image", path(&emmc)]);
+    zbctl(&["install", "--image", path(&emmc), path(&kit.zi)]);
+    let status: Value =
+        serde_json::from_str(&zbctl(&["status", "--json", "--image", path(&emmc)])).unwrap();
+    assert_eq!(
+        status["active"], "B",
+        "the installed slot is ACTIVE as a trial"
+    );
+    let run = boot(&emmc, None, None);
+    assert!(
+        run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-03 zboot.slot=B zboot.attempt=1"),
+        "B boots the installed files from its own root"
+    );
+    assert!(
+        run.console_has("slot B: B/kernel.img:"),
+        "from B's directory, verified"
+    );
+}

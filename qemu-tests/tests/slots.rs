@@ -590,3 +590,45 @@ fn gpt_disk_boots_slot_a_by_its_guid_and_falls_back_to_the_backup_header() {
         "zboot never repairs the table"
     );
 }
+
+#[test]
+fn an_initrd_too_large_for_ram_falls_back_before_reading_it() {
+    const SIZE: u32 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, vec![0x42u8; 4096]).unwrap();
+    let disk = disk(&[
+        SlotSetup {
+            initrd: Some(&initrd),
+            ..SlotSetup::new("A", "good")
+        },
+        SlotSetup::new("B", "good"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    // Make A's initrd claim 1 GiB, more than the 960 MiB the firmware gives
+    // the ARM: in slot.txt, and in its FAT directory entry (DIR_FileSize,
+    // bytes 28-31 of the 32-byte entry whose name is "INITRD  IMG").
+    let manifest = String::from_utf8(disk.read_file("A/slot.txt")).unwrap();
+    let manifest = manifest.replace(
+        "file=initrd.img size=4096 ",
+        &format!("file=initrd.img size={SIZE} "),
+    );
+    assert!(manifest.contains(&format!("size={SIZE}")), "{manifest}");
+    disk.replace_file("A/slot.txt", manifest.as_bytes());
+    let mut image = std::fs::read(&disk.image).unwrap();
+    let entry = image
+        .windows(11)
+        .position(|name| name == b"INITRD  IMG")
+        .expect("A's initrd directory entry");
+    image[entry + 28..entry + 32].copy_from_slice(&SIZE.to_le_bytes());
+    std::fs::write(&disk.image, &image).unwrap();
+
+    let run = disk.boot();
+    assert!(
+        run.console_has("slot A: A/initrd.img: the initrd (1073741824 bytes at 0x"),
+        "names the slot, the file and the size"
+    );
+    assert!(run.console_has("does not fit below 0x3c000000; falling back"));
+    assert_eq!(booted(&run), ("B".into(), 1));
+    assert_eq!(disk.failed_boots("A"), 1);
+}
