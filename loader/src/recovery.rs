@@ -22,6 +22,7 @@ use recovery_proto::image::reader::MAX_OUTPUT_BUFFER;
 use recovery_proto::image::{Decoder, Progress};
 use recovery_proto::locate;
 use recovery_proto::manifest::Manifest;
+use recovery_proto::partition::{Partitions, TableKind};
 use recovery_proto::reflash::{self, Buffers, Journal, StickImage};
 use recovery_proto::store::RedundantStore;
 
@@ -325,10 +326,12 @@ fn write_image(
     let mut last_percent = u64::MAX;
     let led = ActLed::new(gpio);
     let mut target = disk;
+    let preserve = data_partition(disk);
     let result = reflash::reflash(
         &mut file,
         &mut target,
         key,
+        preserve,
         &mut journal,
         Buffers {
             manifest,
@@ -360,6 +363,16 @@ fn write_image(
                 summary.bytes_written,
                 summary.bytes_skipped
             );
+            if summary.bytes_kept > 0 {
+                log::info!(
+                    "recovery: the DATA partition was left in place ({} bytes of the image's DATA not written)",
+                    summary.bytes_kept
+                );
+            } else if preserve.is_some() {
+                log::warn!(
+                    "recovery: the image's layout moves the DATA partition: it was rewritten"
+                );
+            }
             write_fresh_state(disk, &journal.state);
             Ok(())
         }
@@ -375,6 +388,27 @@ fn write_image(
             }
         }
     }
+}
+
+/// The eMMC's DATA partition as it is now (docs/disk-layout.md: number 6 on
+/// MBR, 5 on GPT), which the reflash leaves alone if the image puts DATA in
+/// the same place.
+fn data_partition(disk: &Disk) -> Option<reflash::Preserve> {
+    let partitions = Partitions::read(&mut { disk }).ok()?;
+    let number = match partitions.kind() {
+        TableKind::Mbr => 6,
+        TableKind::Gpt => 5,
+    };
+    let data = partitions.partition(number)?;
+    log::info!(
+        "recovery: DATA is partition {number} ({} sectors at LBA {}): kept if the image leaves it in place",
+        data.sectors,
+        data.start_lba
+    );
+    Some(reflash::Preserve {
+        start_lba: data.start_lba,
+        sectors: data.sectors,
+    })
 }
 
 /// A fresh state (all slots good, ACTIVE = A) in the new boot partition's

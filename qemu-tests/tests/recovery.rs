@@ -238,6 +238,11 @@ fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
     std::fs::copy(&kit.golden, kit.dir.path().join("emmc.img")).unwrap();
     let emmc = kit.dir.path().join("emmc.img");
     zbctl(&["request-recovery", "--image", path(&emmc)]);
+    // The user's data: a marker in the DATA partition's ext4 superblock
+    // sector, which the image also carries. Same layout: it must survive.
+    let data_lba = partition_start(&emmc, 6);
+    let marker = b"zboot user data marker";
+    write_at(&emmc, (data_lba + 2) * 512 + 200, marker);
     let run = boot(&emmc, Some(&kit.stick), Some("recovery: 30%"));
     assert_eq!(run.ending, Ending::StopText, "power cut part-way");
     let run = boot(&emmc, Some(&kit.stick), None);
@@ -250,7 +255,66 @@ fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
         .and_then(|number| number.parse::<u32>().ok())
         .unwrap();
     assert!(resumed > 0, "the second run resumed from region {resumed}");
-    assert_eq!(differences(&kit, &emmc), Vec::<u64>::new());
+    assert!(run.console_has("recovery: the DATA partition was left in place"));
+    assert_eq!(
+        read_at(&emmc, (data_lba + 2) * 512 + 200, marker.len()),
+        marker,
+        "DATA kept"
+    );
+    let data_end = data_lba + partition_sectors(&emmc, 6);
+    let outside_data: Vec<u64> = differences(&kit, &emmc)
+        .into_iter()
+        .filter(|lba| !(data_lba..data_end).contains(lba))
+        .collect();
+    assert_eq!(outside_data, Vec::<u64>::new());
+}
+
+/// `sfdisk --json` of an image.
+fn partition_table(image: &Path) -> Value {
+    let output = std::process::Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .expect("running sfdisk (fdisk; scripts/setup installs it)");
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn partition_field(image: &Path, number: u64, field: &str) -> u64 {
+    let table = partition_table(image);
+    let suffix = number.to_string();
+    table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|partition| partition["node"].as_str().unwrap().ends_with(&suffix))
+        .unwrap()[field]
+        .as_u64()
+        .unwrap()
+}
+
+fn partition_start(image: &Path, number: u64) -> u64 {
+    partition_field(image, number, "start")
+}
+
+fn partition_sectors(image: &Path, number: u64) -> u64 {
+    partition_field(image, number, "size")
+}
+
+fn write_at(image: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+fn read_at(image: &Path, offset: u64, length: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(image).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    let mut bytes = vec![0; length];
+    file.read_exact(&mut bytes).unwrap();
+    bytes
 }
 
 #[test]

@@ -237,6 +237,20 @@ pub struct Summary {
     pub bytes_written: u64,
     /// Bytes of skip regions, not written.
     pub bytes_skipped: u64,
+    /// Bytes of the DATA partition left as they were (see [`Preserve`]).
+    pub bytes_kept: u64,
+}
+
+/// A partition of the target to leave alone: the product's DATA partition
+/// when the image puts it exactly where it already is (same start and size),
+/// so a reflash does not wipe the user's data. With another layout the
+/// image's DATA content is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preserve {
+    /// First sector of the target's DATA partition.
+    pub start_lba: u64,
+    /// Its length in sectors.
+    pub sectors: u64,
 }
 
 /// Why a reflash stopped.
@@ -289,6 +303,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
     source: &mut S,
     target: &mut T,
     key: Option<&[u8; 32]>,
+    preserve: Option<Preserve>,
     journal: &mut J,
     buffers: Buffers<'_>,
     mut progress: impl FnMut(Progress),
@@ -328,6 +343,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
         regions: image.header().region_count,
         bytes_written: 0,
         bytes_skipped: 0,
+        bytes_kept: 0,
     };
     let mut chunks = image.chunks(resumed_from);
     let fill_block = &mut [0u8; BLOCK_SIZE];
@@ -343,7 +359,16 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
                 length,
             });
         }
-        match chunk.content {
+        let kept = chunk.partition.role == Role::Data
+            && preserve.is_some_and(|keep| {
+                keep.start_lba == chunk.partition.start_lba
+                    && keep.sectors == chunk.partition.sectors
+            });
+        let content = if kept { Content::Skip } else { chunk.content };
+        if kept {
+            summary.bytes_kept += length;
+        }
+        match content {
             Content::Data(bytes) => {
                 target
                     .write_blocks(lba, bytes)
@@ -362,6 +387,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
                 }
                 summary.bytes_written += length;
             }
+            Content::Skip if kept => {}
             Content::Skip => summary.bytes_skipped += length,
         }
         if chunk.partition.role != Role::Boot {
@@ -378,6 +404,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
 mod tests {
     use std::boxed::Box;
     use std::vec;
+    use std::vec::Vec;
 
     use super::*;
     use crate::block::{RamDisk, RamDiskError, Tear};
@@ -424,6 +451,7 @@ mod tests {
             &mut SliceSource(image),
             disk,
             key,
+            None,
             journal,
             Buffers {
                 manifest: &mut manifest,
@@ -672,6 +700,7 @@ mod tests {
             &mut file,
             &mut disk,
             None,
+            None,
             &mut MemoryJournal::default(),
             Buffers {
                 manifest: &mut manifest,
@@ -695,5 +724,90 @@ mod tests {
         let summary = run(&sample_image(), &mut disk, &mut journal, None).unwrap();
         // The start record plus one per region (the sample has no boot partition).
         assert_eq!(journal.records, 1 + summary.regions as usize);
+    }
+
+    /// The sample image with its partition given the DATA role.
+    fn data_image() -> Vec<u8> {
+        use crate::image::writer::{
+            ImageMeta, ImageWriter, PlannedPartition, encode_chunk, split_data,
+        };
+        use crate::image::{PartitionEntry, TableKind};
+        let content = vec![0x5au8; 8192];
+        let partition = PlannedPartition {
+            entry: PartitionEntry {
+                number: 6,
+                role: Role::Data,
+                kind: 0x83,
+                bootable: false,
+                first_region: 0,
+                region_count: 0,
+                start_lba: 2048,
+                sectors: 16,
+            },
+            regions: split_data(0, 8192, 8192),
+        };
+        let meta = ImageMeta {
+            name: "data".into(),
+            version: 1,
+            created: 0,
+            chunk_size: 8192,
+            table: TableKind::Mbr,
+            disk_signature: 1,
+            disk_size: (2048 + 16) * 512,
+        };
+        let mut writer =
+            ImageWriter::new(std::io::Cursor::new(Vec::new()), meta, vec![partition]).unwrap();
+        for (_, offset, length) in writer.data_regions() {
+            let data = &content[offset as usize..(offset + length) as usize];
+            writer.push_chunk(&encode_chunk(data, 6)).unwrap();
+        }
+        writer.finish().unwrap().0.into_inner()
+    }
+
+    #[test]
+    fn the_data_partition_is_kept_when_the_layout_is_unchanged() {
+        let image = data_image();
+        let run_with = |preserve: Option<Preserve>| {
+            let mut disk = RamDisk::new(4096);
+            disk.block_mut(2048).unwrap().fill(0x11); // the user's data
+            let mut manifest = vec![0u8; 64 * 1024];
+            let mut output = vec![0u8; 1 << 20];
+            let mut decoder = Box::new(Decoder::new());
+            let summary = reflash(
+                &mut SliceSource(&image),
+                &mut disk,
+                None,
+                preserve,
+                &mut MemoryJournal::default(),
+                Buffers {
+                    manifest: &mut manifest,
+                    output: &mut output,
+                    decoder: &mut decoder,
+                },
+                |_| {},
+            )
+            .unwrap();
+            (summary, disk.block_mut(2048).unwrap()[0])
+        };
+        let (kept, byte) = run_with(Some(Preserve {
+            start_lba: 2048,
+            sectors: 16,
+        }));
+        assert_eq!(
+            (kept.bytes_kept, kept.bytes_written, byte),
+            (8192, 0, 0x11),
+            "same layout: kept"
+        );
+        let (moved, byte) = run_with(Some(Preserve {
+            start_lba: 4000,
+            sectors: 16,
+        }));
+        assert_eq!(
+            (moved.bytes_kept, moved.bytes_written, byte),
+            (0, 8192, 0x5a),
+            "moved: rewritten"
+        );
+        let (none, byte) = run_with(None);
+        assert_eq!((none.bytes_kept, byte), (0, 0x5a));
     }
 }
