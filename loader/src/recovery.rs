@@ -374,6 +374,7 @@ fn write_image(
                 );
             }
             write_fresh_state(disk, &journal.state);
+            arch::zboot_bench_reflash_done();
             Ok(())
         }
         Err(error) => {

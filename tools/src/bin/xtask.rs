@@ -179,6 +179,81 @@ fn demo_disk(
     Ok(image)
 }
 
+/// USB recovery of a blank eMMC from a stick: instructions from entry to the
+/// end of the reflash, per MiB written, and bytes written against the
+/// image's used bytes.
+fn reflash_bench(
+    loader: &LoaderImage,
+    plugin: &std::path::Path,
+    dtb: &std::path::Path,
+) -> Result<()> {
+    let dir = workspace_root()
+        .join("target")
+        .join("zboot")
+        .join("bench-reflash");
+    let golden = demo_disk(
+        &dir,
+        &[("A", "good"), ("B", "good"), ("SAFE", "good")],
+        None,
+    )?;
+    let zi = dir.join("os.zi");
+    let stick = dir.join("stick.img");
+    let text = |path: &std::path::Path| path.display().to_string();
+    zbctl(&[
+        "image",
+        "convert",
+        "--from-disk",
+        &text(&golden),
+        "-o",
+        &text(&zi),
+        "--name",
+        "os",
+        "--version",
+        "1",
+    ])?;
+    zbctl(&["usb", "create", "--zi", &text(&zi), "-o", &text(&stick)])?;
+    let emmc = dir.join("blank.img");
+    std::fs::File::create(&emmc)?.set_len(std::fs::metadata(&golden)?.len())?;
+    let start = loader.symbol("_start")?;
+    let end = loader.symbol("zboot_bench_reflash_done")?;
+    let run = Qemu::new(&loader.image)
+        .dtb(dtb)
+        .emmc(&emmc)
+        .usb_stick(&stick)
+        .plugin(plugin, &format!("start=0x{start:x},end=0x{end:x}"))
+        .icount(Icount::Work)
+        .timeout(Duration::from_mins(10))
+        .run()?;
+    let count = run
+        .instruction_count()
+        .with_context(|| format!("no count ({:?}):\n{}", run.ending, run.console))?;
+    let written_line = run
+        .console
+        .lines()
+        .find(|line| line.contains("recovery: image written"))
+        .context("the reflash did not complete")?;
+    let written: u64 = written_line
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" bytes written"))
+        .and_then(|number| number.parse().ok())
+        .context("no byte count")?;
+    let image_size = std::fs::metadata(&zi)?.len();
+    println!(
+        "USB recovery (blank 256 MiB eMMC, .zi of a zbctl disk create image on a stick behind QEMU's hub)"
+    );
+    println!("  .zi size:                                   {image_size:>10} bytes");
+    println!(
+        "  bytes written to the eMMC (data + fill):    {written:>10} bytes of {} on the disk",
+        std::fs::metadata(&golden)?.len()
+    );
+    println!("  entry -> reflash done, icount work          {count:>10} instructions");
+    println!(
+        "  per MiB written:                            {:>10} instructions (verify pass + write pass)",
+        count * (1 << 20) / written.max(1)
+    );
+    Ok(())
+}
+
 fn fallback_demo(timeout: u64) -> Result<()> {
     let dir = workspace_root().join("target").join("zboot").join("demo");
     let image = demo_disk(&dir, &[("A", "bad"), ("B", "bad"), ("SAFE", "good")], None)?;
@@ -282,6 +357,7 @@ fn bench() -> Result<()> {
     }
     println!("  (icount realtime - work = instructions spent waiting on timers/devices)");
     storage_bench(&loader, &plugin, &dtb)?;
+    reflash_bench(&loader, &plugin, &dtb)?;
     println!();
     println!("zboot against U-Boot: the same Debian kernel, initramfs and card (docs/linux.md)");
     zboot_qemu_tests::linux::compare_with_u_boot(&mut std::io::stdout(), &|args| zbctl(args))
