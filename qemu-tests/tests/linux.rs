@@ -7,27 +7,18 @@
 // Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::zbctl;
 use serde_json::Value;
 use zboot_qemu_tests::linux::{LinuxFiles, disk_create_arguments, initramfs, require_programs};
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run};
 
 /// The card's disk id: slot A's root is `PARTUUID=2b0071e5-02`.
 const DISK_ID: &str = "2b0071e5";
-
-/// Runs zbctl (the library behind the binary) with `args`; returns stdout.
-fn zbctl(args: &[&str]) -> String {
-    let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(
-        std::iter::once("zbctl").chain(args.iter().copied()),
-    )
-    .unwrap_or_else(|error| panic!("zbctl {args:?}: {error}"));
-    let mut out = Vec::new();
-    zboot_tools::zbctl::run(&cli, &mut out)
-        .unwrap_or_else(|error| panic!("zbctl {args:?}: {error:#}"));
-    String::from_utf8(out).unwrap()
-}
 
 struct Card {
     _dir: tempfile::TempDir,

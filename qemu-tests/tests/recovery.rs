@@ -7,22 +7,13 @@
 // Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::zbctl;
 use serde_json::Value;
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
-
-/// Runs zbctl (the library behind the binary) with `args`; returns stdout.
-fn zbctl(args: &[&str]) -> String {
-    let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(
-        std::iter::once("zbctl").chain(args.iter().copied()),
-    )
-    .unwrap_or_else(|error| panic!("zbctl {args:?}: {error}"));
-    let mut out = Vec::new();
-    zboot_tools::zbctl::run(&cli, &mut out)
-        .unwrap_or_else(|error| panic!("zbctl {args:?}: {error:#}"));
-    String::from_utf8(out).unwrap()
-}
 
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()

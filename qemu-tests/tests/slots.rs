@@ -6,27 +6,18 @@
 // Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::zbctl;
 use serde_json::Value;
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
 
 /// A disk id, so PARTUUIDs are known: `5a6b7c8d-02` is slot A's root.
 const DISK_ID: &str = "5a6b7c8d";
-
-/// Runs zbctl (the library behind the binary) with `args`; returns stdout.
-fn zbctl(args: &[&str]) -> String {
-    let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(
-        std::iter::once("zbctl").chain(args.iter().copied()),
-    )
-    .unwrap_or_else(|error| panic!("zbctl {args:?}: {error}"));
-    let mut out = Vec::new();
-    zboot_tools::zbctl::run(&cli, &mut out)
-        .unwrap_or_else(|error| panic!("zbctl {args:?}: {error:#}"));
-    String::from_utf8(out).unwrap()
-}
 
 struct Disk {
     dir: tempfile::TempDir,
