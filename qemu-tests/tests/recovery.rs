@@ -89,10 +89,15 @@ impl Kit {
 }
 
 fn boot(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>) -> Run {
+    boot_with(emmc, stick, stop_at, &[])
+}
+
+fn boot_with(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>, extra: &[&str]) -> Run {
     let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
     let mut qemu = Qemu::new(&loader.image)
         .dtb(&minimal_dtb().unwrap())
-        .emmc(emmc);
+        .emmc(emmc)
+        .extra_args(extra);
     if let Some(stick) = stick {
         qemu = qemu.usb_stick(stick);
     }
@@ -332,5 +337,36 @@ fn an_image_installed_into_b_boots_as_a_trial() {
     assert!(
         run.console_has("slot B: B/kernel.img:"),
         "from B's directory, verified"
+    );
+}
+
+#[test]
+fn a_reflash_cut_again_and_again_behind_two_hubs_still_completes() {
+    // The stick two hubs deep (an explicit hub on the root port, a second on
+    // its port 1: QEMU `port=` paths), and the reflash killed at 10 %, then
+    // at 50 %, then at 80 %: each restart resumes from the journal.
+    let hubs = [
+        "-device",
+        "usb-hub,port=1",
+        "-device",
+        "usb-hub,port=1.1",
+        "-global",
+        "usb-storage.port=1.1.1",
+    ];
+    let kit = Kit::new();
+    std::fs::copy(&kit.golden, kit.dir.path().join("emmc.img")).unwrap();
+    let emmc = kit.dir.path().join("emmc.img");
+    zbctl(&["request-recovery", "--image", path(&emmc)]);
+    for cut in ["recovery: 10%", "recovery: 50%", "recovery: 80%"] {
+        let run = boot_with(&emmc, Some(&kit.stick), Some(cut), &hubs);
+        assert_eq!(run.ending, Ending::StopText, "power cut at {cut}");
+    }
+    let run = boot_with(&emmc, Some(&kit.stick), None, &hubs);
+    assert!(run.console_has("recovery: image written"));
+    assert!(!run.console_has("image written: 0 regions (from 0)"));
+    let run = boot(&emmc, None, None);
+    assert!(
+        run.console_has("zboot.slot=A zboot.attempt=1"),
+        "and A boots"
     );
 }
