@@ -346,7 +346,6 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
         bytes_kept: 0,
     };
     let mut chunks = image.chunks(resumed_from);
-    let fill_block = &mut [0u8; BLOCK_SIZE];
     while let Some(chunk) = chunks
         .next_chunk(&image, source, decoder, output)
         .map_err(ReflashError::Image)?
@@ -364,6 +363,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
                 keep.start_lba == chunk.partition.start_lba
                     && keep.sectors == chunk.partition.sectors
             });
+        let role = chunk.partition.role;
         let content = if kept { Content::Skip } else { chunk.content };
         if kept {
             summary.bytes_kept += length;
@@ -376,21 +376,13 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
                 summary.bytes_written += length;
             }
             Content::Fill(value) => {
-                fill_block.fill(value);
-                for sector in 0..length / BLOCK_SIZE as u64 {
-                    target
-                        .write_block(lba + sector, fill_block)
-                        .map_err(|error| ReflashError::Write {
-                            lba: lba + sector,
-                            error,
-                        })?;
-                }
+                write_fill(target, lba, length, value, output)?;
                 summary.bytes_written += length;
             }
             Content::Skip if kept => {}
             Content::Skip => summary.bytes_skipped += length,
         }
-        if chunk.partition.role != Role::Boot {
+        if role != Role::Boot {
             journal
                 .record(&id, chunks.next_index())
                 .map_err(ReflashError::Journal)?;
@@ -398,6 +390,35 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
         progress(chunks.progress(&image));
     }
     Ok(summary)
+}
+
+/// Writes `length` bytes of `value` at `lba` with multi-block writes of
+/// `scratch` (the region buffer, free between regions): a fill region of
+/// zeros costs a handful of commands instead of one per sector.
+fn write_fill<T: BlockDevice, S, J>(
+    target: &mut T,
+    lba: u64,
+    length: u64,
+    value: u8,
+    scratch: &mut [u8],
+) -> Result<(), ReflashError<S, T::Error, J>> {
+    let span = scratch.len() / BLOCK_SIZE * BLOCK_SIZE;
+    let mut single = [value; BLOCK_SIZE];
+    let buffer: &mut [u8] = match scratch.get_mut(..span) {
+        Some(buffer) if span > 0 => buffer,
+        _ => &mut single,
+    };
+    buffer.fill(value);
+    let mut done = 0u64;
+    while done < length {
+        let take = (length - done).min(buffer.len() as u64) as usize;
+        let at = lba + done / BLOCK_SIZE as u64;
+        target
+            .write_blocks(at, buffer.get(..take).unwrap_or_default())
+            .map_err(|error| ReflashError::Write { lba: at, error })?;
+        done += take as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
