@@ -940,9 +940,6 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            self.registers
-                .interrupt_status
-                .write(INTERRUPT::BUFFER_WRITE_READY::SET);
             for word in block.chunks_exact(4) {
                 self.registers
                     .buffer_data_port
@@ -958,9 +955,6 @@ impl Emmc2 {
             command,
             true,
         )?;
-        self.registers
-            .interrupt_status
-            .write(INTERRUPT::TRANSFER_COMPLETE::SET);
         if blocks > 1 {
             self.commands += 1;
         }
@@ -1062,9 +1056,6 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            self.registers
-                .interrupt_status
-                .write(INTERRUPT::BUFFER_READ_READY::SET);
             for word in block.chunks_exact_mut(4) {
                 word.copy_from_slice(&self.registers.buffer_data_port.get().to_le_bytes());
             }
@@ -1076,9 +1067,6 @@ impl Emmc2 {
             command,
             true,
         )?;
-        self.registers
-            .interrupt_status
-            .write(INTERRUPT::TRANSFER_COMPLETE::SET);
         Ok(())
     }
 
@@ -1165,9 +1153,6 @@ impl Emmc2 {
             command,
             data.is_some(),
         )?;
-        self.registers
-            .interrupt_status
-            .write(INTERRUPT::COMMAND_COMPLETE::SET);
         let response = [
             self.registers.response[0].get(),
             self.registers.response[1].get(),
@@ -1182,9 +1167,6 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            self.registers
-                .interrupt_status
-                .write(INTERRUPT::TRANSFER_COMPLETE::SET);
         }
         let has_card_status = matches!(command.response(), ResponseType::R1 | ResponseType::R1b)
             && !matches!(
@@ -1225,10 +1207,10 @@ impl Emmc2 {
         Ok(())
     }
 
-    /// Waits until one of `mask`'s interrupt status bits is set, or an
-    /// error bit: then the errors (and the Auto CMD Error Status) are
-    /// returned, cleared, and the CMD line — and the DAT line if `data` —
-    /// reset.
+    /// Waits until one of `mask`'s interrupt status bits is set and
+    /// acknowledges it; or an error bit: then the errors (and the Auto CMD
+    /// Error Status) are returned, cleared, and the CMD line — and the DAT
+    /// line if `data` — reset.
     fn wait_interrupt(
         &mut self,
         mask: u32,
@@ -1257,6 +1239,9 @@ impl Emmc2 {
                 });
             }
             if status & mask != 0 {
+                // Acknowledge what was awaited (write 1 to clear, SD Host
+                // Controller Spec §2.2.17), so no caller has to.
+                self.registers.interrupt_status.set(status & mask);
                 return Ok(status);
             }
             if deadline.expired() {
