@@ -156,16 +156,24 @@ fn read_cntfrq() -> u64 {
     CNTFRQ_EL0.get()
 }
 
-// Host builds (unit tests of the pure conversions) have no generic timer;
-// reading it there is a bug in the test, not something to emulate.
+/// Host builds (the crate's unit tests, host lint runs) have no generic
+/// timer: a virtual counter stands in that runs at [`HOST_FREQUENCY_HZ`] and
+/// advances one tick on every read, so every bounded wait still ends after a
+/// bounded number of polls, whatever the host is doing.
+#[cfg(not(target_arch = "aarch64"))]
+pub const HOST_FREQUENCY_HZ: u64 = 1_000_000;
+
+#[cfg(not(target_arch = "aarch64"))]
+static HOST_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 #[cfg(not(target_arch = "aarch64"))]
 fn read_cntpct() -> u64 {
-    unimplemented!("CNTPCT_EL0 exists only on aarch64")
+    HOST_TICKS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1
 }
 
 #[cfg(not(target_arch = "aarch64"))]
 fn read_cntfrq() -> u64 {
-    unimplemented!("CNTFRQ_EL0 exists only on aarch64")
+    HOST_FREQUENCY_HZ
 }
 
 #[cfg(test)]
@@ -229,5 +237,24 @@ mod tests {
         let late = Instant::from_ticks(62_500_010);
         assert_eq!(late.duration_since(early, QEMU), Duration::from_secs(1));
         assert_eq!(early.duration_since(late, QEMU), Duration::ZERO);
+    }
+
+    #[cfg(not(target_arch = "aarch64"))]
+    #[test]
+    fn host_deadlines_end_after_a_bounded_number_of_polls() {
+        assert_eq!(frequency().get(), HOST_FREQUENCY_HZ);
+        let deadline = Deadline::after(Duration::from_millis(10));
+        let mut polls = 0u64;
+        while !deadline.expired() {
+            polls += 1;
+            assert!(polls <= 20_000, "the virtual counter must advance");
+        }
+        assert!(
+            polls >= 4_000,
+            "a 10 ms deadline is about 10 000 ticks away ({polls} polls)"
+        );
+        let before = Instant::now();
+        delay(Duration::from_micros(100));
+        assert!(before.elapsed() >= Duration::from_micros(100));
     }
 }
