@@ -66,6 +66,20 @@ impl Run {
     }
 }
 
+/// What a test prints for a run (cargo shows it when the test fails).
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "--- console ({:?}, {:.1} s) ---\n{}",
+            self.ending,
+            self.wall_time.as_secs_f64(),
+            self.console
+        )?;
+        write!(f, "--- QEMU log ---\n{}", self.qemu_log)
+    }
+}
+
 /// A QEMU `raspi4b` invocation, built up and then [`run`](Qemu::run).
 #[derive(Debug, Clone)]
 pub struct Qemu {

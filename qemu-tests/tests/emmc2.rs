@@ -84,13 +84,7 @@ fn run_hook(card: Option<&Path>) -> Run {
         qemu = qemu.emmc(card);
     }
     let run = qemu.run().expect("running QEMU");
-    println!(
-        "--- console ({:?}, {:.1} s) ---\n{}",
-        run.ending,
-        run.wall_time.as_secs_f64(),
-        run.console
-    );
-    println!("--- QEMU log ---\n{}", run.qemu_log);
+    println!("{run}");
     run
 }
 

@@ -15,13 +15,7 @@ fn test_loader() -> LoaderImage {
 fn run(qemu: &Qemu) -> Run {
     let run = qemu.run().expect("running QEMU");
     // Shown when a test fails (cargo test captures it otherwise).
-    println!(
-        "--- console ({:?}, {:.1} s) ---\n{}",
-        run.ending,
-        run.wall_time.as_secs_f64(),
-        run.console
-    );
-    println!("--- QEMU log ---\n{}", run.qemu_log);
+    println!("{run}");
     run
 }
 

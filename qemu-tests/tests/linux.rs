@@ -71,13 +71,7 @@ impl Card {
             .timeout(Duration::from_mins(3))
             .run()
             .expect("running QEMU");
-        println!(
-            "--- console ({:?}, {:.1} s) ---\n{}\n--- QEMU log ---\n{}",
-            run.ending,
-            run.wall_time.as_secs_f64(),
-            run.console,
-            run.qemu_log
-        );
+        println!("{run}");
         run
     }
 }

@@ -105,10 +105,7 @@ fn boot_with(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>, extra: &[
         qemu = qemu.stop_at(text);
     }
     let run = qemu.run().unwrap();
-    println!(
-        "--- console ({:?}) ---\n{}\n--- QEMU log ---\n{}",
-        run.ending, run.console, run.qemu_log
-    );
+    println!("{run}");
     run
 }
 

@@ -127,10 +127,7 @@ impl Disk {
             .emmc(&self.image)
             .run()
             .expect("running QEMU");
-        println!(
-            "--- console ({:?}) ---\n{}\n--- QEMU log ---\n{}",
-            run.ending, run.console, run.qemu_log
-        );
+        println!("{run}");
         run
     }
 }

@@ -63,13 +63,7 @@ fn run_hook(stick: Option<&Path>, extra: &[&str]) -> Run {
         qemu = qemu.usb_stick(stick);
     }
     let run = qemu.run().expect("running QEMU");
-    println!(
-        "--- console ({:?}, {:.1} s) ---\n{}",
-        run.ending,
-        run.wall_time.as_secs_f64(),
-        run.console
-    );
-    println!("--- QEMU log ---\n{}", run.qemu_log);
+    println!("{run}");
     run
 }
 
