@@ -3,41 +3,23 @@
 // Helpers outside `#[test]` fns unwrap too (clippy.toml only covers the test fns).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{ok, s, zbctl};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use recovery_proto::image::format::{HEADER_SIZE, TRAILER_SIZE};
 use recovery_proto::image::{Content, Decoder, Image, Role, SliceSource};
-
-fn zbctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zbctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = zbctl(args);
-    assert!(
-        out.status.success(),
-        "zbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn fails(args: &[&str], code: i32, needle: &str) {
     let out = zbctl(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "zbctl {args:?}: {stderr}");
     assert!(stderr.contains(needle), "zbctl {args:?}: {stderr}");
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// A boot tree (the required files plus a nested directory) and a small root tree.

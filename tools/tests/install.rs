@@ -4,9 +4,12 @@
 // Helpers outside `#[test]` fns unwrap too (clippy.toml only covers the test fns).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{ok, s, zbctl};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use recovery_proto::image::{Content, Decoder, Image, Role, SliceSource};
@@ -18,23 +21,6 @@ const BOOT: std::ops::Range<usize> = MIB..41 * MIB;
 const ROOT_A: std::ops::Range<usize> = 41 * MIB..73 * MIB;
 const ROOT_B: std::ops::Range<usize> = 73 * MIB..105 * MIB;
 
-fn zbctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zbctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = zbctl(args);
-    assert!(
-        out.status.success(),
-        "zbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
     let out = zbctl(args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -43,10 +29,6 @@ fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
         assert!(stderr.contains(needle), "zbctl {args:?}: {stderr}");
     }
     stderr
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 fn tar(tree: &Path, out: &Path) {

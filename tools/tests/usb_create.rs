@@ -3,30 +3,12 @@
 // Helpers outside `#[test]` fns unwrap too (clippy.toml only covers the test fns).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{ok, s, zbctl};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn zbctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zbctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = zbctl(args);
-    assert!(
-        out.status.success(),
-        "zbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn tool(program: &str, args: &[&str]) -> Output {
     Command::new(program)
