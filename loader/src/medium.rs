@@ -104,7 +104,7 @@ impl<'d> Medium<'d> {
                 return None;
             }
         };
-        let state_lbas = match locate::locate_state(&mut { disk }) {
+        let state_lbas = match locate::locate_state_in(&mut { disk }, boot_partition, fat) {
             Ok(location) => Some(location.lbas),
             Err(error) => {
                 log::error!("state file {}: {error}", locate::STATE_FILE_NAME);

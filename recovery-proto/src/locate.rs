@@ -127,6 +127,16 @@ pub fn locate_state<D: BlockDevice>(
     device: &mut D,
 ) -> Result<StateLocation, LocateError<D::Error>> {
     let (partition, volume) = find_boot_volume(device)?;
+    locate_state_in(device, partition, volume)
+}
+
+/// [`locate_state`] on a boot volume already found with [`find_boot_volume`] (the loader
+/// finds it once and uses it for both the state and the slot files).
+pub fn locate_state_in<D: BlockDevice>(
+    device: &mut D,
+    partition: Option<Partition>,
+    volume: FatVolume,
+) -> Result<StateLocation, LocateError<D::Error>> {
     let number = partition.map(|p| p.number);
     let name = short_name(STATE_FILE_NAME).unwrap_or([b' '; 11]);
     let extent = volume
