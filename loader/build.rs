@@ -1,8 +1,23 @@
-//! Links the loader with `linker/zboot.ld` when building for the bare-metal target.
+//! Links the loader with `linker/zboot.ld` when building for the bare-metal
+//! target, and turns the build-time settings into constants
+//! (`$OUT_DIR/build_config.rs`, read by `src/config.rs`).
+//!
+//! Settings (docs/recovery.md, "Build-time settings"):
+//! - `ZBOOT_PUBLIC_KEY`: the ed25519 public key recovery images must be
+//!   signed with, as 64 hex digits or the path of a `.pub` file from
+//!   `zbctl key generate`. Unset: no key is built in.
+//! - `ZBOOT_RECOVERY_BUTTON`: the recovery button's GPIO and polarity,
+//!   `<gpio>` or `<gpio>,active-low` / `<gpio>,active-high` (default
+//!   active-low: a button to ground with the SoC's pull-up). Unset: no button.
+//!
+//! A bad value stops the build with a message naming the setting.
+
+use std::fmt::Write as _;
+use std::path::Path;
 
 fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    let script = std::path::Path::new(&manifest_dir).join("../linker/zboot.ld");
+    let script = Path::new(&manifest_dir).join("../linker/zboot.ld");
     println!("cargo::rerun-if-changed={}", script.display());
     println!("cargo::rerun-if-changed=src/arch/entry.s");
     println!("cargo::rerun-if-changed=src/arch/vectors.s");
@@ -10,4 +25,127 @@ fn main() {
         println!("cargo::rustc-link-arg-bins=-T{}", script.display());
         println!("cargo::rustc-link-arg-bins=--no-dynamic-linker");
     }
+
+    let config = match build_config() {
+        Ok(config) => config,
+        Err(message) => {
+            // `cargo::error` stops the build and shows the message as is.
+            println!("cargo::error={message}");
+            return;
+        }
+    };
+    let out_dir = std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into());
+    let path = Path::new(&out_dir).join("build_config.rs");
+    if let Err(error) = std::fs::write(&path, config) {
+        println!("cargo::error=writing {}: {error}", path.display());
+    }
+}
+
+fn build_config() -> Result<String, String> {
+    println!("cargo::rerun-if-env-changed=ZBOOT_PUBLIC_KEY");
+    println!("cargo::rerun-if-env-changed=ZBOOT_RECOVERY_BUTTON");
+    let mut out = String::new();
+
+    let key = match std::env::var("ZBOOT_PUBLIC_KEY") {
+        Ok(value) if !value.trim().is_empty() => Some(public_key(value.trim())?),
+        _ => None,
+    };
+    match key {
+        Some(bytes) => {
+            let list = bytes.iter().fold(String::new(), |mut list, byte| {
+                let _ = write!(list, "0x{byte:02x}, ");
+                list
+            });
+            let _ = writeln!(
+                out,
+                "pub const PROVISIONED_KEY: Option<[u8; 32]> = Some([{list}]);"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "pub const PROVISIONED_KEY: Option<[u8; 32]> = None;");
+        }
+    }
+
+    let button = match std::env::var("ZBOOT_RECOVERY_BUTTON") {
+        Ok(value) if !value.trim().is_empty() => Some(recovery_button(value.trim())?),
+        _ => None,
+    };
+    match button {
+        Some((pin, active_high)) => {
+            let _ = writeln!(
+                out,
+                "pub const RECOVERY_BUTTON: Option<(u8, bool)> = Some(({pin}, {active_high}));"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "pub const RECOVERY_BUTTON: Option<(u8, bool)> = None;");
+        }
+    }
+    Ok(out)
+}
+
+/// 64 hex digits, given directly or as the first line of a file.
+fn public_key(value: &str) -> Result<[u8; 32], String> {
+    let text = if value.len() == 64 && value.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        value.to_owned()
+    } else {
+        println!("cargo::rerun-if-changed={value}");
+        let contents = std::fs::read_to_string(value).map_err(|error| {
+            format!("ZBOOT_PUBLIC_KEY: {value} is neither 64 hex digits nor a readable key file: {error}")
+        })?;
+        contents.lines().next().unwrap_or("").trim().to_owned()
+    };
+    if text.len() != 64 {
+        return Err(format!(
+            "ZBOOT_PUBLIC_KEY: a public key is 64 hex digits (32 bytes), {value} holds {} characters",
+            text.len()
+        ));
+    }
+    let mut key = [0u8; 32];
+    for (index, byte) in key.iter_mut().enumerate() {
+        let digits = text.get(index * 2..index * 2 + 2).unwrap_or("");
+        *byte = u8::from_str_radix(digits, 16).map_err(|_| {
+            format!(
+                "ZBOOT_PUBLIC_KEY: \"{digits}\" at character {} of {value} is not hex",
+                index * 2 + 1
+            )
+        })?;
+    }
+    Ok(key)
+}
+
+/// `<gpio>[,active-low|active-high]` -> (pin, active high).
+fn recovery_button(value: &str) -> Result<(u8, bool), String> {
+    // GPIOs 0..=57 exist on the BCM2711 (ARM Peripherals §5.1); 14/15 carry
+    // the console and 42 the ACT LED (hal-bcm2711 gpio.rs).
+    const RESERVED: [(u8, &str); 3] = [
+        (14, "the console's TXD"),
+        (15, "the console's RXD"),
+        (42, "the ACT LED"),
+    ];
+    let (pin, polarity) = value.split_once(',').unwrap_or((value, "active-low"));
+    let pin = pin.trim();
+    let pin = pin
+        .strip_prefix("GPIO")
+        .or_else(|| pin.strip_prefix("gpio"))
+        .unwrap_or(pin);
+    let pin: u8 =
+        pin.parse().ok().filter(|pin| *pin <= 57).ok_or_else(|| {
+            format!("ZBOOT_RECOVERY_BUTTON: \"{value}\": the GPIO must be 0..=57")
+        })?;
+    if let Some((_, what)) = RESERVED.iter().find(|(reserved, _)| *reserved == pin) {
+        return Err(format!(
+            "ZBOOT_RECOVERY_BUTTON: GPIO {pin} is {what}; choose another pin"
+        ));
+    }
+    let active_high = match polarity.trim() {
+        "active-low" => false,
+        "active-high" => true,
+        other => {
+            return Err(format!(
+                "ZBOOT_RECOVERY_BUTTON: polarity \"{other}\" is neither active-low nor active-high"
+            ));
+        }
+    };
+    Ok((pin, active_high))
 }

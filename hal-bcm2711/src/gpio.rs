@@ -351,6 +351,45 @@ impl<'a> ActLed<'a> {
     }
 }
 
+/// A push button on an input pin, with the pull resistor that holds the
+/// pin at its released level: a button to ground (active low) gets the
+/// pull-up, a button to 3.3 V (active high) the pull-down.
+#[derive(Debug)]
+pub struct Button<'a> {
+    gpio: &'a Gpio,
+    pin: Pin,
+    active_high: bool,
+}
+
+impl<'a> Button<'a> {
+    /// Makes `pin` an input with the pull for its polarity. The level is
+    /// only meaningful once the pull has charged the line: wait
+    /// [`Button::SETTLE`] before the first [`Button::is_pressed`].
+    pub fn new(gpio: &'a Gpio, pin: Pin, active_high: bool) -> Self {
+        gpio.set_function(pin, Function::Input);
+        gpio.set_pull(pin, if active_high { Pull::Down } else { Pull::Up });
+        Self {
+            gpio,
+            pin,
+            active_high,
+        }
+    }
+
+    /// Long enough for the ~50 kOhm pull to charge a button's line and pad
+    /// (tens of pF: a microsecond time constant) many times over.
+    pub const SETTLE: core::time::Duration = core::time::Duration::from_millis(1);
+
+    /// The pin.
+    pub fn pin(&self) -> Pin {
+        self.pin
+    }
+
+    /// Whether the button is pressed now (one sample, no debouncing).
+    pub fn is_pressed(&self) -> bool {
+        self.gpio.is_high(self.pin) == self.active_high
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

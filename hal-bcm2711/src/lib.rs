@@ -45,7 +45,7 @@ pub mod system_timer;
 pub mod usb;
 
 pub use generic_timer::{Deadline, Instant, delay};
-pub use gpio::{ActLed, Function, Gpio, GpioError, Pin, Pull};
+pub use gpio::{ActLed, Button, Function, Gpio, GpioError, Pin, Pull};
 pub use mailbox::{ClockId, Mailbox, MailboxError, PowerDevice};
 pub use mmio::Mmio;
 pub use pl011::{Pl011Error, Pl011Uart};

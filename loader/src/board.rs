@@ -130,3 +130,38 @@ pub fn arm_hang_guard(watchdog: &Watchdog, manifest: &Manifest<'_>) {
         Err(error) => log::warn!("hang guard not armed: {error}"),
     }
 }
+
+/// Whether the recovery button (`ZBOOT_RECOVERY_BUTTON` at build time) is
+/// held at power-on. Sampled five times 10 ms apart and only "held" if
+/// every sample says so: contact bounce lasts a few milliseconds, and a
+/// glitch on the line must not start a reflash.
+pub fn recovery_button_held(gpio: &hal_bcm2711::gpio::Gpio) -> bool {
+    const SAMPLES: u32 = 5;
+    const SAMPLE_INTERVAL: core::time::Duration = core::time::Duration::from_millis(10);
+    let Some((number, active_high)) = crate::config::RECOVERY_BUTTON else {
+        return false;
+    };
+    let Ok(pin) = hal_bcm2711::gpio::Pin::new(number) else {
+        log::warn!("recovery button: GPIO {number} does not exist; ignored");
+        return false;
+    };
+    let button = hal_bcm2711::gpio::Button::new(gpio, pin, active_high);
+    generic_timer::delay(hal_bcm2711::gpio::Button::SETTLE);
+    let mut held = true;
+    for sample in 0..SAMPLES {
+        if sample > 0 {
+            generic_timer::delay(SAMPLE_INTERVAL);
+        }
+        held &= button.is_pressed();
+    }
+    log::info!(
+        "recovery button on GPIO {number} (active {}): {}",
+        if active_high { "high" } else { "low" },
+        if held {
+            "held: USB recovery requested"
+        } else {
+            "not held"
+        }
+    );
+    held
+}

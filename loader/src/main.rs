@@ -12,6 +12,7 @@
 mod arch;
 mod board;
 mod boot_partition;
+mod config;
 mod console;
 mod dtb;
 mod handoff;
@@ -53,6 +54,7 @@ fn main(boot: BootInfo) -> ! {
     test_hooks::run(&boot, &device_tree);
 
     arch::zboot_bench_marker();
+    let recovery_button = board::recovery_button_held(&peripherals.gpio);
 
     // 3. The boot medium: EMMC2, its partitions and the FAT boot partition.
     let Some(disk) = medium::open_disk(&mut peripherals) else {
@@ -74,7 +76,13 @@ fn main(boot: BootInfo) -> ! {
     let mut manifest_buffer = [0u8; medium::MANIFEST_LIMIT];
     let manifest = medium.manifest(&mut manifest_buffer);
     let reset = selection::reset_reason(peripherals.watchdog.reset_reason());
-    let mut selector = selection::Selector::new(&disk, medium.state_lbas(), &manifest, reset);
+    let mut selector = selection::Selector::new(
+        &disk,
+        medium.state_lbas(),
+        &manifest,
+        reset,
+        recovery_button,
+    );
     let Some(mut area) = area else {
         nothing_to_boot("no RAM to load a kernel into");
     };

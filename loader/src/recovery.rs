@@ -48,8 +48,61 @@ enum BlinkCode {
     WriteFailed = 5,
 }
 
-/// A USB stick as a block device.
-struct Stick(UsbMassStorage<Dwc2>);
+/// A USB stick as a block device, adding up the time its reads take.
+struct Stick {
+    storage: UsbMassStorage<Dwc2>,
+    /// Generic-timer ticks spent in reads (the benchmark's USB share).
+    read_ticks: u64,
+}
+
+impl Stick {
+    fn timed<R>(&mut self, work: impl FnOnce(&mut UsbMassStorage<Dwc2>) -> R) -> R {
+        let start = Instant::now();
+        let result = work(&mut self.storage);
+        self.read_ticks += Instant::now().ticks().wrapping_sub(start.ticks());
+        result
+    }
+}
+
+/// The eMMC as the reflash's target, adding up the time its writes take.
+struct TimedDisk<'d> {
+    disk: &'d Disk,
+    /// Generic-timer ticks spent in writes (the benchmark's eMMC share).
+    write_ticks: u64,
+}
+
+impl TimedDisk<'_> {
+    fn timed<R>(&mut self, work: impl FnOnce(&mut &Disk) -> R) -> R {
+        let start = Instant::now();
+        let result = work(&mut self.disk);
+        self.write_ticks += Instant::now().ticks().wrapping_sub(start.ticks());
+        result
+    }
+}
+
+impl BlockDevice for TimedDisk<'_> {
+    type Error = crate::storage::DiskError;
+
+    fn read_block(&mut self, lba: u64, buffer: &mut Block) -> Result<(), Self::Error> {
+        self.disk.read_block(lba, buffer)
+    }
+
+    fn write_block(&mut self, lba: u64, buffer: &Block) -> Result<(), Self::Error> {
+        self.timed(|disk| disk.write_block(lba, buffer))
+    }
+
+    fn block_count(&self) -> u64 {
+        self.disk.block_count()
+    }
+
+    fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), Self::Error> {
+        self.disk.read_blocks(lba, buffer)
+    }
+
+    fn write_blocks(&mut self, lba: u64, buffer: &[u8]) -> Result<(), Self::Error> {
+        self.timed(|disk| disk.write_blocks(lba, buffer))
+    }
+}
 
 /// A failed stick access.
 enum StickError {
@@ -71,7 +124,8 @@ impl BlockDevice for Stick {
     type Error = StickError;
 
     fn read_block(&mut self, lba: u64, buffer: &mut Block) -> Result<(), StickError> {
-        self.0.read_blocks(lba, buffer).map_err(StickError::Read)
+        self.timed(|storage| storage.read_blocks(lba, buffer))
+            .map_err(StickError::Read)
     }
 
     fn write_block(&mut self, _lba: u64, _buffer: &Block) -> Result<(), StickError> {
@@ -79,11 +133,12 @@ impl BlockDevice for Stick {
     }
 
     fn block_count(&self) -> u64 {
-        self.0.block_count()
+        self.storage.block_count()
     }
 
     fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), StickError> {
-        self.0.read_blocks(lba, buffer).map_err(StickError::Read)
+        self.timed(|storage| storage.read_blocks(lba, buffer))
+            .map_err(StickError::Read)
     }
 }
 
@@ -149,13 +204,13 @@ pub fn run(
         wait_forever("recovery: no RAM to work in")
     };
     let name = manifest.recovery_image.unwrap_or(DEFAULT_IMAGE_NAME);
-    let key = manifest.public_key;
+    let key = signing_key(manifest);
     log::warn!(
         "recovery: looking for {name} on a USB stick{}",
-        if key.is_some() {
-            " (signature required)"
-        } else {
-            ""
+        match (key.is_some(), crate::config::PROVISIONED_KEY.is_some()) {
+            (true, true) => " (signature required: key built into zboot)",
+            (true, false) => " (signature required: key from zbmanifest.txt)",
+            _ => "",
         }
     );
     let Some(mut dwc2) = peripherals.dwc2.take() else {
@@ -222,6 +277,24 @@ pub fn run(
     }
 }
 
+/// The key recovery images must be signed with: the one built into the
+/// loader (`ZBOOT_PUBLIC_KEY`) wins, since `zbmanifest.txt` sits on the very
+/// eMMC a recovery overwrites and a blank or damaged eMMC has none; without
+/// one, `public_key=` from `zbmanifest.txt`; else none (unsigned images).
+fn signing_key(manifest: &Manifest<'_>) -> Option<[u8; 32]> {
+    match (crate::config::PROVISIONED_KEY, manifest.public_key) {
+        (Some(built_in), Some(other)) if built_in != other => {
+            log::warn!(
+                "recovery: zbmanifest.txt's public_key differs from the key built into zboot; \
+                 the built-in key is used"
+            );
+            Some(built_in)
+        }
+        (Some(built_in), _) => Some(built_in),
+        (None, from_manifest) => from_manifest,
+    }
+}
+
 /// Whether a mass-storage device is attached (used to notice a removal).
 fn stick_present(mut dwc2: Dwc2) -> (Dwc2, bool) {
     if dwc2.init().is_err() {
@@ -275,9 +348,12 @@ fn attempt(
         Inquiry::text(&inquiry.product),
         storage.block_count()
     );
-    let mut stick = Stick(storage);
+    let mut stick = Stick {
+        storage,
+        read_ticks: 0,
+    };
     let outcome = write_image(&mut stick, disk, area, name, key, gpio);
-    let host = stick.0.into_host();
+    let host = stick.storage.into_host();
     outcome.map_err(|attempt| (host, attempt))
 }
 
@@ -289,6 +365,8 @@ fn write_image(
     key: Option<&[u8; 32]>,
     gpio: &hal_bcm2711::gpio::Gpio,
 ) -> Result<(), Attempt> {
+    let began = Instant::now();
+    let stick_ticks_before = stick.read_ticks;
     let mut file = StickImage::open(stick, name).map_err(|error| {
         log::error!("recovery: {name}: {error}");
         Attempt::Refused(BlinkCode::NoImage)
@@ -321,11 +399,13 @@ fn write_image(
             log::error!("recovery: {error}");
             Attempt::Refused(BlinkCode::BadImage)
         })?;
-    let mut decoder = Decoder::new();
-    let began = Instant::now();
+    let mut decoder = Decoder::with_clock(|| Instant::now().ticks());
     let mut last_percent = u64::MAX;
     let led = ActLed::new(gpio);
-    let mut target = disk;
+    let mut target = TimedDisk {
+        disk,
+        write_ticks: 0,
+    };
     let preserve = data_partition(disk);
     let result = reflash::reflash(
         &mut file,
@@ -356,23 +436,13 @@ fn write_image(
     );
     match result {
         Ok(summary) => {
-            log::info!(
-                "recovery: image written: {} regions (from {}), {} bytes written, {} bytes of free space skipped",
-                summary.regions,
-                summary.resumed_from,
-                summary.bytes_written,
-                summary.bytes_skipped
+            report_time_split(
+                Instant::now().ticks().wrapping_sub(began.ticks()),
+                stick.read_ticks - stick_ticks_before,
+                target.write_ticks,
+                decoder.profile(),
             );
-            if summary.bytes_kept > 0 {
-                log::info!(
-                    "recovery: the DATA partition was left in place ({} bytes of the image's DATA not written)",
-                    summary.bytes_kept
-                );
-            } else if preserve.is_some() {
-                log::warn!(
-                    "recovery: the image's layout moves the DATA partition: it was rewritten"
-                );
-            }
+            report_written(&summary, preserve.is_some());
             write_fresh_state(disk, &journal.state);
             arch::zboot_bench_reflash_done();
             Ok(())
@@ -389,6 +459,50 @@ fn write_image(
             }
         }
     }
+}
+
+/// What the reflash wrote, skipped and kept.
+fn report_written(summary: &reflash::Summary, had_data: bool) {
+    log::info!(
+        "recovery: image written: {} regions (from {}), {} bytes written, {} bytes of free space skipped",
+        summary.regions,
+        summary.resumed_from,
+        summary.bytes_written,
+        summary.bytes_skipped
+    );
+    if summary.bytes_kept > 0 {
+        log::info!(
+            "recovery: the DATA partition was left in place ({} bytes of the image's DATA not written)",
+            summary.bytes_kept
+        );
+    } else if had_data {
+        log::warn!("recovery: the image's layout moves the DATA partition: it was rewritten");
+    }
+}
+
+/// Where the reflash's time went, in generic-timer ticks (the benchmark
+/// turns them into guest instructions under `-icount`; on a CM4 they are
+/// 54 MHz ticks). USB counts every stick read, inflate and SHA-256 the
+/// decoder's own work, eMMC the writes; "other" is the rest (FAT mapping,
+/// the journal's state writes, progress, copying).
+fn report_time_split(
+    total: u64,
+    usb: u64,
+    emmc: u64,
+    decode: recovery_proto::image::DecodeProfile,
+) {
+    let other = total
+        .saturating_sub(usb)
+        .saturating_sub(emmc)
+        .saturating_sub(decode.inflating)
+        .saturating_sub(decode.hashing);
+    log::info!(
+        "recovery: time split (timer ticks at {} Hz): total {total}, USB read {usb}, \
+         inflate {}, SHA-256 {}, eMMC write {emmc}, other {other}",
+        generic_timer::frequency(),
+        decode.inflating,
+        decode.hashing,
+    );
 }
 
 /// The eMMC's DATA partition as it is now (docs/disk-layout.md: number 6 on

@@ -39,14 +39,17 @@ pub fn reset_reason(reason: hal_bcm2711::pm::ResetReason) -> ResetReason {
 
 impl<'d> Selector<'d> {
     /// Reads the state from the two sectors at `lbas` (or, with `None`, uses
-    /// the SAFE-only fallback because there is no state file).
+    /// the SAFE-only fallback because there is no state file); a held
+    /// recovery button makes the decision RECOVERY.
     pub fn new(
         disk: &'d Disk,
         lbas: Option<[u64; 2]>,
         manifest: &Manifest<'_>,
         reset: ResetReason,
+        recovery_button: bool,
     ) -> Self {
         let mut facts = Facts::new(reset);
+        facts.recovery_button = recovery_button;
         facts.max_boot_failure = manifest.max_boot_failure;
         facts.count_power_loss = manifest.count_power_loss;
         let Some(lbas) = lbas else {

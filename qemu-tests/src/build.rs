@@ -1,6 +1,8 @@
 //! Building what a QEMU run needs: the loader image, the DTB, the plugin.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -30,6 +32,11 @@ pub enum LoaderBuild {
     /// The product plus the `qemu-test` feature: semihosting exit codes and
     /// `zboot.test=` hooks read from the DTB command line.
     QemuTest,
+    /// The QEMU test build with the build-time settings a product sets
+    /// (docs/recovery.md): the test signing key built in
+    /// ([`provisioned_key_files`]) and a recovery button on GPIO
+    /// [`PROVISIONED_BUTTON_GPIO`], active high.
+    QemuTestProvisioned,
     /// Not a loader: the tests' stand-in for Linux (`qemu-tests/test-kernel`),
     /// an arm64 Image that reports what zboot handed it and resets.
     TestKernel,
@@ -40,6 +47,7 @@ impl LoaderBuild {
         match self {
             Self::Release => "release",
             Self::QemuTest => "qemu-test",
+            Self::QemuTestProvisioned => "qemu-test-provisioned",
             Self::TestKernel => "test-kernel",
         }
     }
@@ -47,7 +55,7 @@ impl LoaderBuild {
     /// Cargo package and binary name.
     fn package_and_binary(self) -> (&'static str, &'static str) {
         match self {
-            Self::Release | Self::QemuTest => ("zboot-loader", "zboot"),
+            Self::Release | Self::QemuTest | Self::QemuTestProvisioned => ("zboot-loader", "zboot"),
             Self::TestKernel => ("zboot-test-kernel", "test-kernel"),
         }
     }
@@ -98,7 +106,13 @@ impl LoaderImage {
         let root = workspace_root();
         // A target directory of its own: the loader can then be built while
         // an outer `cargo test` holds the workspace's build directory.
-        let target_dir = root.join("target").join("loader");
+        // The provisioned build differs only in build-time environment
+        // settings; its own directory keeps the two from rebuilding each
+        // other.
+        let target_dir = root.join("target").join(match build {
+            LoaderBuild::QemuTestProvisioned => "loader-provisioned",
+            _ => "loader",
+        });
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command
@@ -115,9 +129,24 @@ impl LoaderImage {
             // The outer cargo's settings for host builds must not leak in.
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET");
-        if build == LoaderBuild::QemuTest {
-            command.args(["--features", "qemu-test"]);
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("ZBOOT_PUBLIC_KEY")
+            .env_remove("ZBOOT_RECOVERY_BUTTON");
+        match build {
+            LoaderBuild::QemuTest => {
+                command.args(["--features", "qemu-test"]);
+            }
+            LoaderBuild::QemuTestProvisioned => {
+                let (_, public) = provisioned_key_files()?;
+                command
+                    .args(["--features", "qemu-test"])
+                    .env("ZBOOT_PUBLIC_KEY", public)
+                    .env(
+                        "ZBOOT_RECOVERY_BUTTON",
+                        format!("{PROVISIONED_BUTTON_GPIO},active-high"),
+                    );
+            }
+            LoaderBuild::Release | LoaderBuild::TestKernel => {}
         }
         let status = command
             .status()
@@ -149,6 +178,58 @@ impl LoaderImage {
             symbols,
         })
     }
+}
+
+/// The recovery button's GPIO in [`LoaderBuild::QemuTestProvisioned`]. QEMU
+/// models no input pins: a test "holds" it by having QEMU's `loader` device
+/// write the pin's bit to `GPSET0` at reset, which sets its `GPLEV0` level
+/// (hw/gpio/bcm2838_gpio.c updates the level for any pin).
+pub const PROVISIONED_BUTTON_GPIO: u8 = 26;
+
+/// The test signing key pair built into [`LoaderBuild::QemuTestProvisioned`],
+/// in `zbctl key generate`'s file formats: (`.key`, `.pub`) under
+/// `target/zboot`. A fixed seed: a test key, signing nothing real.
+pub fn provisioned_key_files() -> Result<(PathBuf, PathBuf)> {
+    static FILES: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    FILES
+        .get_or_init(|| write_provisioned_key_files().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn write_provisioned_key_files() -> Result<(PathBuf, PathBuf)> {
+    const TEST_SEED: [u8; 32] = *b"zboot test key; never a product.";
+    let hex = |bytes: &[u8]| {
+        bytes.iter().fold(String::new(), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
+    };
+    let public = ed25519_dalek::SigningKey::from_bytes(&TEST_SEED)
+        .verifying_key()
+        .to_bytes();
+    let dir = output_dir()?;
+    let key_file = dir.join("provisioned-test.key");
+    let public_file = dir.join("provisioned-test.pub");
+    for (file, text) in [
+        (&key_file, format!("{}\n", hex(&TEST_SEED))),
+        (&public_file, format!("{}\n", hex(&public))),
+    ] {
+        // Tests run in parallel: rewrite only when missing or different,
+        // so no reader sees a half-written file.
+        if std::fs::read_to_string(file).ok().as_deref() != Some(text.as_str()) {
+            let mut partial = file.clone().into_os_string();
+            partial.push(format!(".{}.partial", std::process::id()));
+            let partial = PathBuf::from(partial);
+            std::fs::write(&partial, &text)
+                .with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", partial.display()))?;
+            std::fs::rename(&partial, file)
+                .with_context(|| format!("renaming to {}", file.display()))?;
+        }
+    }
+    Ok((key_file, public_file))
 }
 
 /// Writes the loadable bytes of `elf` as a flat binary (what the firmware

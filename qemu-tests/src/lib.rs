@@ -11,5 +11,8 @@ mod build;
 pub mod linux;
 mod qemu;
 
-pub use build::{LoaderBuild, LoaderImage, Tools, insn_count_plugin, minimal_dtb, workspace_root};
+pub use build::{
+    LoaderBuild, LoaderImage, PROVISIONED_BUTTON_GPIO, Tools, insn_count_plugin, minimal_dtb,
+    provisioned_key_files, workspace_root,
+};
 pub use qemu::{Ending, Icount, Qemu, Run};

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 use common::zbctl;
 use serde_json::Value;
-use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
+use zboot_qemu_tests::{
+    Ending, LoaderBuild, LoaderImage, PROVISIONED_BUTTON_GPIO, Qemu, Run, minimal_dtb,
+    provisioned_key_files,
+};
 
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -93,7 +96,17 @@ fn boot(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>) -> Run {
 }
 
 fn boot_with(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>, extra: &[&str]) -> Run {
-    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    boot_build(LoaderBuild::QemuTest, emmc, stick, stop_at, extra)
+}
+
+fn boot_build(
+    build: LoaderBuild,
+    emmc: &Path,
+    stick: Option<&Path>,
+    stop_at: Option<&str>,
+    extra: &[&str],
+) -> Run {
+    let loader = LoaderImage::get(build).unwrap();
     let mut qemu = Qemu::new(&loader.image)
         .dtb(&minimal_dtb().unwrap())
         .emmc(emmc)
@@ -195,16 +208,17 @@ fn a_tampered_image_is_refused_and_the_emmc_untouched() {
     let run = boot(&emmc, Some(&stick), Some("waiting for a (new) stick"));
     assert_eq!(run.ending, Ending::StopText);
     assert!(!run.console_has("recovery: image written"));
-    // The header and manifest are fine, so writing starts; the bad chunk
-    // stops it (each chunk's hash is checked before it is written).
-    assert!(run.console_has("recovery: "), "the error is reported");
-    let after = std::fs::read(&emmc).unwrap();
-    let changed = before
-        .chunks(512)
-        .zip(after.chunks(512))
-        .filter(|(a, b)| a != b)
-        .count();
-    println!("{changed} sectors changed before the bad chunk");
+    // The header and manifest are fine; the verify pass, which reads and
+    // hashes every chunk before the first write, finds the bad chunk.
+    assert!(
+        run.console_has("ERROR recovery: payload: chunk of region"),
+        "the bad chunk is named"
+    );
+    assert!(run.console_has("recovery: nothing written"));
+    assert!(
+        std::fs::read(&emmc).unwrap() == before,
+        "the eMMC is byte-identical"
+    );
 }
 
 #[test]
@@ -366,4 +380,97 @@ fn a_reflash_cut_again_and_again_behind_two_hubs_still_completes() {
         run.console_has("zboot.slot=A zboot.attempt=1"),
         "and A boots"
     );
+}
+
+/// A copy of the kit's image signed with `key`, on a stick of its own.
+fn signed_stick(kit: &Kit, key: &Path, name: &str) -> PathBuf {
+    let zi = kit.dir.path().join(format!("{name}.zi"));
+    std::fs::copy(&kit.zi, &zi).unwrap();
+    zbctl(&["image", "sign", path(&zi), "--key", path(key)]);
+    let stick = kit.dir.path().join(format!("{name}-stick.img"));
+    zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
+    stick
+}
+
+#[test]
+fn a_key_built_into_the_loader_is_demanded_even_on_a_blank_emmc() {
+    // A blank eMMC has no zbmanifest.txt and so no public_key=: only a key
+    // built into zboot (ZBOOT_PUBLIC_KEY) can demand a signature there.
+    let build = LoaderBuild::QemuTestProvisioned;
+    let kit = Kit::new();
+    let emmc = kit.blank_emmc();
+    let blank = std::fs::read(&emmc).unwrap();
+    let waiting = Some("waiting for a (new) stick");
+
+    let run = boot_build(build, &emmc, Some(&kit.stick), waiting, &[]);
+    assert_eq!(run.ending, Ending::StopText, "unsigned: refused, waiting");
+    assert!(run.console_has("(signature required: key built into zboot)"));
+    assert!(run.console_has("the image is not signed, but a public key is provisioned"));
+    assert!(std::fs::read(&emmc).unwrap() == blank, "nothing written");
+
+    let other = kit.dir.path().join("other");
+    zbctl(&["key", "generate", "--output", path(&other)]);
+    let other_stick = signed_stick(&kit, &other.with_extension("key"), "other");
+    let run = boot_build(build, &emmc, Some(&other_stick), waiting, &[]);
+    assert_eq!(run.ending, Ending::StopText, "another key: refused");
+    assert!(run.console_has("signed by another key"));
+    assert!(std::fs::read(&emmc).unwrap() == blank, "nothing written");
+
+    let (test_key, _) = provisioned_key_files().unwrap();
+    let good_stick = signed_stick(&kit, &test_key, "good");
+    let run = boot_build(build, &emmc, Some(&good_stick), None, &[]);
+    assert!(
+        run.console_has("recovery: image written"),
+        "signed: written"
+    );
+    assert_eq!(run.ending, Ending::GuestReset);
+    assert_eq!(differences(&kit, &emmc), Vec::<u64>::new());
+    let run = boot_build(build, &emmc, None, None, &[]);
+    assert!(run.console_has("zboot.slot=A zboot.attempt=1"), "A boots");
+}
+
+/// QEMU arguments that hold the provisioned build's recovery button: QEMU's
+/// `loader` device writes the pin's bit to GPSET0 (GPIO block 0xfe200000 +
+/// 0x1c, BCM2711 ARM Peripherals §5.2) at reset, which QEMU's GPIO model
+/// reflects in GPLEV0 as the level an active-high button would drive.
+fn button_held() -> [String; 2] {
+    [
+        "-device".to_owned(),
+        format!(
+            "loader,addr=0xfe20001c,data=0x{:x},data-len=4,cpu-num=0",
+            1_u32 << PROVISIONED_BUTTON_GPIO
+        ),
+    ]
+}
+
+#[test]
+fn the_recovery_button_held_at_power_on_enters_recovery() {
+    let build = LoaderBuild::QemuTestProvisioned;
+    let kit = Kit::new();
+    let emmc = kit.dir.path().join("unit.img");
+    std::fs::copy(&kit.golden, &emmc).unwrap();
+    let held = button_held();
+    let held: Vec<&str> = held.iter().map(String::as_str).collect();
+
+    let run = boot_build(build, &emmc, None, Some("waiting for a (new) stick"), &held);
+    assert_eq!(
+        run.ending,
+        Ending::StopText,
+        "a good unit waits for a stick"
+    );
+    assert!(run.console_has(&format!(
+        "recovery button on GPIO {PROVISIONED_BUTTON_GPIO} (active high): held"
+    )));
+    assert!(run.console_has("decision: recovery button held, entering RECOVERY"));
+    // Only the state was written (the attempt's history entry); the
+    // button is not remembered: the next power-on without it boots A.
+    assert_eq!(differences(&kit, &emmc), Vec::<u64>::new());
+    let status: Value =
+        serde_json::from_str(&zbctl(&["status", "--json", "--image", path(&emmc)])).unwrap();
+    assert_eq!(status["active"], "A");
+    assert_eq!(status["recovery_requested"], false, "{status}");
+
+    let run = boot_build(build, &emmc, None, None, &[]);
+    assert!(run.console_has("(active high): not held"));
+    assert!(run.console_has("zboot.slot=A zboot.attempt=1"), "A boots");
 }

@@ -455,10 +455,17 @@ impl<'m> Image<'m> {
                     })?;
                 let at = self.header.payload_offset() + region.payload_offset;
                 match region.compression {
-                    Compression::Stored => read(source, at, out)?,
-                    Compression::Deflate => decoder.inflate(source, at, index, &region, out)?,
+                    Compression::Stored => {
+                        decoder.timed(|profile| &mut profile.reading, |_| read(source, at, out))?;
+                    }
+                    Compression::Deflate => decoder.timed(
+                        |profile| &mut profile.inflating,
+                        |decoder| decoder.inflate(source, at, index, &region, out),
+                    )?,
                 }
-                if Sha256::digest(&*out).as_slice() != region.sha256 {
+                let digest =
+                    decoder.timed(|profile| &mut profile.hashing, |_| Sha256::digest(&*out));
+                if digest.as_slice() != region.sha256 {
                     return Err(ImageError::ChunkHashMismatch {
                         region: index,
                         partition: partition.number,
@@ -685,10 +692,25 @@ fn e_at(error: FormatError, base: u64) -> FormatError {
     }
 }
 
+/// Where a [`Decoder`] with a clock spent its time, in the clock's ticks
+/// (the loader's benchmark splits a reflash into these and the block I/O).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeProfile {
+    /// Reading chunk bytes from the source (stored chunks and DEFLATE input).
+    pub reading: u64,
+    /// Inflating, not counting the reads it waited for.
+    pub inflating: u64,
+    /// Computing chunk SHA-256s.
+    pub hashing: u64,
+}
+
 /// The inflate state and input buffer, reused for every chunk.
 pub struct Decoder {
     inflate: DecompressorOxide,
     input: [u8; INPUT_BUFFER_SIZE],
+    /// A free-running counter to profile with, if any.
+    clock: Option<fn() -> u64>,
+    profile: DecodeProfile,
 }
 
 impl fmt::Debug for Decoder {
@@ -709,7 +731,43 @@ impl Decoder {
         Self {
             inflate: DecompressorOxide::new(),
             input: [0; INPUT_BUFFER_SIZE],
+            clock: None,
+            profile: DecodeProfile::default(),
         }
+    }
+
+    /// A fresh decoder that adds up, by `clock` (any free-running counter),
+    /// the time spent reading, inflating and hashing ([`Decoder::profile`]).
+    pub fn with_clock(clock: fn() -> u64) -> Self {
+        Self {
+            clock: Some(clock),
+            ..Self::new()
+        }
+    }
+
+    /// The time spent so far (all zero without a clock).
+    pub fn profile(&self) -> DecodeProfile {
+        self.profile
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.map_or(0, |clock| clock())
+    }
+
+    /// Runs `work`, adding its duration to the field `pick` chooses.
+    fn timed<R>(
+        &mut self,
+        pick: fn(&mut DecodeProfile) -> &mut u64,
+        work: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        let start = self.now();
+        let result = work(self);
+        let elapsed = self.now().wrapping_sub(start);
+        // Wrapping: `inflate` moves its reads' time out of `inflating`
+        // before this adds the whole call back.
+        let total = pick(&mut self.profile);
+        *total = total.wrapping_add(elapsed);
+        result
     }
 
     /// Inflates the raw DEFLATE stream of `region`'s chunk at file offset `at` into `out`
@@ -737,8 +795,13 @@ impl Decoder {
                 let n = usize::try_from(remaining)
                     .unwrap_or(INPUT_BUFFER_SIZE)
                     .min(INPUT_BUFFER_SIZE);
+                // The read's time moves from inflating to reading.
+                let read_started = self.now();
                 let buffer = self.input.get_mut(..n).unwrap_or_default();
                 read(source, read_at, buffer)?;
+                let elapsed = self.now().wrapping_sub(read_started);
+                self.profile.reading = self.profile.reading.wrapping_add(elapsed);
+                self.profile.inflating = self.profile.inflating.wrapping_sub(elapsed);
                 read_at += n as u64;
                 remaining -= n as u64;
                 (start, end) = (0, n);

@@ -406,6 +406,45 @@ pub(crate) mod tests {
         assert!(image.header().payload_size < 20480, "compressed");
     }
 
+    /// A clock that advances one tick per reading.
+    fn counting_clock() -> u64 {
+        static TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        TICKS.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_decoder_with_a_clock_splits_its_time_and_one_without_costs_nothing() {
+        let bytes = sample_image();
+        let mut manifest = [0u8; 4096];
+        let image = open(&bytes, &mut manifest, None).unwrap();
+        let mut out = vec![0u8; CHUNK as usize];
+        for (mut decoder, profiled) in [
+            (Box::new(Decoder::with_clock(counting_clock)), true),
+            (Box::new(Decoder::new()), false),
+        ] {
+            let mut chunks = image.chunks(0);
+            let mut source = SliceSource(&bytes);
+            let mut data_chunks = 0;
+            while let Some(chunk) = chunks
+                .next_chunk(&image, &mut source, &mut decoder, &mut out)
+                .unwrap()
+            {
+                data_chunks += u64::from(matches!(chunk.content, Content::Data(_)));
+            }
+            let profile = decoder.profile();
+            if profiled {
+                // Each timed step reads the clock twice: at least one tick each.
+                assert!(profile.hashing >= data_chunks, "{profile:?}");
+                assert!(profile.inflating >= data_chunks, "{profile:?}");
+                assert!(profile.reading >= data_chunks, "{profile:?}");
+                // The reads inside inflate moved out of `inflating`: no wrap-around.
+                assert!(profile.inflating < 1 << 32, "{profile:?}");
+            } else {
+                assert_eq!(profile, crate::image::DecodeProfile::default());
+            }
+        }
+    }
+
     #[test]
     fn signed_image_verifies_and_unsigned_or_other_key_is_refused() {
         let public = key().verifying_key().to_bytes();

@@ -247,6 +247,27 @@ fn reflash_bench(
         std::fs::metadata(&golden)?.len() >> 20
     );
     println!("  .zi size:                                   {image_size:>10} bytes");
+    let inspect: serde_json::Value = serde_json::from_str(&zbctl(&[
+        "image",
+        "inspect",
+        "--json",
+        "--regions",
+        &text(&zi),
+    ])?)?;
+    let mut by_kind = std::collections::BTreeMap::<String, u64>::new();
+    for partition in inspect["partitions"].as_array().into_iter().flatten() {
+        for region in partition["regions"].as_array().into_iter().flatten() {
+            *by_kind
+                .entry(region["kind"].as_str().unwrap_or("?").to_owned())
+                .or_default() += region["length"].as_u64().unwrap_or(0);
+        }
+    }
+    println!(
+        "  image regions:                              {:>10} bytes data, {} fill, {} skipped (free space)",
+        by_kind.get("data").copied().unwrap_or(0),
+        by_kind.get("fill").copied().unwrap_or(0),
+        by_kind.get("skip").copied().unwrap_or(0),
+    );
     println!(
         "  bytes written to the eMMC (data + fill):    {written:>10} bytes of {} on the disk",
         std::fs::metadata(&golden)?.len()
@@ -256,7 +277,70 @@ fn reflash_bench(
         "  per MiB written:                            {:>10} instructions (verify pass + write pass)",
         count * (1 << 20) / written.max(1)
     );
+    let split = time_split(&run.console)?;
+    let sum: u64 = split.parts.iter().map(|(_, ticks)| ticks).sum();
+    println!(
+        "  split of the reflash itself ({} instructions, from the loader's timer under -icount):",
+        split.instructions(split.total)
+    );
+    for (name, ticks) in &split.parts {
+        let instructions = split.instructions(*ticks);
+        println!(
+            "    {name:<12} {instructions:>12} instructions {:>10} per MiB written {:>5.1} %",
+            instructions * (1 << 20) / written.max(1),
+            *ticks as f64 * 100.0 / split.total.max(1) as f64
+        );
+    }
+    ensure!(
+        sum <= split.total + split.parts.len() as u64,
+        "the parts ({sum} ticks) exceed the total ({} ticks)",
+        split.total
+    );
     Ok(())
+}
+
+/// The loader's "recovery: time split" line: generic-timer ticks per part.
+struct TimeSplit {
+    frequency: u64,
+    total: u64,
+    parts: Vec<(String, u64)>,
+}
+
+impl TimeSplit {
+    /// Ticks to guest instructions under `-icount shift=10`: each
+    /// instruction advances virtual time by 2^10 ns.
+    fn instructions(&self, ticks: u64) -> u64 {
+        u64::try_from(u128::from(ticks) * 1_000_000_000 / u128::from(self.frequency) / 1024)
+            .unwrap_or(u64::MAX)
+    }
+}
+
+fn time_split(console: &str) -> Result<TimeSplit> {
+    let line = console
+        .lines()
+        .find_map(|line| line.split("recovery: time split (timer ticks at ").nth(1))
+        .context("the loader printed no time split")?;
+    let (frequency, rest) = line.split_once(" Hz): ").context("no frequency")?;
+    let frequency: u64 = frequency.parse().context("frequency")?;
+    ensure!(frequency > 0, "a zero timer frequency");
+    let mut total = None;
+    let mut parts = Vec::new();
+    for field in rest.split(", ") {
+        let (name, ticks) = field.rsplit_once(' ').context("a field without a count")?;
+        let ticks: u64 = ticks
+            .parse()
+            .with_context(|| format!("the count in \"{field}\""))?;
+        if name == "total" {
+            total = Some(ticks);
+        } else {
+            parts.push((name.to_owned(), ticks));
+        }
+    }
+    Ok(TimeSplit {
+        frequency,
+        total: total.context("no total")?,
+        parts,
+    })
 }
 
 fn fallback_demo(timeout: u64) -> Result<()> {
