@@ -15,7 +15,9 @@ use core::time::Duration;
 use hal_bcm2711::dwc2::Dwc2;
 use hal_bcm2711::generic_timer::{self, Instant};
 use hal_bcm2711::gpio::ActLed;
-use hal_bcm2711::usb::mass_storage::{Inquiry, UsbMassStorage, find_first_mass_storage};
+use hal_bcm2711::usb::mass_storage::{
+    Inquiry, MassStorageError, UsbMassStorage, find_first_mass_storage,
+};
 use recovery_proto::State;
 use recovery_proto::block::{Block, BlockDevice};
 use recovery_proto::image::reader::MAX_OUTPUT_BUFFER;
@@ -23,7 +25,7 @@ use recovery_proto::image::{Decoder, Progress};
 use recovery_proto::locate;
 use recovery_proto::manifest::Manifest;
 use recovery_proto::partition::{Partitions, TableKind};
-use recovery_proto::reflash::{self, Buffers, Journal, StickImage};
+use recovery_proto::reflash::{self, Buffers, Journal, Pass, StickImage};
 use recovery_proto::store::RedundantStore;
 
 use crate::arch::{self, Peripherals};
@@ -53,14 +55,23 @@ struct Stick {
     storage: UsbMassStorage<Dwc2>,
     /// Generic-timer ticks spent in reads (the benchmark's USB share).
     read_ticks: u64,
+    /// A read failed because the stick was pulled out.
+    unplugged: bool,
 }
 
 impl Stick {
-    fn timed<R>(&mut self, work: impl FnOnce(&mut UsbMassStorage<Dwc2>) -> R) -> R {
+    /// Runs one read, adding up its time and noting an unplug.
+    fn read(
+        &mut self,
+        work: impl FnOnce(&mut UsbMassStorage<Dwc2>) -> Result<(), MassStorageError>,
+    ) -> Result<(), StickError> {
         let start = Instant::now();
         let result = work(&mut self.storage);
         self.read_ticks += Instant::now().ticks().wrapping_sub(start.ticks());
-        result
+        result.map_err(|error| {
+            self.unplugged |= error.is_device_gone();
+            StickError::Read(error)
+        })
     }
 }
 
@@ -106,7 +117,7 @@ impl BlockDevice for TimedDisk<'_> {
 
 /// A failed stick access.
 enum StickError {
-    Read(hal_bcm2711::usb::mass_storage::MassStorageError),
+    Read(MassStorageError),
     /// Recovery never writes the stick.
     ReadOnly,
 }
@@ -124,8 +135,7 @@ impl BlockDevice for Stick {
     type Error = StickError;
 
     fn read_block(&mut self, lba: u64, buffer: &mut Block) -> Result<(), StickError> {
-        self.timed(|storage| storage.read_blocks(lba, buffer))
-            .map_err(StickError::Read)
+        self.read(|storage| storage.read_blocks(lba, buffer))
     }
 
     fn write_block(&mut self, _lba: u64, _buffer: &Block) -> Result<(), StickError> {
@@ -137,8 +147,7 @@ impl BlockDevice for Stick {
     }
 
     fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), StickError> {
-        self.timed(|storage| storage.read_blocks(lba, buffer))
-            .map_err(StickError::Read)
+        self.read(|storage| storage.read_blocks(lba, buffer))
     }
 }
 
@@ -179,6 +188,8 @@ enum Attempt {
     Refused(BlinkCode),
     /// Writing started and failed; the journal holds the position.
     Interrupted,
+    /// The stick was pulled out before anything was written.
+    Unplugged,
 }
 
 impl fmt::Debug for Attempt {
@@ -186,6 +197,7 @@ impl fmt::Debug for Attempt {
         match self {
             Self::Refused(code) => write!(f, "refused ({code:?})"),
             Self::Interrupted => write!(f, "interrupted"),
+            Self::Unplugged => write!(f, "unplugged"),
         }
     }
 }
@@ -265,6 +277,16 @@ pub fn run(
                 must_remove = true;
                 quiet = true;
                 blink(&peripherals.gpio, code);
+            }
+            Err((host, Attempt::Unplugged)) => {
+                log::warn!(
+                    "recovery: the stick was pulled out: nothing written; waiting for a (new) stick"
+                );
+                dwc2 = host;
+                // Until the port is seen empty, as after a refusal.
+                must_remove = true;
+                quiet = true;
+                blink(&peripherals.gpio, BlinkCode::NoStick);
             }
             Err((host, Attempt::Interrupted)) => {
                 log::warn!("recovery: interrupted; trying again (it resumes from the journal)");
@@ -351,8 +373,19 @@ fn attempt(
     let mut stick = Stick {
         storage,
         read_ticks: 0,
+        unplugged: false,
     };
-    let outcome = write_image(&mut stick, disk, area, name, key, gpio);
+    let outcome = match write_image(&mut stick, disk, area, name, key, gpio) {
+        Err(Attempt::Refused(_)) if stick.unplugged => Err(Attempt::Unplugged),
+        Err(Attempt::Interrupted) if stick.unplugged => {
+            log::warn!(
+                "recovery: the stick was pulled out; insert it (or a new one): the reflash \
+                 resumes from the journal"
+            );
+            Err(Attempt::Interrupted)
+        }
+        other => other,
+    };
     let host = stick.storage.into_host();
     outcome.map_err(|attempt| (host, attempt))
 }
@@ -400,8 +433,12 @@ fn write_image(
             Attempt::Refused(BlinkCode::BadImage)
         })?;
     let mut decoder = Decoder::with_clock(|| Instant::now().ticks());
-    let mut last_percent = u64::MAX;
-    let led = ActLed::new(gpio);
+    let mut report = ProgressReport {
+        led: ActLed::new(gpio),
+        pass: Pass::Verify,
+        began,
+        last_percent: u64::MAX,
+    };
     let mut target = TimedDisk {
         disk,
         write_ticks: 0,
@@ -418,21 +455,7 @@ fn write_image(
             output,
             decoder: &mut decoder,
         },
-        |progress: Progress| {
-            let percent =
-                u64::from(progress.next_region) * 100 / u64::from(progress.regions.max(1));
-            led.set(progress.next_region.is_multiple_of(2));
-            if percent / 10 != last_percent / 10 {
-                last_percent = percent;
-                let milliseconds = began.elapsed().as_millis().max(1) as u64;
-                log::info!(
-                    "recovery: {}% ({} MiB of data, {} KiB/s)",
-                    percent / 10 * 10,
-                    progress.bytes_done >> 20,
-                    progress.bytes_done * 1000 / 1024 / milliseconds
-                );
-            }
-        },
+        |pass, progress| report.update(pass, progress),
     );
     match result {
         Ok(summary) => {
@@ -457,6 +480,49 @@ fn write_image(
             } else {
                 Err(Attempt::Refused(BlinkCode::BadImage))
             }
+        }
+    }
+}
+
+/// Progress on the console every 10 % of each pass, and on the ACT LED.
+struct ProgressReport<'g> {
+    led: ActLed<'g>,
+    pass: Pass,
+    /// When the current pass began (for its rate).
+    began: Instant,
+    last_percent: u64,
+}
+
+impl ProgressReport<'_> {
+    fn update(&mut self, pass: Pass, progress: Progress) {
+        if pass != self.pass {
+            self.pass = pass;
+            self.began = Instant::now();
+            self.last_percent = u64::MAX;
+        }
+        let percent = u64::from(progress.next_region) * 100 / u64::from(progress.regions.max(1));
+        // Toggling per region while writing; every other region while
+        // only reading, so the two passes look different.
+        let toggle = match pass {
+            Pass::Verify => progress.next_region / 2,
+            Pass::Write => progress.next_region,
+        };
+        self.led.set(toggle.is_multiple_of(2));
+        if percent / 10 != self.last_percent / 10 {
+            self.last_percent = percent;
+            let milliseconds = self.began.elapsed().as_millis().max(1) as u64;
+            // The write pass keeps its wording ("recovery: 30%"); the
+            // verify pass says what it does.
+            log::info!(
+                "recovery: {}{}% ({} MiB of data, {} KiB/s)",
+                match pass {
+                    Pass::Verify => "verified ",
+                    Pass::Write => "",
+                },
+                percent / 10 * 10,
+                progress.bytes_done >> 20,
+                progress.bytes_done * 1000 / 1024 / milliseconds
+            );
         }
     }
 }

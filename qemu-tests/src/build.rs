@@ -80,6 +80,23 @@ impl LoaderImage {
             .with_context(|| format!("symbol `{name}` not found in {}", self.elf.display()))
     }
 
+    /// Every function of the loader with its address range, `(start, end,
+    /// mangled name)`, from the ELF's symbol table (for split counts).
+    pub fn functions(&self) -> Result<Vec<(u64, u64, String)>> {
+        let data =
+            std::fs::read(&self.elf).with_context(|| format!("reading {}", self.elf.display()))?;
+        let file = object::File::parse(&*data)
+            .with_context(|| format!("parsing {}", self.elf.display()))?;
+        Ok(file
+            .symbols()
+            .filter(|symbol| symbol.kind() == object::SymbolKind::Text && symbol.size() > 0)
+            .filter_map(|symbol| {
+                let name = symbol.name().ok()?.to_owned();
+                Some((symbol.address(), symbol.address() + symbol.size(), name))
+            })
+            .collect())
+    }
+
     /// The size of `zboot.img` in bytes.
     pub fn image_size(&self) -> Result<u64> {
         Ok(std::fs::metadata(&self.image)
@@ -129,9 +146,14 @@ impl LoaderImage {
             // The outer cargo's settings for host builds must not leak in.
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("ZBOOT_PUBLIC_KEY")
-            .env_remove("ZBOOT_RECOVERY_BUTTON");
+            .env_remove("CARGO_BUILD_TARGET");
+        // The release build takes the product's build-time settings from the
+        // environment (docs/recovery.md); test builds set their own.
+        if build != LoaderBuild::Release {
+            command
+                .env_remove("ZBOOT_PUBLIC_KEY")
+                .env_remove("ZBOOT_RECOVERY_BUTTON");
+        }
         match build {
             LoaderBuild::QemuTest => {
                 command.args(["--features", "qemu-test"]);

@@ -1,14 +1,14 @@
 //! One QEMU `raspi4b` run: command line, console capture, QMP events, deadline.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::build::Tools;
 
@@ -94,6 +94,8 @@ pub struct Qemu {
     icount: Option<Icount>,
     timeout: Duration,
     stop_text: Option<String>,
+    qmp_commands: Vec<(String, String)>,
+    gpios_high: Vec<u8>,
     echo: bool,
 }
 
@@ -112,6 +114,8 @@ impl Qemu {
             icount: None,
             timeout: Duration::from_mins(1),
             stop_text: None,
+            qmp_commands: Vec::new(),
+            gpios_high: Vec::new(),
             echo: false,
         }
     }
@@ -189,6 +193,30 @@ impl Qemu {
         self
     }
 
+    /// Send `command` (one QMP command as JSON, e.g. `{"execute":"device_del",
+    /// "arguments":{"id":"stick"}}`) once the console shows `console_text`.
+    /// Several are sent in the order given: the text of each is looked for
+    /// only in what the console prints after the previous one was sent.
+    /// QMP's replies that report an error end up in the run's QEMU log.
+    #[must_use]
+    pub fn qmp_when(mut self, console_text: &str, command: &str) -> Self {
+        self.qmp_commands
+            .push((console_text.to_owned(), command.to_owned()));
+        self
+    }
+
+    /// Holds GPIO `pin` high from power-on, as a button or jumper to 3.3 V
+    /// would. QEMU models no input pins, but its GPIO block reports the
+    /// level last set through GPSETn for any pin (hw/gpio/bcm2838_gpio.c),
+    /// and a device reset clears it; so the run starts stopped (`-S`), the
+    /// bit is written to GPSETn through QEMU's qtest port, and QMP `cont`
+    /// starts the guest.
+    #[must_use]
+    pub fn gpio_high(mut self, pin: u8) -> Self {
+        self.gpios_high.push(pin);
+        self
+    }
+
     /// Copy the console to our stdout as it arrives (demo, debugging).
     #[must_use]
     pub fn echo(mut self, echo: bool) -> Self {
@@ -196,7 +224,7 @@ impl Qemu {
         self
     }
 
-    fn command(&self, qmp_socket: &Path) -> Command {
+    fn command(&self, qmp_socket: &Path, qtest_socket: &Path) -> Command {
         let mut command = Command::new("qemu-system-aarch64");
         command.args(["-M", "raspi4b", "-display", "none", "-monitor", "none"]);
         command.args(["-serial", "stdio", "-semihosting", "-no-reboot"]);
@@ -250,6 +278,12 @@ impl Qemu {
             qmp_socket.display()
         ));
         command.args(["-mon", "chardev=qmp,mode=control"]);
+        if !self.gpios_high.is_empty() {
+            command
+                .arg("-S")
+                .arg("-qtest")
+                .arg(format!("unix:{}", qtest_socket.display()));
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -262,9 +296,16 @@ impl Qemu {
         Tools::require("qemu-system-aarch64")?;
         let scratch = tempfile::tempdir().context("creating a scratch directory")?;
         let qmp_socket = scratch.path().join("qmp.sock");
+        let qtest_socket = scratch.path().join("qtest.sock");
+        // QEMU connects to the qtest socket as a client.
+        let qtest_listener = if self.gpios_high.is_empty() {
+            None
+        } else {
+            Some(UnixListener::bind(&qtest_socket).context("listening for QEMU's qtest port")?)
+        };
         let started = Instant::now();
         let mut child = self
-            .command(&qmp_socket)
+            .command(&qmp_socket, &qtest_socket)
             .spawn()
             .context("starting qemu-system-aarch64")?;
 
@@ -289,17 +330,33 @@ impl Qemu {
                 return Err(error.context(format!("QEMU did not start; its log:\n{log}")));
             }
         };
+        // Commands go out on a second handle to the same socket while the
+        // reader thread consumes events and replies.
+        let mut qmp_writer = qmp.try_clone().context("cloning the QMP socket")?;
         let qmp_thread = spawn_qmp_reader(qmp);
+        if let Some(listener) = qtest_listener
+            && let Err(error) = self.set_gpios(&listener, &mut qmp_writer, started)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
 
-        let mut ending = self.wait_for_end(&mut child, &event_receiver, started)?;
+        let mut ending =
+            self.wait_for_end(&mut child, &event_receiver, started, &mut qmp_writer)?;
         // The SHUTDOWN event precedes QEMU's exit; the QMP reader has seen it
         // once the socket closes.
-        let guest_reset = qmp_thread.join().unwrap_or(false);
+        let (guest_reset, qmp_errors) = qmp_thread.join().unwrap_or_default();
         if guest_reset && matches!(ending, Ending::Exited(_)) {
             ending = Ending::GuestReset;
         }
         let console = console_thread.join().unwrap_or_default();
-        let qemu_log = log_thread.join().unwrap_or_default();
+        let mut qemu_log = log_thread.join().unwrap_or_default();
+        for error in qmp_errors {
+            qemu_log.push_str("QMP error reply: ");
+            qemu_log.push_str(&error);
+            qemu_log.push('\n');
+        }
         Ok(Run {
             ending,
             console,
@@ -308,14 +365,63 @@ impl Qemu {
         })
     }
 
+    /// Sets the [`Qemu::gpio_high`] pins through qtest, then starts the guest.
+    fn set_gpios(
+        &self,
+        listener: &UnixListener,
+        qmp: &mut UnixStream,
+        started: Instant,
+    ) -> Result<()> {
+        // GPSET0/GPSET1 (BCM2711 ARM Peripherals §5.2), one bit per pin.
+        const GPSET0: u64 = 0xfe20_001c;
+        let deadline = started + Duration::from_secs(20);
+        listener.set_nonblocking(true)?;
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "QEMU did not connect to the qtest socket"
+                    );
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(error).context("accepting QEMU's qtest connection"),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut replies = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        for pin in &self.gpios_high {
+            let address = GPSET0 + u64::from(pin / 32) * 4;
+            writeln!(writer, "writel 0x{address:x} 0x{:x}", 1_u32 << (pin % 32))
+                .context("writing to the qtest port")?;
+            let mut reply = String::new();
+            replies
+                .read_line(&mut reply)
+                .context("reading the qtest reply")?;
+            ensure!(
+                reply.trim() == "OK",
+                "qtest refused the GPIO write: {reply}"
+            );
+        }
+        qmp.write_all(b"{\"execute\":\"cont\"}\n")
+            .context("starting the guest (QMP cont)")
+    }
+
     fn wait_for_end(
         &self,
         child: &mut Child,
         events: &mpsc::Receiver<Event>,
         started: Instant,
+        qmp: &mut UnixStream,
     ) -> Result<Ending> {
         let deadline = started + self.timeout;
         let mut console_tail = String::new();
+        let mut pending = self.qmp_commands.iter();
+        let mut next_command = pending.next();
+        let mut command_tail = String::new();
         loop {
             if let Some(status) = child.try_wait().context("waiting for QEMU")? {
                 return Ok(Ending::Exited(status.code().unwrap_or(-1)));
@@ -328,6 +434,19 @@ impl Qemu {
             }
             match events.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
                 Ok(Event::Console(text)) => {
+                    command_tail.push_str(&text);
+                    while let Some((trigger, command)) = next_command {
+                        let Some(at) = command_tail.find(trigger.as_str()) else {
+                            keep_possible_start(&mut command_tail, trigger.len());
+                            break;
+                        };
+                        qmp.write_all(command.as_bytes())
+                            .and_then(|()| qmp.write_all(b"\n"))
+                            .with_context(|| format!("sending QMP {command}"))?;
+                        // The next trigger counts only from here on.
+                        command_tail.drain(..at + trigger.len());
+                        next_command = pending.next();
+                    }
                     if let Some(stop) = &self.stop_text {
                         console_tail.push_str(&text);
                         if console_tail.contains(stop.as_str()) {
@@ -335,18 +454,23 @@ impl Qemu {
                             let _ = child.wait();
                             return Ok(Ending::StopText);
                         }
-                        // Keep only what could still be the start of `stop`.
-                        let keep = console_tail.len().saturating_sub(stop.len());
-                        let cut = (keep..=console_tail.len())
-                            .find(|&index| console_tail.is_char_boundary(index))
-                            .unwrap_or(0);
-                        console_tail.drain(..cut);
+                        keep_possible_start(&mut console_tail, stop.len());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
             }
         }
     }
+}
+
+/// Drops the front of `tail`, keeping only what could still be the start
+/// of a text `length` bytes long.
+fn keep_possible_start(tail: &mut String, length: usize) {
+    let keep = tail.len().saturating_sub(length);
+    let cut = (keep..=tail.len())
+        .find(|&index| tail.is_char_boundary(index))
+        .unwrap_or(0);
+    tail.drain(..cut);
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -405,10 +529,12 @@ fn connect_qmp(socket: &Path, child: &mut Child, deadline: Instant) -> Result<Un
     }
 }
 
-/// Reads QMP until QEMU closes it; returns whether the guest reset.
-fn spawn_qmp_reader(stream: UnixStream) -> thread::JoinHandle<bool> {
+/// Reads QMP until QEMU closes it; returns whether the guest reset and the
+/// error replies to commands sent with [`Qemu::qmp_when`].
+fn spawn_qmp_reader(stream: UnixStream) -> thread::JoinHandle<(bool, Vec<String>)> {
     thread::spawn(move || {
         let mut guest_reset = false;
+        let mut errors = Vec::new();
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -418,7 +544,11 @@ fn spawn_qmp_reader(stream: UnixStream) -> thread::JoinHandle<bool> {
             if message["event"] == "SHUTDOWN" && message["data"]["reason"] == "guest-reset" {
                 guest_reset = true;
             }
+            // {"error": {"class": "GenericError", "desc": "..."}}
+            if message.get("error").is_some() {
+                errors.push(line);
+            }
         }
-        guest_reset
+        (guest_reset, errors)
     })
 }

@@ -297,8 +297,18 @@ pub type ReflashResult<S, T, J> = Result<
     ReflashError<<S as ImageSource>::Error, <T as BlockDevice>::Error, <J as Journal>::Error>,
 >;
 
+/// Which of the two passes over the image a [`reflash`] progress report is from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Reading and checking every chunk; nothing is written yet.
+    Verify,
+    /// Writing (the regions before [`Summary::resumed_from`] are not reported).
+    Write,
+}
+
 /// Writes the image from `source` onto `target` (see the module docs), calling `progress`
-/// after each region. With `key`, the image must carry a valid signature by that key.
+/// after each region of each pass. With `key`, the image must carry a valid signature by
+/// that key.
 pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
     source: &mut S,
     target: &mut T,
@@ -306,7 +316,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
     preserve: Option<Preserve>,
     journal: &mut J,
     buffers: Buffers<'_>,
-    mut progress: impl FnMut(Progress),
+    mut progress: impl FnMut(Pass, Progress),
 ) -> ReflashResult<S, T, J> {
     let Buffers {
         manifest,
@@ -330,7 +340,9 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
         .next_chunk(&image, source, decoder, output)
         .map_err(ReflashError::Image)?
         .is_some()
-    {}
+    {
+        progress(Pass::Verify, check.progress(&image));
+    }
     let id = image.id();
     let resumed_from = journal.resume_point(&id).min(image.header().region_count);
     journal
@@ -387,7 +399,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice, J: Journal>(
                 .record(&id, chunks.next_index())
                 .map_err(ReflashError::Journal)?;
         }
-        progress(chunks.progress(&image));
+        progress(Pass::Write, chunks.progress(&image));
     }
     Ok(summary)
 }
@@ -479,7 +491,7 @@ mod tests {
                 output: &mut output,
                 decoder: &mut decoder,
             },
-            |_| {},
+            |_, _| {},
         )
     }
 
@@ -526,6 +538,36 @@ mod tests {
             "skip"
         );
         assert_eq!(journal.entry.map(|(_, next)| next), Some(summary.regions));
+    }
+
+    #[test]
+    fn progress_reports_the_whole_verify_pass_before_the_first_write() {
+        let image = sample_image();
+        let mut disk = RamDisk::new(4096);
+        let mut manifest = vec![0u8; 64 * 1024];
+        let mut output = vec![0u8; 1 << 20];
+        let mut decoder = Box::new(Decoder::new());
+        let mut reports = Vec::new();
+        let summary = reflash(
+            &mut SliceSource(&image),
+            &mut disk,
+            None,
+            None,
+            &mut MemoryJournal::default(),
+            Buffers {
+                manifest: &mut manifest,
+                output: &mut output,
+                decoder: &mut decoder,
+            },
+            |pass, progress: Progress| reports.push((pass, progress.next_region)),
+        )
+        .unwrap();
+        let regions = summary.regions;
+        let expected: Vec<(Pass, u32)> = (1..=regions)
+            .map(|next| (Pass::Verify, next))
+            .chain((1..=regions).map(|next| (Pass::Write, next)))
+            .collect();
+        assert_eq!(reports, expected);
     }
 
     #[test]
@@ -728,7 +770,7 @@ mod tests {
                 output: &mut output,
                 decoder: &mut decoder,
             },
-            |_| {},
+            |_, _| {},
         )
         .unwrap();
         assert!(same(&mut disk, &mut expected()));
@@ -805,7 +847,7 @@ mod tests {
                     output: &mut output,
                     decoder: &mut decoder,
                 },
-                |_| {},
+                |_, _| {},
             )
             .unwrap();
             (summary, disk.block_mut(2048).unwrap()[0])

@@ -29,6 +29,18 @@
 //! (`hw/arm/bcm2835_peripherals.c`: "RAM is aliased four times ... on the
 //! GPU", DWC2 "dma-mr" = `gpu_bus_mr`), so the same address works there.
 //!
+//! **Unplugged devices.** While a mass-storage device is open the driver
+//! knows the hub port it hangs on ([`HostController::watch_attachment`]);
+//! a transfer still waiting after [`ATTACHMENT_CHECK_INTERVAL`] asks that
+//! hub for the port's status on a second channel (channel 0 keeps the
+//! transfer) and ends with [`TransferError::DeviceGone`] once the port is
+//! empty or saw a new connection; a root port that loses its connection
+//! ends it at once. Real hardware would also halt the channel with XactErr
+//! (no device answers the address); QEMU's `hcd-dwc2.c` does nothing at
+//! all for a transfer to an address no device has, so without the check
+//! the transfer would only end at its deadline (30 s for bulk, then the
+//! mass-storage layer's retries and reset recoveries: over two minutes).
+//!
 //! **Real CM4 facts QEMU ignores.** The USB power domain must be on before
 //! the registers answer: [`Dwc2::power_on`] (mailbox SET_POWER_STATE,
 //! device 3 — Linux `include/soc/bcm2835/raspberrypi-firmware.h`
@@ -45,6 +57,7 @@ pub mod registers;
 
 use core::fmt;
 use core::hint::spin_loop;
+use core::mem::offset_of;
 use core::time::Duration;
 
 use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
@@ -55,12 +68,12 @@ use crate::mailbox::{Mailbox, MailboxError, PowerDevice};
 use crate::memory_map;
 use crate::mmio::Mmio;
 use crate::usb::{
-    BulkPipe, ControlData, Direction, Endpoint, HostController, HostTimer, SetupPacket, Speed,
-    Toggle, TransferError, TransferKind, packet_count,
+    BulkPipe, ControlData, Direction, Endpoint, HostController, HostTimer, HubPort, SetupPacket,
+    Speed, Toggle, TransferError, TransferKind, hub, packet_count,
 };
 use registers::{
-    FIFO_SIZE, GAHBCFG, GHWCFG2, GHWCFG3, GINTSTS, GRSTCTL, GUSBCFG, HCCHAR, HCFG, HCTSIZ, HPRT,
-    RegisterBlock,
+    ChannelRegisters, FIFO_SIZE, GAHBCFG, GHWCFG2, GHWCFG3, GINTSTS, GRSTCTL, GUSBCFG, HCCHAR,
+    HCFG, HCTSIZ, HPRT, RegisterBlock,
 };
 
 /// Bytes of the driver's DMA buffer: the largest channel transfer zboot
@@ -73,6 +86,9 @@ pub const DMA_BUFFER_SIZE: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct DmaBuffer {
     bytes: [u8; DMA_BUFFER_SIZE],
+    /// The attachment check's own cache line: it runs on a second channel
+    /// while a transfer may still own `bytes`.
+    watch: [u8; WATCH_BUFFER_SIZE],
 }
 
 impl DmaBuffer {
@@ -82,6 +98,7 @@ impl DmaBuffer {
     pub const fn zeroed() -> Self {
         Self {
             bytes: [0; DMA_BUFFER_SIZE],
+            watch: [0; WATCH_BUFFER_SIZE],
         }
     }
 }
@@ -136,6 +153,26 @@ pub const BULK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Halting a channel that did not finish: the core halts at the end of the
 /// current transaction; 10 ms is many (micro)frames.
 pub const CHANNEL_HALT_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// How long a transfer waits before it checks, and then between checks,
+/// that its device is still on its hub port (GetPortStatus, USB 2.0
+/// §11.24.2.7). Linux learns of an unplug from the hub's status-change
+/// endpoint (`hub.c` `hub_irq`, polled every bInterval, 255 ms on QEMU's
+/// hub) and then kills the device's transfers; zboot asks the hub on the
+/// same scale instead. A transfer that completes sooner sends no request.
+pub const ATTACHMENT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Bound on each stage of that GetPortStatus: a hub answers its class
+/// requests from its own state at once; 100 ms is many (micro)frames. A
+/// hub that does not answer in time proves nothing: the transfer waits on.
+pub const ATTACHMENT_CHECK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The channel the attachment check uses, while channel 0 still holds the
+/// transfer that waits.
+const WATCH_CHANNEL: usize = 1;
+/// Bytes of the check's DMA area: one cache line, room for one IN packet
+/// of a hub's endpoint 0 (bMaxPacketSize0 is at most 64, USB 2.0 §9.6.1).
+const WATCH_BUFFER_SIZE: usize = 64;
 
 /// GSNPSID values of DWC2 cores: `0x4F54_xxxx` ("OT2"/"OT3" HS OTG),
 /// `0x4F55_xxxx` FS IoT, `0x4F56_xxxx` HS IoT (hw.h `DWC2_OTG_ID`,
@@ -318,6 +355,7 @@ pub struct Dwc2 {
     info: Option<ControllerInfo>,
     root_speed: Option<Speed>,
     transfers: u64,
+    watched: Option<HubPort>,
 }
 
 impl Dwc2 {
@@ -348,6 +386,7 @@ impl Dwc2 {
             info: None,
             root_speed: None,
             transfers: 0,
+            watched: None,
         }
     }
 
@@ -368,7 +407,7 @@ impl Dwc2 {
     /// power (the order of Linux `dwc2_core_init` + `dwc2_core_host_init`).
     pub fn init(&mut self) -> Result<ControllerInfo, Dwc2Error> {
         let address = self.dma.bytes.as_ptr() as usize;
-        self.dma_bus_address = memory_map::vc_bus_address(address, DMA_BUFFER_SIZE)
+        self.dma_bus_address = memory_map::vc_bus_address(address, size_of::<DmaBuffer>())
             .ok_or(Dwc2Error::DmaBufferUnreachable { address })?;
 
         let regs = &self.registers;
@@ -455,9 +494,11 @@ impl Dwc2 {
         regs.pcgctl.set(0);
         regs.hcfg
             .modify(HCFG::FS_LS_PHY_CLOCK::Clock30Or60MHz + HCFG::FS_LS_ONLY::CLEAR);
-        let channel = &regs.channels[CHANNEL];
-        channel.hcint.set(u32::MAX);
-        channel.hcintmsk.set(HCINT_CHANNEL_HALTED | HCINT_AHB_ERROR);
+        for channel in [CHANNEL, WATCH_CHANNEL] {
+            let channel = &regs.channels[channel];
+            channel.hcint.set(u32::MAX);
+            channel.hcintmsk.set(HCINT_CHANNEL_HALTED | HCINT_AHB_ERROR);
+        }
 
         // Port power on (VBUS), preserving the W1C bits.
         let hprt = hprt_preserving(regs.hprt.get());
@@ -559,54 +600,46 @@ impl Dwc2 {
             Direction::In => cache::clean_invalidate_range(buffer, programmed),
         }
 
-        let channel = &self.registers.channels[CHANNEL];
-        channel.hcint.set(u32::MAX);
-        channel.hcsplt.set(0);
-        channel.hctsiz.write(
-            HCTSIZ::TRANSFER_SIZE.val(programmed as u32)
-                + HCTSIZ::PACKET_COUNT.val(packets)
-                + HCTSIZ::PID.val(pid as u32),
-        );
-        channel.hcdma.set(self.dma_bus_address);
-        let endpoint_type = match endpoint.kind {
-            TransferKind::Control => HCCHAR::ENDPOINT_TYPE::Control,
-            TransferKind::Bulk => HCCHAR::ENDPOINT_TYPE::Bulk,
-        };
-        channel.hcchar.write(
-            HCCHAR::MAX_PACKET_SIZE.val(u32::from(max_packet_size))
-                + HCCHAR::ENDPOINT_NUMBER.val(u32::from(endpoint.number))
-                + HCCHAR::ENDPOINT_DIRECTION_IN.val(u32::from(direction == Direction::In))
-                + HCCHAR::LOW_SPEED_DEVICE.val(u32::from(endpoint.speed == Speed::Low))
-                + endpoint_type
-                + HCCHAR::MULTI_COUNT.val(1)
-                + HCCHAR::DEVICE_ADDRESS.val(u32::from(endpoint.device_address))
-                + HCCHAR::CHANNEL_ENABLE::SET,
-        );
         self.transfers += 1;
-
-        let hcint = loop {
-            let hcint = channel.hcint.get();
-            if hcint & HCINT_CHANNEL_HALTED != 0 {
-                break hcint;
-            }
-            if deadline.expired() {
-                // Ask the core to halt the channel, then report.
-                channel
-                    .hcchar
-                    .modify(HCCHAR::CHANNEL_ENABLE::SET + HCCHAR::CHANNEL_DISABLE::SET);
-                let halt = Deadline::after(CHANNEL_HALT_TIMEOUT);
-                while channel.hcint.get() & HCINT_CHANNEL_HALTED == 0 && !halt.expired() {
-                    spin_loop();
+        let regs = &self.registers;
+        let channel = &regs.channels[CHANNEL];
+        let watch = &mut self.dma.watch;
+        let watch_bus_address = self.dma_bus_address + offset_of!(DmaBuffer, watch) as u32;
+        let watched = self.watched.filter(|_| {
+            self.info
+                .is_some_and(|info| info.channels as usize > WATCH_CHANNEL)
+        });
+        let mut next_check = Deadline::after(ATTACHMENT_CHECK_INTERVAL);
+        let hcint = run_stage(
+            channel,
+            endpoint,
+            direction,
+            pid,
+            programmed,
+            packets,
+            self.dma_bus_address,
+            deadline,
+            || {
+                // The root port lost its device (or hub): QEMU hcd-dwc2.c
+                // `dwc2_detach` clears HPRT.PrtConnSts and PrtEna.
+                let hprt = regs.hprt.extract();
+                if !hprt.is_set(HPRT::CONNECT_STATUS) || !hprt.is_set(HPRT::ENABLE) {
+                    return true;
                 }
-                channel.hcint.set(u32::MAX);
-                return Err(if hcint & HCINT_NAK != 0 {
-                    TransferError::NakTimeout
-                } else {
-                    TransferError::Timeout
-                });
-            }
-            spin_loop();
-        };
+                let Some(port) = watched else { return false };
+                if !next_check.expired() {
+                    return false;
+                }
+                let status = hub_port_status(regs, watch, watch_bus_address, &port);
+                next_check = Deadline::after(ATTACHMENT_CHECK_INTERVAL);
+                // No device, a disabled port, or a connection change since
+                // enumeration cleared it (unplugged and maybe replugged:
+                // then at address 0, not the one addressed): gone.
+                status.is_some_and(|status| {
+                    !status.connected() || !status.enabled() || status.connection_changed()
+                })
+            },
+        )?;
         channel.hcint.set(u32::MAX);
         decode_halt(hcint)?;
         Ok(match direction {
@@ -796,6 +829,136 @@ impl HostController for Dwc2 {
     fn expired(&mut self, timer: &HostTimer) -> bool {
         Instant::now().ticks() >= timer.expires
     }
+
+    fn watch_attachment(&mut self, port: Option<HubPort>) {
+        self.watched = port;
+    }
+}
+
+/// Programs `channel` for one transfer stage of `programmed` bytes in
+/// `packets` packets at bus address `bus_address`, enables it and waits
+/// until the core halts it. Returns HCINT at the halt. When `deadline`
+/// passes, or `gone` (polled while waiting) says the device was unplugged,
+/// the channel is halted and the error returned.
+#[allow(clippy::too_many_arguments)] // One stage's whole programming, as HCCHAR/HCTSIZ/HCDMA take it.
+fn run_stage(
+    channel: &ChannelRegisters,
+    endpoint: &Endpoint,
+    direction: Direction,
+    pid: HCTSIZ::PID::Value,
+    programmed: usize,
+    packets: u32,
+    bus_address: u32,
+    deadline: Deadline,
+    mut gone: impl FnMut() -> bool,
+) -> Result<u32, TransferError> {
+    channel.hcint.set(u32::MAX);
+    channel.hcsplt.set(0);
+    channel.hctsiz.write(
+        HCTSIZ::TRANSFER_SIZE.val(programmed as u32)
+            + HCTSIZ::PACKET_COUNT.val(packets)
+            + HCTSIZ::PID.val(pid as u32),
+    );
+    channel.hcdma.set(bus_address);
+    let endpoint_type = match endpoint.kind {
+        TransferKind::Control => HCCHAR::ENDPOINT_TYPE::Control,
+        TransferKind::Bulk => HCCHAR::ENDPOINT_TYPE::Bulk,
+    };
+    channel.hcchar.write(
+        HCCHAR::MAX_PACKET_SIZE.val(u32::from(endpoint.max_packet_size.max(1)))
+            + HCCHAR::ENDPOINT_NUMBER.val(u32::from(endpoint.number))
+            + HCCHAR::ENDPOINT_DIRECTION_IN.val(u32::from(direction == Direction::In))
+            + HCCHAR::LOW_SPEED_DEVICE.val(u32::from(endpoint.speed == Speed::Low))
+            + endpoint_type
+            + HCCHAR::MULTI_COUNT.val(1)
+            + HCCHAR::DEVICE_ADDRESS.val(u32::from(endpoint.device_address))
+            + HCCHAR::CHANNEL_ENABLE::SET,
+    );
+    loop {
+        let hcint = channel.hcint.get();
+        if hcint & HCINT_CHANNEL_HALTED != 0 {
+            return Ok(hcint);
+        }
+        // QEMU hcd-dwc2.c `dwc2_enable_chan` does nothing at all when no
+        // device answers the address (`dwc2_find_device` returns NULL):
+        // no halt, no error bit, so an unplugged device is only noticed by
+        // `gone` (real hardware halts with XactErr after three tries).
+        let unplugged = gone();
+        if unplugged || deadline.expired() {
+            // Ask the core to halt the channel, then report.
+            channel
+                .hcchar
+                .modify(HCCHAR::CHANNEL_ENABLE::SET + HCCHAR::CHANNEL_DISABLE::SET);
+            let halt = Deadline::after(CHANNEL_HALT_TIMEOUT);
+            while channel.hcint.get() & HCINT_CHANNEL_HALTED == 0 && !halt.expired() {
+                spin_loop();
+            }
+            channel.hcint.set(u32::MAX);
+            return Err(if unplugged {
+                TransferError::DeviceGone
+            } else if hcint & HCINT_NAK != 0 {
+                TransferError::NakTimeout
+            } else {
+                TransferError::Timeout
+            });
+        }
+        spin_loop();
+    }
+}
+
+/// GetPortStatus of `port` on the watch channel, through the watch DMA
+/// area; `None` when the hub does not answer in time (nothing concluded).
+fn hub_port_status(
+    regs: &RegisterBlock,
+    watch: &mut [u8; WATCH_BUFFER_SIZE],
+    bus_address: u32,
+    port: &HubPort,
+) -> Option<hub::PortStatus> {
+    let channel = &regs.channels[WATCH_CHANNEL];
+    let hub = Endpoint {
+        kind: TransferKind::Control,
+        number: 0,
+        ..port.hub
+    };
+    let max_packet_size = hub.max_packet_size.max(1);
+    let buffer = watch.as_ptr() as usize;
+    let stage = |direction, pid, programmed: usize, packets| {
+        let deadline = Deadline::after(ATTACHMENT_CHECK_TIMEOUT);
+        run_stage(
+            channel,
+            &hub,
+            direction,
+            pid,
+            programmed,
+            packets,
+            bus_address,
+            deadline,
+            || false,
+        )
+        .ok()
+        .and_then(|hcint| decode_halt(hcint).ok())
+    };
+    // SETUP (USB 2.0 §8.5.3), then 4 bytes IN with DATA1, then a
+    // zero-length STATUS OUT with DATA1.
+    let setup = hub::get_port_status(port.port).to_bytes();
+    watch[..setup.len()].copy_from_slice(&setup);
+    cache::clean_range(buffer, setup.len());
+    stage(Direction::Out, HCTSIZ::PID::Value::Setup, setup.len(), 1)?;
+    let programmed = usize::from(max_packet_size);
+    if programmed > WATCH_BUFFER_SIZE {
+        return None;
+    }
+    cache::clean_invalidate_range(buffer, programmed);
+    stage(Direction::In, HCTSIZ::PID::Value::Data1, programmed, 1)?;
+    let remaining = channel.hctsiz.read(HCTSIZ::TRANSFER_SIZE) as usize;
+    // SAFETY: the watch area holds plain bytes the CPU has not written
+    // since the clean+invalidate above; `watch` is read only after the
+    // call, with no assumption about what it held before.
+    unsafe { cache::invalidate_range(buffer, programmed) };
+    let received = programmed.saturating_sub(remaining);
+    let status = hub::PortStatus::parse(watch.get(..received)?)?;
+    stage(Direction::Out, HCTSIZ::PID::Value::Data1, 0, 1)?;
+    Some(status)
 }
 
 /// Polls `done` until it holds or `timeout` passes.

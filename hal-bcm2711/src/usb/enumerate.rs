@@ -18,8 +18,8 @@ use super::descriptor::{
 };
 use super::hub::{self, HubDescriptor, PortStatus, feature};
 use super::{
-    ControlData, Direction, Endpoint, HostController, Speed, TransactionTranslator, TransferError,
-    TransferKind,
+    ControlData, Direction, Endpoint, HostController, HubPort, Speed, TransactionTranslator,
+    TransferError, TransferKind,
 };
 
 /// Hubs below the root port zboot walks through.
@@ -115,6 +115,8 @@ pub struct FoundDevice {
     pub hub_depth: u8,
     /// The hub port it hangs on (0 = the root port).
     pub port: u8,
+    /// That hub and port (`None` on the root port): where an unplug shows.
+    pub parent: Option<HubPort>,
 }
 
 /// Walks the bus from the root port; keeps the count of what it saw.
@@ -148,7 +150,7 @@ impl Enumerator {
         host: &mut H,
         speed: Speed,
     ) -> Result<FoundDevice, EnumerationError> {
-        match self.enumerate(host, speed, None, 0, 0) {
+        match self.enumerate(host, speed, None, 0, None) {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(self.last_error.unwrap_or(EnumerationError::NoMassStorage {
                 devices: self.devices,
@@ -164,7 +166,7 @@ impl Enumerator {
         speed: Speed,
         translator: Option<TransactionTranslator>,
         depth: u8,
-        port: u8,
+        parent: Option<HubPort>,
     ) -> Result<Option<FoundDevice>, EnumerationError> {
         let transfer = |step| move |error| EnumerationError::Transfer { step, error };
         let malformed = |step| move |error| EnumerationError::Descriptor { step, error };
@@ -248,7 +250,8 @@ impl Enumerator {
                 descriptor: device,
                 interface,
                 hub_depth: depth,
-                port,
+                port: parent.map_or(0, |parent| parent.port),
+                parent,
             }));
         }
         let is_hub = device.class == descriptor::class::HUB || configuration.has_hub_interface();
@@ -321,7 +324,11 @@ impl Enumerator {
             } else {
                 hub_control.translator
             };
-            match self.enumerate(host, speed, translator, depth + 1, port) {
+            let parent = HubPort {
+                hub: *hub_control,
+                port,
+            };
+            match self.enumerate(host, speed, translator, depth + 1, Some(parent)) {
                 Ok(Some(found)) => return Ok(Some(found)),
                 Ok(None) => {}
                 Err(error) => self.last_error = Some(error),

@@ -138,6 +138,11 @@ impl PortStatus {
     pub const fn reset_changed(&self) -> bool {
         self.change & (1 << 4) != 0
     }
+    /// C_PORT_CONNECTION (change bit 0): a device came or went since the
+    /// bit was last cleared.
+    pub const fn connection_changed(&self) -> bool {
+        self.change & 1 != 0
+    }
     /// The attached device's speed: PORT_LOW_SPEED (bit 9),
     /// PORT_HIGH_SPEED (bit 10), else full speed.
     pub const fn speed(&self) -> super::Speed {

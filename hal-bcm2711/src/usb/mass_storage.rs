@@ -340,6 +340,20 @@ pub enum MassStorageError {
     PartialBlock { length: usize },
 }
 
+impl MassStorageError {
+    /// Whether the device was unplugged ([`TransferError::DeviceGone`]):
+    /// nothing more can be read from it; a new device must be enumerated.
+    pub const fn is_device_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::Transfer {
+                error: TransferError::DeviceGone,
+                ..
+            }
+        )
+    }
+}
+
 impl fmt::Display for MassStorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -444,8 +458,12 @@ fn bulk_pipe(device: &FoundDevice, interface: &InterfaceInfo, direction_in: bool
 }
 
 impl<H: HostController> UsbMassStorage<H> {
-    /// Opens LUN 0 of `device` (found by enumeration).
-    pub fn open(host: H, device: FoundDevice) -> Result<Self, (H, MassStorageError)> {
+    /// Opens LUN 0 of `device` (found by enumeration). While it is open,
+    /// the host watches the hub port the device hangs on
+    /// ([`HostController::watch_attachment`]), so an unplugged stick ends
+    /// the transfer under way with [`TransferError::DeviceGone`].
+    pub fn open(mut host: H, device: FoundDevice) -> Result<Self, (H, MassStorageError)> {
+        host.watch_attachment(device.parent);
         let mut storage = Self {
             host,
             bulk_in: bulk_pipe(&device, &device.interface, true),
@@ -465,7 +483,7 @@ impl<H: HostController> UsbMassStorage<H> {
         };
         match storage.identify() {
             Ok(()) => Ok(storage),
-            Err(error) => Err((storage.host, error)),
+            Err(error) => Err((storage.into_host(), error)),
         }
     }
 
@@ -566,9 +584,11 @@ impl<H: HostController> UsbMassStorage<H> {
         &mut self.host
     }
 
-    /// Gives the host controller back.
+    /// Gives the host controller back (no longer watching the device's port).
     pub fn into_host(self) -> H {
-        self.host
+        let mut host = self.host;
+        host.watch_attachment(None);
+        host
     }
 
     /// Reads whole 512-byte blocks from `lba` into `buffer` (its length a
@@ -604,8 +624,9 @@ impl<H: HostController> UsbMassStorage<H> {
                             });
                         }
                     }
+                    // An unplugged stick answers no retry.
                     Err(error) => {
-                        if attempt >= READ_ATTEMPTS {
+                        if attempt >= READ_ATTEMPTS || error.is_device_gone() {
                             return Err(error);
                         }
                     }
@@ -652,7 +673,7 @@ impl<H: HostController> UsbMassStorage<H> {
         let cbw = command_block_wrapper(tag, length as u32, data.is_some(), 0, cdb);
         if let Err(error) = self.host.bulk_out(&mut self.bulk_out, &cbw) {
             // A CBW the device refuses: reset recovery (§5.3.4).
-            self.reset_recovery();
+            self.reset_recovery_unless_gone(error);
             return Err(MassStorageError::Transfer {
                 phase: Phase::Command,
                 error,
@@ -671,7 +692,7 @@ impl<H: HostController> UsbMassStorage<H> {
                         })?;
                 }
                 Err(error) => {
-                    self.reset_recovery();
+                    self.reset_recovery_unless_gone(error);
                     return Err(MassStorageError::Transfer {
                         phase: Phase::Data,
                         error,
@@ -703,7 +724,7 @@ impl<H: HostController> UsbMassStorage<H> {
         if got == Err(TransferError::Stall) {
             // §6.7.2/§6.7.3: clear the halt and try the CSW once more.
             if let Err(error) = self.clear_halt_in() {
-                self.reset_recovery();
+                self.reset_recovery_unless_gone(error);
                 return Err(MassStorageError::Transfer {
                     phase: Phase::Status,
                     error,
@@ -714,7 +735,7 @@ impl<H: HostController> UsbMassStorage<H> {
         let got = match got {
             Ok(got) => got,
             Err(error) => {
-                self.reset_recovery();
+                self.reset_recovery_unless_gone(error);
                 return Err(MassStorageError::Transfer {
                     phase: Phase::Status,
                     error,
@@ -748,6 +769,14 @@ impl<H: HostController> UsbMassStorage<H> {
         self.clear_halt(true)
     }
 
+    /// Reset recovery after `error`, unless the device was unplugged: there
+    /// is nobody to reset, and each request would only fail the same way.
+    fn reset_recovery_unless_gone(&mut self, error: TransferError) {
+        if error != TransferError::DeviceGone {
+            self.reset_recovery();
+        }
+    }
+
     /// Reset recovery (BBB §5.3.4): Bulk-Only Mass Storage Reset, then
     /// clear HALT on Bulk-In and Bulk-Out. Errors here are not reported
     /// separately: the command's own error already says what failed, and
@@ -755,10 +784,15 @@ impl<H: HostController> UsbMassStorage<H> {
     fn reset_recovery(&mut self) {
         self.recoveries += 1;
         let reset = bulk_only_reset(self.device.interface.number);
-        let _ = self
+        let reset = self
             .host
             .control_transfer(&self.device.control, &reset, ControlData::None);
-        let _ = self.clear_halt(true);
+        if reset == Err(TransferError::DeviceGone) {
+            return;
+        }
+        if self.clear_halt(true) == Err(TransferError::DeviceGone) {
+            return;
+        }
         let _ = self.clear_halt(false);
     }
 }

@@ -119,6 +119,16 @@ pub struct TransactionTranslator {
     pub port: u8,
 }
 
+/// The hub port a device hangs on: what the host asks (GetPortStatus,
+/// USB 2.0 §11.24.2.7) to learn whether the device is still attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubPort {
+    /// The hub's endpoint 0.
+    pub hub: Endpoint,
+    /// The port (1-based).
+    pub port: u8,
+}
+
 /// One endpoint of an addressed (or default-address) device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -228,6 +238,10 @@ pub enum TransferError {
     SplitTransactionsUnsupported,
     /// The root port is not enabled (device gone, or not reset yet).
     PortDisabled,
+    /// The device was unplugged: the root port lost its connection or the
+    /// hub port it hangs on reports no device (or a new connection) while
+    /// the transfer waited.
+    DeviceGone,
 }
 
 impl fmt::Display for TransferError {
@@ -253,6 +267,7 @@ impl fmt::Display for TransferError {
                 "full/low-speed device behind a high-speed hub needs split transactions (not supported)",
             ),
             Self::PortDisabled => f.write_str("root port disabled"),
+            Self::DeviceGone => f.write_str("the USB device was unplugged"),
         }
     }
 }
@@ -298,6 +313,15 @@ pub trait HostController {
 
     /// Whether a timer from [`HostController::start_timer`] ran out.
     fn expired(&mut self, timer: &HostTimer) -> bool;
+
+    /// Tells the controller which hub port the device it now talks to
+    /// hangs on (`None`: the root port, or nothing to watch). A controller
+    /// that can may check that port while a transfer waits and end the
+    /// transfer with [`TransferError::DeviceGone`] once the device is
+    /// unplugged, instead of waiting out the transfer's deadline.
+    fn watch_attachment(&mut self, port: Option<HubPort>) {
+        let _ = port;
+    }
 }
 
 /// An opaque deadline handed out by a [`HostController`] (the generic

@@ -36,12 +36,16 @@ const CONFIG_STICK: [u8; 32] = [
     7, 5, 0x02, 2, 64, 0, 0, // bulk OUT
 ];
 
+// Independent switches a test flips, not states of one machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Default)]
 struct Faults {
     not_ready_commands: u32,
     stall_csw_once: bool,
     phase_error_once: bool,
     dead: bool,
+    /// The stick was pulled out and the host noticed on the watched port.
+    unplugged: bool,
 }
 
 #[derive(Debug)]
@@ -60,6 +64,8 @@ struct Sim {
     now: u64,
     transfers: u64,
     recoveries_seen: u32,
+    /// What the mass-storage layer asked the host to watch.
+    watched: Option<super::HubPort>,
 }
 
 impl Sim {
@@ -78,6 +84,7 @@ impl Sim {
             now: 0,
             transfers: 0,
             recoveries_seen: 0,
+            watched: None,
         }
     }
 
@@ -182,6 +189,9 @@ impl HostController for Sim {
         data: ControlData<'_>,
     ) -> Result<usize, TransferError> {
         self.transfers += 1;
+        if self.faults.unplugged && endpoint.device_address == self.stick_address {
+            return Err(TransferError::DeviceGone);
+        }
         if self.faults.dead {
             return Err(TransferError::TransactionError);
         }
@@ -252,6 +262,9 @@ impl HostController for Sim {
     fn bulk_in(&mut self, pipe: &mut BulkPipe, buffer: &mut [u8]) -> Result<usize, TransferError> {
         self.transfers += 1;
         assert_eq!(pipe.endpoint.direction, Direction::In);
+        if self.faults.unplugged {
+            return Err(TransferError::DeviceGone);
+        }
         if self.faults.dead {
             return Err(TransferError::TransactionError);
         }
@@ -276,6 +289,9 @@ impl HostController for Sim {
     fn bulk_out(&mut self, pipe: &mut BulkPipe, data: &[u8]) -> Result<(), TransferError> {
         self.transfers += 1;
         assert_eq!(pipe.endpoint.direction, Direction::Out);
+        if self.faults.unplugged {
+            return Err(TransferError::DeviceGone);
+        }
         if self.faults.dead {
             return Err(TransferError::TransactionError);
         }
@@ -297,6 +313,10 @@ impl HostController for Sim {
 
     fn expired(&mut self, timer: &HostTimer) -> bool {
         self.now >= timer.expires
+    }
+
+    fn watch_attachment(&mut self, port: Option<super::HubPort>) {
+        self.watched = port;
     }
 }
 
@@ -385,6 +405,34 @@ fn a_device_that_stops_answering_fails_cleanly() {
             error: TransferError::TransactionError
         })
     );
+}
+
+#[test]
+fn an_unplugged_stick_fails_at_once_without_retries_or_reset_recovery() {
+    let sim = Sim::new(true, 64);
+    let mut stick = find_first_mass_storage(sim, Speed::Full).expect("stick found");
+    // While open, the host watches the hub port the stick hangs on.
+    let watched = stick.host().watched.expect("a watched port");
+    assert_eq!(watched.port, 3);
+    assert_eq!(watched.hub.device_address, stick.host().hub_address);
+    assert_eq!(stick.device().parent, Some(watched));
+
+    stick.host_mut_for_tests().faults.unplugged = true;
+    let before = stick.host().transfers;
+    let mut buffer = vec![0u8; 512];
+    let error = stick.read_blocks(0, &mut buffer).expect_err("unplugged");
+    assert_eq!(
+        error,
+        MassStorageError::Transfer {
+            phase: super::mass_storage::Phase::Command,
+            error: TransferError::DeviceGone
+        }
+    );
+    assert!(error.is_device_gone());
+    assert_eq!(stick.host().transfers - before, 1, "one CBW, no retries");
+    assert_eq!(stick.recoveries(), 0, "no reset recovery of a gone device");
+    let host = stick.into_host();
+    assert_eq!(host.watched, None, "nothing watched once closed");
 }
 
 #[test]
