@@ -154,6 +154,8 @@ fn build_device_zbctl() -> Result<PathBuf> {
         .current_dir(&root)
         .args(["build", "--release", "--package", "zboot-tools"])
         .args(["--bin", "zbctl", "--target", DEVICE_TARGET])
+        // Without HTTPS: ring needs a C compiler for the target (see tools/Cargo.toml).
+        .arg("--no-default-features")
         // Small enough for an initramfs: no debug info.
         .args(["--config", "profile.release.debug=false"])
         .args(["--config", "profile.release.strip=true"])

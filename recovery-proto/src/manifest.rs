@@ -41,6 +41,11 @@ pub struct Manifest<'a> {
     pub recovery_image: Option<&'a str>,
     /// `public_key`: ed25519 public key (64 hex digits or base64), for image signatures.
     pub public_key: Option<[u8; 32]>,
+    /// `ca_cert`: path (on the running system) of a PEM bundle of the CA certificates an
+    /// HTTPS `update_endpoint` is verified against, instead of the system's store.
+    pub ca_cert: Option<&'a str>,
+    /// `allow_http`: accept a plain `http://` `update_endpoint` (off by default).
+    pub allow_http: Option<bool>,
     /// Unknown keys.
     pub warnings: heapless::Vec<Warning<'a>, MAX_WARNINGS>,
     /// Warnings that did not fit.
@@ -137,7 +142,7 @@ impl fmt::Display for ManifestError {
 }
 
 /// Known keys, in the order of `seen` bookkeeping.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 16] = [
     "new_update_needed",
     "root_dev",
     "root_a",
@@ -152,6 +157,8 @@ const KEYS: [&str; 14] = [
     "recovery_image",
     "public_key",
     "safe_slot",
+    "ca_cert",
+    "allow_http",
 ];
 
 impl<'a> Manifest<'a> {
@@ -237,7 +244,9 @@ impl<'a> Manifest<'a> {
             9 => self.watchdog_timeout = Some(parse_number(name, value, 0, 15)? as u8),
             10 => self.count_power_loss = Some(parse_bool(name, value)?),
             11 => self.recovery_image = Some(value),
-            _ => self.public_key = Some(parse_key(value)?),
+            12 => self.public_key = Some(parse_key(value)?),
+            14 => self.ca_cert = Some(value),
+            _ => self.allow_http = Some(parse_bool(name, value)?),
         }
         Ok(())
     }
@@ -351,7 +360,9 @@ mod tests {
             count_power_loss=no\n\
             recovery_image=recovery.zi\n\
             public_key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n\
-            colour=blue\n";
+            colour=blue\n\
+            ca_cert=/etc/zboot/ca.pem\n\
+            allow_http=no\n";
         let m = Manifest::parse(text).unwrap();
         assert_eq!(m.new_update_needed, Some(true));
         assert_eq!(m.root_dev, Some("/dev/mmcblk0"));
@@ -363,6 +374,8 @@ mod tests {
         assert_eq!(m.watchdog_timeout, Some(10));
         assert_eq!(m.count_power_loss, Some(false));
         assert_eq!(m.public_key.unwrap()[31], 0x1f);
+        assert_eq!(m.ca_cert, Some("/etc/zboot/ca.pem"));
+        assert_eq!(m.allow_http, Some(false));
         assert_eq!(m.warnings.len(), 1);
         assert_eq!(
             m.warnings[0].to_string(),

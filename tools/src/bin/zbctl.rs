@@ -8,6 +8,11 @@ fn main() -> std::process::ExitCode {
     match zboot_tools::zbctl::run(&cli, &mut std::io::stdout()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
+            // `update` ends "up to date", "busy", "pending" with their own codes, not errors.
+            if let Some(end) = error.downcast_ref::<zboot_tools::zbctl::update::Finished>() {
+                println!("zbctl: {end}");
+                return std::process::ExitCode::from(end.code);
+            }
             eprintln!("zbctl: error: {error:#}");
             // `image verify` and friends say why with their exit code (docs/image-format.md).
             match error.downcast_ref::<zboot_tools::zbctl::image::ExitError>() {

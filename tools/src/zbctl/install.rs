@@ -27,7 +27,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
 use recovery_proto::image::format::{MAGIC, SECTOR};
 use recovery_proto::image::{
-    Content, Decoder, Image, ImageError, ImageSource, PartitionEntry, RegionKind, Role,
+    Content, Decoder, Image, ImageError, ImageSource, PartitionEntry, RegionEntry, RegionKind, Role,
 };
 use recovery_proto::manifest::Manifest;
 use recovery_proto::partition::{Partition, Partitions, SlotRoot};
@@ -96,6 +96,9 @@ pub struct InstallReport {
     pub image_used: u64,
     /// Data + fill bytes of the image's root partition.
     pub image_root_used: u64,
+    /// Root data bytes not written (nor downloaded) because the slot already held them
+    /// ([`Flow::Stream`]).
+    pub reused_bytes: u64,
 }
 
 impl InstallReport {
@@ -125,17 +128,42 @@ impl ImageSource for FatFileSource<'_, '_> {
 }
 
 /// The target disk as install sees it.
-struct TargetDisk {
+#[derive(Debug)]
+pub struct TargetDisk {
     file: File,
     boot: Partition,
     root: Partition,
     active_root: Option<Partition>,
-    slot: Slot,
+    /// The slot the image goes to (the A/B slot that is not ACTIVE).
+    pub slot: Slot,
     key: Option<[u8; 32]>,
-    recovery_name: Option<String>,
-    state: State,
+    /// `recovery_image=` of the target's zbmanifest.txt.
+    pub recovery_name: Option<String>,
+    /// The slot state as read.
+    pub state: State,
     opened: target::StateTarget,
     store: recovery_proto::store::RedundantStore,
+}
+
+impl TargetDisk {
+    /// The number of the target's FAT boot partition (1-based, as in `/dev/mmcblk0p1`).
+    pub fn boot_partition_number(&self) -> u32 {
+        self.boot.number.into()
+    }
+}
+
+/// How [`install_from`] reads the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Two passes (a local file or stick): every chunk is verified before the first byte is
+    /// written, then the root partition is read again and written.
+    VerifyFirst,
+    /// One pass in payload order (a download: read once, never stored on the device's disk).
+    /// Header, manifest and signature are still checked before the first write; each chunk is
+    /// verified as it arrives, so a bad chunk stops the install with the slot marked `bad`.
+    /// Root chunks whose SHA-256 the slot already holds are not read at all, which is how a
+    /// download interrupted in an earlier run continues where it stopped.
+    Stream,
 }
 
 /// Runs `zbctl install`.
@@ -146,11 +174,54 @@ pub fn install(target: &Target, args: &InstallArgs, out: &mut dyn Write) -> Resu
         .clone()
         .or_else(|| disk.recovery_name.clone())
         .unwrap_or_else(|| DEFAULT_STICK_NAME.to_string());
-    let source = &args.source;
+    with_source(&args.source, &name, |source, description| {
+        install_from(
+            &mut disk,
+            &mut DynSource(source),
+            description,
+            args,
+            Flow::VerifyFirst,
+            out,
+        )
+    })
+}
+
+/// Any image source whose reads fail with `std::io::Error` (a file, a file on a stick's FAT,
+/// an HTTP download).
+pub type AnySource<'s> = dyn ImageSource<Error = std::io::Error> + 's;
+
+/// An [`AnySource`] behind a reference, as a sized [`ImageSource`] for the generic reader.
+pub struct DynSource<'r, 's>(pub &'r mut AnySource<'s>);
+
+impl std::fmt::Debug for DynSource<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DynSource")
+    }
+}
+
+impl ImageSource for DynSource<'_, '_> {
+    type Error = std::io::Error;
+
+    fn size(&mut self) -> std::io::Result<u64> {
+        self.0.size()
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(offset, buffer)
+    }
+}
+
+/// Opens the `.zi` at `source` (a file, a USB stick or stick image holding `name` on its FAT,
+/// or a mounted stick directory) and hands it to `use_source` with a description for messages.
+pub fn with_source<T>(
+    source: &Path,
+    name: &str,
+    use_source: impl FnOnce(&mut AnySource<'_>, &str) -> Result<T>,
+) -> Result<T> {
     if source.is_dir() {
-        let path = find_file_in_dir(source, &name)?;
+        let path = find_file_in_dir(source, name)?;
         let mut file = FileSource::open(&path)?;
-        return install_from(&mut disk, &mut file, &path.display().to_string(), args, out);
+        return use_source(&mut file, &path.display().to_string());
     }
     let mut magic = [0u8; 8];
     let mut file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
@@ -158,16 +229,10 @@ pub fn install(target: &Target, args: &InstallArgs, out: &mut dyn Write) -> Resu
         .with_context(|| format!("{}: reading its first bytes", source.display()))?;
     if magic == MAGIC {
         let mut file = FileSource::open(source)?;
-        return install_from(
-            &mut disk,
-            &mut file,
-            &source.display().to_string(),
-            args,
-            out,
-        );
+        return use_source(&mut file, &source.display().to_string());
     }
     // A stick: its FAT (whole device or first FAT partition) holds the image.
-    let (start, length) = stick_volume(&file, source)?;
+    let (start, length) = fat_volume(&file, source)?;
     let fs = fatfs::FileSystem::new(
         Window::new(&mut file, start, length),
         fatfs::FsOptions::new(),
@@ -196,11 +261,11 @@ pub fn install(target: &Target, args: &InstallArgs, out: &mut dyn Write) -> Resu
         None => image.file.seek(SeekFrom::End(0))?,
     };
     let description = format!("{}:{path}", source.display());
-    install_from(&mut disk, &mut image, &description, args, out)
+    use_source(&mut image, &description)
 }
 
-/// Byte range of the FAT volume on a stick (a bare FAT, or the first FAT partition).
-fn stick_volume(file: &File, source: &Path) -> Result<(u64, u64)> {
+/// Byte range of the FAT volume on a stick or disk (a bare FAT, or the first FAT partition).
+pub fn fat_volume(file: &File, source: &Path) -> Result<(u64, u64)> {
     let mut disk = FileDisk::new(file.try_clone()?)?;
     let blocks = recovery_proto::block::BlockDevice::block_count(&disk);
     let (partition, _) = recovery_proto::locate::find_boot_volume(&mut disk).map_err(|e| {
@@ -260,7 +325,8 @@ fn resolve_root(
     found.ok_or_else(|| anyhow!("{path}: slot {slot}'s root partition ({root:?}) does not exist"))
 }
 
-fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
+/// Opens the whole disk, its manifest and state, and checks that an install may start.
+pub fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
     let path = match target {
         Target::Image(path) | Target::Device(path) => path,
         Target::BootDir(_) => bail!(
@@ -513,12 +579,41 @@ fn used_bytes(image: &Image<'_>, partition: Option<u32>) -> u64 {
         .sum()
 }
 
+/// Marks the slot `bad` in the state before its first byte is written.
+fn mark_bad(disk: &mut TargetDisk, force: bool, report: &mut InstallReport) -> Result<()> {
+    let mut bad = disk.state;
+    bad.begin_install(disk.slot, force)?;
+    if disk
+        .store
+        .save_if_changed(&mut disk.opened.disk, &disk.state, &bad)?
+        .is_some()
+    {
+        report.state_bytes += SECTOR;
+    }
+    disk.state = bad;
+    Ok(())
+}
+
+/// Whether the target already holds `region`'s content at `at` (its SHA-256 matches).
+fn holds(file: &File, at: u64, region: &RegionEntry, buffer: &mut [u8]) -> bool {
+    let Some(bytes) = usize::try_from(region.length)
+        .ok()
+        .and_then(|length| buffer.get_mut(..length))
+    else {
+        return false;
+    };
+    file.read_exact_at(bytes, at).is_ok() && Sha256::digest(&*bytes).as_slice() == region.sha256
+}
+
+/// Installs the image read from `source` into `disk`'s slot (see the module docs; `flow`
+/// says whether the chunks are verified in a pass of their own first).
 #[allow(clippy::too_many_lines)] // the install sequence reads best in one place
-fn install_from<S: ImageSource<Error = std::io::Error>>(
+pub fn install_from<S: ImageSource<Error = std::io::Error>>(
     disk: &mut TargetDisk,
     source: &mut S,
     what: &str,
     args: &InstallArgs,
+    flow: Flow,
     out: &mut dyn Write,
 ) -> Result<InstallReport> {
     let started = Instant::now();
@@ -545,7 +640,6 @@ fn install_from<S: ImageSource<Error = std::io::Error>>(
         mib(target_root)
     );
 
-    // Pass 1: every chunk verified; the image's boot partition unpacked to a scratch file.
     let boot_entry = image
         .partition(boot_index)
         .ok_or_else(|| anyhow!("{what}: boot partition entry"))?;
@@ -553,50 +647,16 @@ fn install_from<S: ImageSource<Error = std::io::Error>>(
     scratch.set_len(boot_entry.size())?;
     let mut decoder = Box::new(Decoder::new());
     let mut buffer = vec![0u8; header.chunk_size as usize];
-    let mut chunks = image.chunks(0);
-    while let Some(chunk) = chunks
-        .next_chunk(&image, source, &mut decoder, &mut buffer)
-        .map_err(|e| refuse(&what_path, &e))?
-    {
-        if u32::from(chunk.region.partition) == boot_index {
-            write_content(
-                &scratch,
-                chunk.region.offset,
-                chunk.region.length,
-                &chunk.content,
-            )?;
-        }
-    }
-    let files = slot_files(&scratch, header.image_version, what)?;
-    let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
-        .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
-    drop(scratch);
-
-    // From here on the target is written. The slot is unbootable until the end.
     let mut report = InstallReport {
         image_used: used_bytes(&image, None),
         image_root_used: used_bytes(&image, Some(root_index)),
         ..InstallReport::default()
     };
-    let mut bad = disk.state;
-    bad.begin_install(slot, args.force)?;
-    if disk
-        .store
-        .save_if_changed(&mut disk.opened.disk, &disk.state, &bad)?
-        .is_some()
-    {
-        report.state_bytes += SECTOR;
-    }
-    disk.state = bad;
-
     let base = disk.root.start_lba * SECTOR;
-    for index in root_entry.first_region..root_entry.first_region + root_entry.region_count {
-        let chunk = image
-            .read_region(source, index, &mut decoder, &mut buffer)
-            .map_err(|e: ImageError<_>| refuse(&what_path, &e))?;
-        if matches!(chunk.content, Content::Skip) {
-            continue;
-        }
+    let write_root = |disk: &mut TargetDisk,
+                      report: &mut InstallReport,
+                      chunk: &recovery_proto::image::Chunk<'_>|
+     -> Result<()> {
         if let Some(limit) = args.fail_after
             && report.root_bytes >= limit
         {
@@ -611,7 +671,86 @@ fn install_from<S: ImageSource<Error = std::io::Error>>(
             chunk.region.length,
             &chunk.content,
         )?;
-    }
+        Ok(())
+    };
+
+    let (files, boot_runs) = match flow {
+        Flow::VerifyFirst => {
+            // Pass 1: every chunk verified; the image's boot partition unpacked to a scratch
+            // file.
+            let mut chunks = image.chunks(0);
+            while let Some(chunk) = chunks
+                .next_chunk(&image, source, &mut decoder, &mut buffer)
+                .map_err(|e| refuse(&what_path, &e))?
+            {
+                if u32::from(chunk.region.partition) == boot_index {
+                    write_content(
+                        &scratch,
+                        chunk.region.offset,
+                        chunk.region.length,
+                        &chunk.content,
+                    )?;
+                }
+            }
+            let files = slot_files(&scratch, header.image_version, what)?;
+            let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
+                .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
+
+            // From here on the target is written. The slot is unbootable until the end.
+            mark_bad(disk, args.force, &mut report)?;
+            for index in root_entry.first_region..root_entry.first_region + root_entry.region_count
+            {
+                let chunk = image
+                    .read_region(source, index, &mut decoder, &mut buffer)
+                    .map_err(|e: ImageError<_>| refuse(&what_path, &e))?;
+                if !matches!(chunk.content, Content::Skip) {
+                    write_root(disk, &mut report, &chunk)?;
+                }
+            }
+            (files, boot_runs)
+        }
+        Flow::Stream => {
+            // One pass in payload order. The slot is unbootable from here to the end.
+            mark_bad(disk, args.force, &mut report)?;
+            let mut disk_buffer = vec![0u8; header.chunk_size as usize];
+            for index in 0..header.region_count {
+                let region = image
+                    .region(index)
+                    .ok_or_else(|| anyhow!("{what}: region {index}"))?;
+                let partition = u32::from(region.partition);
+                let is_root = partition == root_index;
+                if !is_root && partition != boot_index || region.kind == RegionKind::Skip {
+                    continue;
+                }
+                if is_root
+                    && region.kind == RegionKind::Data
+                    && holds(&disk.file, base + region.offset, &region, &mut disk_buffer)
+                {
+                    report.reused_bytes += region.length;
+                    continue;
+                }
+                let chunk = image
+                    .read_region(source, index, &mut decoder, &mut buffer)
+                    .map_err(|e: ImageError<_>| refuse(&what_path, &e))?;
+                if is_root {
+                    write_root(disk, &mut report, &chunk)?;
+                } else {
+                    write_content(
+                        &scratch,
+                        chunk.region.offset,
+                        chunk.region.length,
+                        &chunk.content,
+                    )?;
+                }
+            }
+            let files = slot_files(&scratch, header.image_version, what)?;
+            let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
+                .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
+            (files, boot_runs)
+        }
+    };
+    drop(scratch);
+
     disk.file.sync_data()?;
     let boot_base = disk.boot.start_lba * SECTOR;
     for (at, bytes) in &boot_runs {

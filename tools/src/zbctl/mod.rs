@@ -18,6 +18,7 @@ pub mod install;
 pub mod key;
 pub mod status;
 pub mod target;
+pub mod update;
 pub mod usb;
 
 use std::io::Write;
@@ -153,6 +154,10 @@ pub enum Command {
     /// Install a `.zi` into the slot that is not ACTIVE (`--image` or `--device`) and arm it
     /// as a trial (docs/image-format.md, "Installing into a slot").
     Install(install::InstallArgs),
+    /// Over-the-air updates from zbmanifest.txt's `update_endpoint` (docs/update.md):
+    /// `update check` looks, `update apply` installs into the slot that is not ACTIVE.
+    #[command(subcommand)]
+    Update(update::UpdateCommand),
     /// USB recovery sticks: `usb create` makes a stick image holding a `.zi`.
     #[command(subcommand)]
     Usb(usb::UsbCommand),
@@ -189,6 +194,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         | Command::Usb(_)
         | Command::Bench { .. } => Ok(()),
         Command::Install(args) => install::install(&target, args, out).map(|_| ()),
+        Command::Update(command) => update::run(&target, command, out),
         Command::InitState(args) => init::init_state(&target, args, out),
         Command::Status { json } => {
             let mut opened = target::open(&target)?;
@@ -302,6 +308,14 @@ fn check_manifest(file: &std::path::Path, out: &mut dyn Write) -> Result<()> {
             manifest.recovery_image.map(str::to_string),
         ),
         ("public_key", key),
+        (
+            "update_endpoint",
+            manifest.update_endpoint.map(str::to_string),
+        ),
+        ("endpoint_type", manifest.endpoint_type.map(str::to_string)),
+        ("update_name", manifest.update_name.map(str::to_string)),
+        ("ca_cert", manifest.ca_cert.map(str::to_string)),
+        ("allow_http", manifest.allow_http.map(|v| v.to_string())),
     ] {
         if let Some(value) = value {
             writeln!(out, "  {name} = {value}")?;

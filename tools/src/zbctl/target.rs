@@ -137,7 +137,7 @@ pub fn open(target: &Target) -> Result<StateTarget> {
 
 /// The block device of a vfat/msdos file system mounted (whole) at `dir`, if any, from
 /// `/proc/self/mountinfo` (format: proc(5)).
-fn mounted_fat_device(dir: &Path) -> Option<PathBuf> {
+pub fn mounted_fat_device(dir: &Path) -> Option<PathBuf> {
     let dir = fs::canonicalize(dir).ok()?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     fat_source_in_mountinfo(&mountinfo, &dir)
