@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ok, s, zbctl};
+use common::{noise, ok, s, tar, zbctl};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,18 +31,6 @@ fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
     stderr
 }
 
-fn tar(tree: &Path, out: &Path) {
-    let status = Command::new("tar")
-        .arg("-cf")
-        .arg(out)
-        .arg("-C")
-        .arg(tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Inputs made once: a fresh disk, an image of version 5 (root 24 MiB), one whose root is
 /// 48 MiB (larger than the disk's 32 MiB root partitions), and a key pair.
 struct Fixture {
@@ -54,11 +42,6 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        let noise = |len: usize, seed: u8| -> Vec<u8> {
-            (0..len)
-                .map(|i| ((i * 7919) >> 3) as u8 ^ seed.wrapping_mul(i as u8))
-                .collect()
-        };
         fs::write(p.join("zboot.img"), noise(70_000, 1)).unwrap();
         fs::write(p.join("kernel"), noise(300_001, 2)).unwrap();
         ok(&["key", "generate", "-o", s(&p.join("release"))]);

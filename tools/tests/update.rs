@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{ok, s, zbctl};
+use common::{noise, ok, s, tar, zbctl};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -281,18 +281,6 @@ fn serve(
 // ---------------------------------------------------------------------------------------------
 // Disks and images.
 
-fn tar(tree: &Path, out: &Path) {
-    let status = Command::new("tar")
-        .arg("-cf")
-        .arg(out)
-        .arg("-C")
-        .arg(tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// A disk with slot A at version 3; images of version 5 (`os.zi`), 3 (`same.zi`) and a
 /// version 5 whose root (48 MiB) does not fit the disk's 32 MiB root partitions (`big.zi`).
 struct Fixture {
@@ -304,11 +292,6 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        let noise = |len: usize, seed: u8| -> Vec<u8> {
-            (0..len)
-                .map(|i| ((i * 7919) >> 3) as u8 ^ seed.wrapping_mul(i as u8))
-                .collect()
-        };
         fs::write(p.join("zboot.img"), noise(70_000, 1)).unwrap();
         fs::write(p.join("kernel"), noise(300_001, 2)).unwrap();
         ok(&[

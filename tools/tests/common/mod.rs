@@ -27,3 +27,25 @@ pub fn ok(args: &[&str]) -> String {
 pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Tars the contents of `tree` into `out` (plain tar, as `image convert`
+/// takes it).
+pub fn tar(tree: &Path, out: &Path) {
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(out)
+        .arg("-C")
+        .arg(tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `len` bytes that do not compress well, different per `seed` (stand-in
+/// loaders, kernels and root files).
+pub fn noise(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 7919) >> 3) as u8 ^ seed.wrapping_mul(i as u8))
+        .collect()
+}
