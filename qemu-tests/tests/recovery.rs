@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use common::zbctl;
@@ -73,9 +74,10 @@ impl Kit {
         if let Some(megabytes) = payload_megabytes {
             let root = dir.path().join("root-b");
             std::fs::create_dir(&root).unwrap();
-            let text: String = (0..megabytes * 1024 * 1024 / 32)
-                .map(|line| format!("zboot payload line {line:>12}\n"))
-                .collect();
+            let text = (0..megabytes * 1024 * 1024 / 32).fold(String::new(), |mut text, line| {
+                let _ = writeln!(text, "zboot payload line {line:>12}");
+                text
+            });
             std::fs::write(root.join("payload.txt"), text).unwrap();
             args.push("--root".into());
             args.push(format!("B={}/", root.display()));
