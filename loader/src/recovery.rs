@@ -514,7 +514,7 @@ impl ProgressReport<'_> {
             // The write pass keeps its wording ("recovery: 30%"); the
             // verify pass says what it does.
             log::info!(
-                "recovery: {}{}% ({} MiB of data, {} KiB/s)",
+                "recovery: {}{}% ({} MiB of the disk done, {} KiB/s)",
                 match pass {
                     Pass::Verify => "verified ",
                     Pass::Write => "",

@@ -31,7 +31,8 @@ enum Task {
         test_build: bool,
     },
     /// Build zboot and an eMMC image whose slots A and B fail, and boot it on
-    /// QEMU raspi4b until the fallback reaches SAFE, showing every console.
+    /// QEMU raspi4b until the fallback reaches SAFE; then reflash a blank
+    /// (bricked) eMMC from a USB stick and boot A. Every console is shown.
     Demo {
         /// Only boot the loader without a card (the banner, then it waits).
         #[arg(long)]
@@ -70,7 +71,8 @@ fn main() -> Result<()> {
             if no_disk {
                 demo(dtb, no_dtb, timeout)
             } else {
-                fallback_demo(timeout)
+                fallback_demo(timeout)?;
+                recovery_demo(timeout)
             }
         }
         Task::Test { cargo_args } => test(&cargo_args),
@@ -411,6 +413,76 @@ fn fallback_demo(timeout: u64) -> Result<()> {
         }
     }
     bail!("SAFE was not reached in 8 boots")
+}
+
+/// The second act: a bricked unit (blank eMMC) is reflashed from a USB
+/// stick, resets, and boots A.
+fn recovery_demo(timeout: u64) -> Result<()> {
+    let dir = workspace_root()
+        .join("target")
+        .join("zboot")
+        .join("demo-recovery");
+    let golden = demo_disk(
+        &dir,
+        &[("A", "good"), ("B", "good"), ("SAFE", "good")],
+        None,
+    )?;
+    let text = |path: &std::path::Path| path.display().to_string();
+    let zi = dir.join("os.zi");
+    let stick = dir.join("stick.img");
+    zbctl(&[
+        "image",
+        "convert",
+        "--from-disk",
+        &text(&golden),
+        "-o",
+        &text(&zi),
+        "--name",
+        "os",
+        "--version",
+        "1",
+    ])?;
+    zbctl(&["usb", "create", "--zi", &text(&zi), "-o", &text(&stick)])?;
+    let emmc = dir.join("bricked.img");
+    std::fs::File::create(&emmc)?.set_len(std::fs::metadata(&golden)?.len())?;
+    let loader = LoaderImage::get(LoaderBuild::Release)?;
+    let dtb = minimal_dtb()?;
+    println!();
+    println!("zboot demo, part 2: a bricked unit. Its eMMC is blank (all zeros); a USB stick");
+    println!("made with `zbctl image convert` + `zbctl usb create` holds the image.");
+    println!(
+        "eMMC image: {}, stick: {}\n",
+        emmc.display(),
+        stick.display()
+    );
+    println!("=== power-on with the stick ===");
+    let run = Qemu::new(&loader.image)
+        .dtb(&dtb)
+        .emmc(&emmc)
+        .usb_stick(&stick)
+        .echo(true)
+        .timeout(Duration::from_secs(timeout.max(300)))
+        .run()?;
+    ensure!(
+        run.ending == Ending::GuestReset && run.console.contains("recovery: image written"),
+        "the reflash did not complete ({:?})",
+        run.ending
+    );
+    println!("=== power-on without the stick ===");
+    let run = Qemu::new(&loader.image)
+        .dtb(&dtb)
+        .emmc(&emmc)
+        .echo(true)
+        .timeout(Duration::from_secs(timeout))
+        .run()?;
+    let status = zbctl(&["status", "--image", &text(&emmc)])?;
+    println!("--- zbctl status ---\n{status}");
+    ensure!(
+        run.console.contains("zboot.slot=A"),
+        "A did not boot after the reflash"
+    );
+    println!("The unit was reflashed from the stick and boots A: recovery is complete.");
+    Ok(())
 }
 
 fn cargo() -> Command {
