@@ -940,10 +940,15 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            for word in block.chunks_exact(4) {
-                self.registers
-                    .buffer_data_port
-                    .set(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+            let port = &self.registers.buffer_data_port;
+            if let Some(words) = aligned_words(block) {
+                for &word in words {
+                    port.set(u32::from_le(word));
+                }
+            } else {
+                for word in block.chunks_exact(4) {
+                    port.set(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+                }
             }
         }
         // Transfer Complete follows the card's busy after the last block
@@ -1056,8 +1061,15 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            for word in block.chunks_exact_mut(4) {
-                word.copy_from_slice(&self.registers.buffer_data_port.get().to_le_bytes());
+            let port = &self.registers.buffer_data_port;
+            if let Some(words) = aligned_words_mut(block) {
+                for word in words {
+                    *word = port.get().to_le();
+                }
+            } else {
+                for word in block.chunks_exact_mut(4) {
+                    word.copy_from_slice(&port.get().to_le_bytes());
+                }
             }
         }
         self.wait_interrupt(
@@ -1266,12 +1278,47 @@ impl fmt::Debug for Emmc2 {
     }
 }
 
+/// `bytes` as 32-bit words, if it starts on a word boundary and is a whole
+/// number of words. The PIO loops then move a word per load or store:
+/// `aarch64-unknown-none` builds with strict alignment, so words assembled
+/// from bytes cost four byte accesses and three ORs each (12 instructions
+/// a word instead of 5, measured on the reflash benchmark).
+fn aligned_words(bytes: &[u8]) -> Option<&[u32]> {
+    // SAFETY: any four bytes are a valid `u32`; `align_to` returns only the
+    // aligned middle part of `bytes`, which it borrows.
+    let (head, words, tail) = unsafe { bytes.align_to::<u32>() };
+    (head.is_empty() && tail.is_empty()).then_some(words)
+}
+
+/// [`aligned_words`] for a buffer to fill.
+fn aligned_words_mut(bytes: &mut [u8]) -> Option<&mut [u32]> {
+    // SAFETY: as in `aligned_words`; any `u32` written is valid as bytes.
+    let (head, words, tail) = unsafe { bytes.align_to_mut::<u32>() };
+    (head.is_empty() && tail.is_empty()).then_some(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     extern crate std;
     use std::string::ToString;
+
+    #[test]
+    fn aligned_words_only_for_word_aligned_whole_words() {
+        #[repr(align(4))]
+        struct Aligned([u8; 12]);
+        let mut buffer = Aligned([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let words = aligned_words(&buffer.0[..8]).unwrap();
+        assert_eq!(u32::from_le(words[0]), 0x0403_0201);
+        assert_eq!(u32::from_le(words[1]), 0x0807_0605);
+        assert!(aligned_words(&buffer.0[1..9]).is_none(), "misaligned");
+        assert!(aligned_words(&buffer.0[..6]).is_none(), "not whole words");
+        let words = aligned_words_mut(&mut buffer.0[4..12]).unwrap();
+        words[0] = 0xa0b0_c0d0_u32.to_le();
+        assert_eq!(buffer.0[4..8], [0xd0, 0xc0, 0xb0, 0xa0]);
+        assert!(aligned_words_mut(&mut buffer.0[2..10]).is_none());
+    }
 
     #[test]
     fn errors_name_the_command_and_status() {
