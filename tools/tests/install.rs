@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{noise, ok, s, tar, zbctl};
+use common::{cmdline_file, noise, ok, s, tar, zbctl, zbctl_env};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -436,5 +436,86 @@ fn interrupted_install_leaves_b_not_bootable_and_a_active() {
     assert_active_untouched(&before, &disk);
     // The next try completes.
     ok(&["--image", s(&disk), "install", s(&f.path("os.zi"))]);
+    assert_eq!(slot_state(&status(&disk), "B"), "trial");
+}
+
+#[test]
+fn the_running_slot_is_never_written() {
+    let f = fixture();
+    let (dir, disk) = f.copy("disk.img");
+    let zi = f.path("os.zi");
+    let on_device = |cmdline: &str, extra: &[&str]| {
+        let cmdline = cmdline_file(dir.path(), cmdline);
+        let mut args = vec!["--device", s(&disk), "install"];
+        args.extend_from_slice(extra);
+        args.push(s(&zi));
+        zbctl_env(&args, &[("ZBCTL_PROC_CMDLINE", cmdline.as_os_str())])
+    };
+    // `zbctl try B` and a reboot: ACTIVE is A, the system runs from B, which install picks.
+    ok(&["--image", s(&disk), "try", "B"]);
+    let before = fs::read(&disk).unwrap();
+    let out = on_device("console=ttyAMA0 zboot.slot=B zboot.attempt=1", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("booted from it"), "{stderr}");
+    assert!(stderr.contains("nothing written"), "{stderr}");
+    assert!(
+        fs::read(&disk).unwrap() == before,
+        "the running slot was written"
+    );
+    // `zbctl set-active B` without a reboot: the system still runs from A, which install now
+    // picks; --force (install over a trial's fallback) does not override this.
+    ok(&["--image", s(&disk), "set-active", "B"]);
+    let before = fs::read(&disk).unwrap();
+    let out = on_device("console=ttyAMA0 zboot.slot=A", &["--force"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("slot A"), "{stderr}");
+    assert!(
+        fs::read(&disk).unwrap() == before,
+        "the running slot was written"
+    );
+    // After the reboot into B, A may be written.
+    let out = on_device("console=ttyAMA0 zboot.slot=B", &["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(slot_state(&status(&disk), "A"), "trial");
+}
+
+#[test]
+fn install_takes_the_update_lock() {
+    let f = fixture();
+    let (dir, disk) = f.copy("disk.img");
+    let before = fs::read(&disk).unwrap();
+    let lock_path = dir.path().join("update.lock");
+    let lock = fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    let out = zbctl(&[
+        "--image",
+        s(&disk),
+        "install",
+        "--lock",
+        s(&lock_path),
+        s(&f.path("os.zi")),
+    ]);
+    assert_eq!(out.status.code(), Some(8));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("another zbctl update or install is running"),
+        "{stdout}"
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+    drop(lock);
+    ok(&[
+        "--image",
+        s(&disk),
+        "install",
+        "--lock",
+        s(&lock_path),
+        s(&f.path("os.zi")),
+    ]);
     assert_eq!(slot_state(&status(&disk), "B"), "trial");
 }

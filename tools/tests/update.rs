@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{noise, ok, s, tar, zbctl};
+use common::{cmdline_file, noise, ok, s, tar, zbctl, zbctl_env};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -48,6 +48,18 @@ enum Behaviour {
     Redirect(&'static str),
     /// Serves the bytes as `text/html`.
     WrongType,
+    /// Cut once at the first offset; from then on the file has changed on the server: the
+    /// byte at the second offset differs and the ETag is another.
+    CutThenChange(u64, u64),
+    /// Cut once at this offset; from then on the answers carry no ETag (same bytes).
+    CutThenNoEtag(u64),
+    /// From this offset on, one byte every 100 ms (for at most 30 s, then the connection
+    /// closes).
+    Drip(u64),
+    /// Sends up to this offset, then nothing for a minute.
+    StallAt(u64),
+    /// Sends up to this offset, then waits until [`Server::release`] is set.
+    PauseAt(u64),
 }
 
 struct Route {
@@ -55,6 +67,11 @@ struct Route {
     behaviour: Behaviour,
     cut_done: AtomicBool,
 }
+
+/// Set by a test to let a [`Behaviour::PauseAt`] response go on.
+static RELEASE: AtomicBool = AtomicBool::new(false);
+/// Set by the server when a [`Behaviour::PauseAt`] response has reached its offset.
+static PAUSED: AtomicBool = AtomicBool::new(false);
 
 struct Server {
     port: u16,
@@ -217,7 +234,23 @@ fn serve(
             _ if path.ends_with("latest") => "text/plain",
             _ => "application/octet-stream",
         };
-        let total = route.bytes.len() as u64;
+        let cut_done = route.cut_done.load(Ordering::SeqCst);
+        let etag = match route.behaviour {
+            Behaviour::CutThenChange(..) if cut_done => "ETag: \"zi-2\"\r\n",
+            Behaviour::CutThenNoEtag(_) if cut_done => "",
+            _ => "ETag: \"zi-1\"\r\n",
+        };
+        let changed;
+        let bytes = match route.behaviour {
+            Behaviour::CutThenChange(_, flip) if cut_done => {
+                let mut copy = route.bytes.clone();
+                copy[usize::try_from(flip).unwrap()] ^= 0x40;
+                changed = copy;
+                &changed
+            }
+            _ => &route.bytes,
+        };
+        let total = bytes.len() as u64;
         // RFC 9110 §14.1.2: `bytes=first-[last]`, last clamped to the end.
         let (first, last) = if let Some(spec) =
             range.as_deref().and_then(|r| r.strip_prefix("bytes="))
@@ -251,26 +284,71 @@ fn serve(
         };
         write!(
             out,
-            "Content-Type: {kind}\r\nETag: \"zi-1\"\r\nAccept-Ranges: bytes\r\n\
+            "Content-Type: {kind}\r\n{etag}Accept-Ranges: bytes\r\n\
              Content-Length: {}\r\n\r\n",
             last + 1 - first
         )?;
         let mut end = last + 1;
+        let mut slow = None;
         match route.behaviour {
             Behaviour::CutOnce(at)
+            | Behaviour::CutThenChange(at, _)
+            | Behaviour::CutThenNoEtag(at)
                 if (first..end).contains(&at) && !route.cut_done.swap(true, Ordering::SeqCst) =>
             {
                 end = at;
             }
             Behaviour::CutAlways(at) if (first..end).contains(&at) => end = at,
+            Behaviour::Drip(at) | Behaviour::StallAt(at) | Behaviour::PauseAt(at)
+                if (first..end).contains(&at) =>
+            {
+                slow = Some((route.behaviour, end));
+                end = at;
+            }
             _ => {}
         }
-        let body = &route.bytes[usize::try_from(first).unwrap()..usize::try_from(end).unwrap()];
+        let body = &bytes[usize::try_from(first).unwrap()..usize::try_from(end).unwrap()];
         for piece in body.chunks(64 << 10) {
             out.write_all(piece)?;
             sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
         }
         out.flush()?;
+        if let Some((behaviour, rest_end)) = slow {
+            match behaviour {
+                Behaviour::Drip(_) => {
+                    let started = Instant::now();
+                    for byte in &bytes[usize::try_from(end).unwrap()..] {
+                        if started.elapsed() > Duration::from_secs(30) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                        out.write_all(std::slice::from_ref(byte))?;
+                        out.flush()?;
+                        sent.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Behaviour::StallAt(_) => {
+                    std::thread::sleep(Duration::from_mins(1));
+                    return Ok(());
+                }
+                _ => {
+                    PAUSED.store(true, Ordering::SeqCst);
+                    let started = Instant::now();
+                    while !RELEASE.load(Ordering::SeqCst) {
+                        if started.elapsed() > Duration::from_mins(1) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let rest =
+                        &bytes[usize::try_from(end).unwrap()..usize::try_from(rest_end).unwrap()];
+                    out.write_all(rest)?;
+                    out.flush()?;
+                    sent.fetch_add(rest.len() as u64, Ordering::SeqCst);
+                    end = rest_end;
+                }
+            }
+        }
         if end != last + 1 {
             // Cut: the connection goes away without the rest (and without TLS close_notify).
             return Ok(());
@@ -374,6 +452,16 @@ fn fixture() -> &'static Fixture {
             "--key",
             s(&p.join("release.key")),
         ]);
+        // Signed, but by a key the disks do not trust.
+        ok(&["key", "generate", "-o", s(&p.join("other"))]);
+        fs::copy(p.join("os.zi"), p.join("other.zi")).unwrap();
+        ok(&[
+            "image",
+            "sign",
+            s(&p.join("other.zi")),
+            "--key",
+            s(&p.join("other.key")),
+        ]);
         Fixture { dir }
     })
 }
@@ -442,6 +530,18 @@ impl Disk {
         all.extend_from_slice(&["--lock", s(&lock)]);
         all.extend_from_slice(&args[1..]);
         zbctl(&all)
+    }
+
+    /// `zbctl --device <disk> update <args>` (the running system's view: the kernel command
+    /// line, here `cmdline`, says which slot is running) with a private lock file.
+    fn update_device(&self, args: &[&str], cmdline: &str) -> Output {
+        let lock = self.dir.path().join("update.lock");
+        let cmdline = cmdline_file(self.dir.path(), cmdline);
+        let mut all = vec!["--device", s(&self.path), "update"];
+        all.extend_from_slice(&args[..1]);
+        all.extend_from_slice(&["--lock", s(&lock)]);
+        all.extend_from_slice(&args[1..]);
+        zbctl_env(&all, &[("ZBCTL_PROC_CMDLINE", cmdline.as_os_str())])
     }
 
     fn unchanged(&self) -> bool {
@@ -915,11 +1015,12 @@ fn image_for_another_layout_is_refused() {
         Some("localhost"),
     );
     let disk = disk_for(&server, "/big.zi");
-    expect(
+    let text = expect(
         &disk.update(&["apply"]),
         1,
-        &["50331648 bytes", "root partition 3"],
+        &["50331648 bytes", "root partition 3", "nothing was written"],
     );
+    assert!(!text.contains("stays marked bad"), "{text}");
     assert!(disk.unchanged());
 }
 
@@ -960,14 +1061,29 @@ fn latest_pointer_over_plain_http_needs_allow_http() {
                 b"# written by the release job\nimage=os-5.zi\n".to_vec(),
                 Behaviour::Normal,
             ),
-            ("/fleet/os-5.zi", f.bytes("os.zi"), Behaviour::Normal),
+            ("/fleet/os-5.zi", f.bytes("signed.zi"), Behaviour::Normal),
         ],
         None,
     );
     let url = server.url("/fleet/");
     let disk = f.disk(&format!("update_endpoint={url}\n"));
     expect(&disk.update(&["check"]), 1, &["allow_http=yes"]);
+    // allow_http=yes alone would let anyone on the path install an image: refused.
     let disk = f.disk(&format!("update_endpoint={url}\nallow_http=yes\n"));
+    for command in ["check", "apply"] {
+        expect(
+            &disk.update(&[command]),
+            1,
+            &["plain HTTP", "no public_key=", "allow_http=yes"],
+        );
+    }
+    assert!(disk.unchanged());
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    let key = fs::read_to_string(f.path("release.pub")).unwrap();
+    let disk = f.disk(&format!(
+        "update_endpoint={url}\nallow_http=yes\npublic_key={}\n",
+        key.trim()
+    ));
     expect(
         &disk.update(&["check"]),
         0,
@@ -985,10 +1101,36 @@ fn two_runs_never_overlap() {
     expect(
         &disk.update(&["apply"]),
         8,
-        &["another zbctl update is running"],
+        &["another zbctl update or install is running"],
     );
+    // `zbctl install` takes the same lock: it cannot edit the state and the FAT meanwhile.
+    let out = zbctl(&[
+        "--image",
+        s(&disk.path),
+        "install",
+        "--lock",
+        s(&disk.dir.path().join("update.lock")),
+        s(&f.path("os.zi")),
+    ]);
+    expect(&out, 8, &["another zbctl update or install is running"]);
+    assert!(disk.unchanged(), "install wrote while the lock was held");
     drop(lock);
     expect(&disk.update(&["apply"]), 1, &["/nonexistent/stick.img"]);
+    // Without --lock, for an --image target both lock the image file itself.
+    let image_lock = fs::File::open(&disk.path).unwrap();
+    image_lock.try_lock().unwrap();
+    expect(
+        &zbctl(&["--image", s(&disk.path), "install", s(&f.path("os.zi"))]),
+        8,
+        &["another zbctl update or install is running"],
+    );
+    expect(
+        &zbctl(&["--image", s(&disk.path), "update", "apply"]),
+        8,
+        &["another zbctl update or install is running"],
+    );
+    assert!(disk.unchanged());
+    drop(image_lock);
 }
 
 #[test]
@@ -1020,4 +1162,188 @@ fn provisioned_key_refuses_an_unsigned_image_before_any_write() {
     expect(&disk.update(&["apply"]), 0, &["installed os version 5"]);
     assert_eq!(disk.slot_state("B"), "trial");
     disk.assert_root_b_is(&f.bytes("os.zi"));
+}
+
+#[test]
+fn image_signed_by_another_key_is_refused_saying_nothing_was_written() {
+    let f = fixture();
+    let server = Server::start(
+        vec![("/other.zi", f.bytes("other.zi"), Behaviour::Normal)],
+        Some("localhost"),
+    );
+    let key = fs::read_to_string(f.path("release.pub")).unwrap();
+    let (url, pem) = (server.url("/other.zi"), server.ca.clone().unwrap());
+    let disk = f.disk_in(|dir| {
+        let ca = dir.join("ca.pem");
+        fs::write(&ca, pem).unwrap();
+        format!("{}public_key={}\n", https_manifest(&url, &ca), key.trim())
+    });
+    for command in ["check", "apply"] {
+        let text = expect(
+            &disk.update(&[command]),
+            4,
+            &["signed by another key", "nothing was written"],
+        );
+        assert!(!text.contains("stays marked bad"), "{text}");
+    }
+    assert!(disk.unchanged(), "the disk was written");
+    // The trailer is read once per run, with a bounded range (not the payload stream).
+    let trailer_reads = server
+        .requests()
+        .iter()
+        .filter(|r| r.ends_with(&format!("-{}", f.bytes("other.zi").len() - 1)))
+        .count();
+    assert_eq!(trailer_reads, 2, "{:?}", server.requests());
+    assert!(
+        server.requests().iter().all(|r| !r.ends_with('-')),
+        "an open-ended (payload) request: {:?}",
+        server.requests()
+    );
+}
+
+#[test]
+fn running_slot_is_never_the_one_written() {
+    let f = fixture();
+    let server = Server::start(
+        vec![("/os.zi", f.bytes("os.zi"), Behaviour::Normal)],
+        Some("localhost"),
+    );
+    // `zbctl try B` and a reboot: ACTIVE is still A, the system runs from B, and B is the
+    // slot an update goes to.
+    let disk = disk_for(&server, "/os.zi");
+    ok(&["--image", s(&disk.path), "try", "B"]);
+    let before = fs::read(&disk.path).unwrap();
+    let running_b = "console=ttyAMA0 root=PARTUUID=1a2b3c4d-03 zboot.slot=B zboot.attempt=1";
+    let text = expect(
+        &disk.update_device(&["apply"], running_b),
+        9,
+        &[
+            "slot B",
+            "booted from it",
+            "zboot.slot=B",
+            "nothing written",
+        ],
+    );
+    assert!(!text.contains("error"), "{text}");
+    assert!(
+        fs::read(&disk.path).unwrap() == before,
+        "the running slot was written"
+    );
+    // Running from A (the one-shot was not taken yet): B may be written.
+    let running_a = "console=ttyAMA0 zboot.slot=A";
+    expect(
+        &disk.update_device(&["apply"], running_a),
+        0,
+        &["installed os version 5", "into slot B"],
+    );
+    disk.assert_root_b_is(&f.bytes("os.zi"));
+}
+
+#[test]
+fn state_changed_by_another_command_meanwhile_is_not_overwritten() {
+    let f = fixture();
+    let image = f.bytes("os.zi");
+    let pause = root_payload_offset(&image, 0.5);
+    let server = Server::start(
+        vec![("/os.zi", image, Behaviour::PauseAt(pause))],
+        Some("localhost"),
+    );
+    let disk = disk_for(&server, "/os.zi");
+    let lock = disk.dir.path().join("update.lock");
+    let child = Command::new(env!("CARGO_BIN_EXE_zbctl"))
+        .args([
+            "--image",
+            s(&disk.path),
+            "update",
+            "apply",
+            "--lock",
+            s(&lock),
+            "--timeout",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !PAUSED.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no download");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The download is under way (B is marked bad); a command without the lock edits the state.
+    ok(&["--image", s(&disk.path), "request-recovery"]);
+    RELEASE.store(true, Ordering::SeqCst);
+    let out = child.wait_with_output().unwrap();
+    expect(
+        &out,
+        1,
+        &["changed while installing", "another zbctl command"],
+    );
+    let json = disk.status();
+    assert_eq!(json["recovery_requested"], true, "the edit was undone");
+    assert_eq!(json["active"], "A");
+    assert_eq!(disk.slot_state("B"), "bad");
+    assert_eq!(disk.slot_state("A"), "good");
+}
+
+#[test]
+fn file_changed_between_the_cut_and_the_resume_is_refused() {
+    let f = fixture();
+    let image = f.bytes("os.zi");
+    let cut = root_payload_offset(&image, 0.4);
+    let later = root_payload_offset(&image, 0.9);
+    for (behaviour, why) in [
+        (
+            Behaviour::CutThenChange(cut, later),
+            "ETag \"zi-1\" then \"zi-2\"",
+        ),
+        (Behaviour::CutThenNoEtag(cut), "the resumed answer has none"),
+    ] {
+        let server = Server::start(
+            vec![("/os.zi", image.clone(), behaviour)],
+            Some("localhost"),
+        );
+        let disk = disk_for(&server, "/os.zi");
+        expect(
+            &disk.update(&["apply", "--timeout", "5"]),
+            7,
+            &[
+                "the file changed on the server during the download",
+                why,
+                "stays marked bad",
+            ],
+        );
+        assert_eq!(disk.slot_state("B"), "bad");
+        disk.assert_active_untouched();
+    }
+}
+
+#[test]
+fn dripping_or_stalling_server_mid_body_is_cut_off_in_bounded_time() {
+    let f = fixture();
+    let image = f.bytes("os.zi");
+    let at = root_payload_offset(&image, 0.5);
+    for (behaviour, why) in [
+        (Behaviour::Drip(at), "too slow"),
+        (Behaviour::StallAt(at), "timeout"),
+    ] {
+        let server = Server::start(
+            vec![("/os.zi", image.clone(), behaviour)],
+            Some("localhost"),
+        );
+        let disk = disk_for(&server, "/os.zi");
+        let started = Instant::now();
+        expect(
+            &disk.update(&["apply", "--timeout", "2", "--retries", "1"]),
+            7,
+            &[why, "after 1 resumed attempts", "stays marked bad"],
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(disk.slot_state("B"), "bad");
+        disk.assert_active_untouched();
+    }
 }

@@ -53,8 +53,8 @@ const SLOT_FILES: [(&str, &[&str]); 4] = [
     ("cmdline.txt", &["cmdline.txt"]),
 ];
 
-/// Manifest buffer for images read by install (64 bytes per entry).
-const MANIFEST_BUFFER: usize = 16 << 20;
+/// Manifest buffer for images read by install and update (64 bytes per entry).
+pub const MANIFEST_BUFFER: usize = 16 << 20;
 
 /// Arguments of `zbctl install` (the target is `--image` or `--device`).
 #[derive(Debug, Args)]
@@ -136,13 +136,17 @@ pub struct TargetDisk {
     active_root: Option<Partition>,
     /// The slot the image goes to (the A/B slot that is not ACTIVE).
     pub slot: Slot,
-    key: Option<[u8; 32]>,
+    /// The key images must be signed with (`--pubkey`, else `public_key=`).
+    pub key: Option<[u8; 32]>,
     /// `recovery_image=` of the target's zbmanifest.txt.
     pub recovery_name: Option<String>,
     /// The slot state as read.
     pub state: State,
     opened: target::StateTarget,
     store: recovery_proto::store::RedundantStore,
+    /// The install has begun writing: the slot was marked `bad` (from then on a failure
+    /// leaves it so).
+    pub touched: bool,
 }
 
 impl TargetDisk {
@@ -166,8 +170,20 @@ pub enum Flow {
     Stream,
 }
 
-/// Runs `zbctl install`.
+/// Runs `zbctl install` holding the default lock (see [`install_locked`]).
 pub fn install(target: &Target, args: &InstallArgs, out: &mut dyn Write) -> Result<InstallReport> {
+    install_locked(target, args, None, out)
+}
+
+/// Runs `zbctl install` holding the lock `zbctl update` takes (`lock`, else its default), so
+/// the two never edit the state and the boot partition at the same time.
+pub fn install_locked(
+    target: &Target,
+    args: &InstallArgs,
+    lock: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<InstallReport> {
+    let _lock = super::update::lock(target, lock)?;
     let mut disk = open_target(target, args)?;
     let name = args
         .name
@@ -175,15 +191,35 @@ pub fn install(target: &Target, args: &InstallArgs, out: &mut dyn Write) -> Resu
         .or_else(|| disk.recovery_name.clone())
         .unwrap_or_else(|| DEFAULT_STICK_NAME.to_string());
     with_source(&args.source, &name, |source, description| {
+        let mut source = DynSource(source);
+        let mut manifest_buffer = vec![0u8; MANIFEST_BUFFER];
+        let image = open_image(
+            &mut source,
+            &mut manifest_buffer,
+            disk.key.as_ref(),
+            description,
+        )?;
         install_from(
             &mut disk,
-            &mut DynSource(source),
+            &image,
+            &mut source,
             description,
             args,
             Flow::VerifyFirst,
             out,
         )
     })
+}
+
+/// Reads and checks the image's header, signature (against `key`) and manifest: the
+/// [`Image`] that [`install_from`] installs. Refusals carry their exit code.
+pub fn open_image<'m, S: ImageSource<Error = std::io::Error>>(
+    source: &mut S,
+    manifest_buffer: &'m mut [u8],
+    key: Option<&[u8; 32]>,
+    what: &str,
+) -> Result<Image<'m>> {
+    Image::open(source, manifest_buffer, key).map_err(|e| refuse(Path::new(what), &e))
 }
 
 /// Any image source whose reads fail with `std::io::Error` (a file, a file on a stick's FAT,
@@ -308,6 +344,45 @@ fn read_fat_file<T: fatfs::ReadWriteSeek>(
     Ok(Some(bytes))
 }
 
+/// The byte range of the disk's FAT boot partition (`Partitions::boot_partition`, as install
+/// and the loader find it).
+fn boot_partition_of(file: &File, path: &Path) -> Result<Partition> {
+    let partitions = Partitions::read(&mut FileDisk::new(file.try_clone()?)?).map_err(|e| {
+        anyhow!(
+            "{}: no partition table at sector 0 (byte 0): {e:?}; give the whole disk \
+             (e.g. /dev/mmcblk0, not a partition)",
+            path.display()
+        )
+    })?;
+    partitions
+        .boot_partition()
+        .ok_or_else(|| anyhow!("{}: no FAT boot partition", path.display()))
+}
+
+/// A file at the root of the FAT in `boot` of the disk `file` (`None` if it is not there).
+fn read_boot_partition_file(
+    file: &mut File,
+    boot: Partition,
+    path: &Path,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    let fs = fatfs::FileSystem::new(
+        Window::new(file, boot.start_lba * SECTOR, boot.sectors * SECTOR),
+        fatfs::FsOptions::new(),
+    )
+    .with_context(|| format!("{}: partition {}: FAT", path.display(), boot.number))?;
+    read_fat_file(&fs.root_dir(), name)
+        .with_context(|| format!("{}: partition {}", path.display(), boot.number))
+}
+
+/// A file of the FAT boot partition of the whole disk (or disk image) at `path`, e.g.
+/// `zbmanifest.txt` or `A/slot.txt` (`None` if it is not there).
+pub fn read_boot_file(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let boot = boot_partition_of(&file, path)?;
+    read_boot_partition_file(&mut file, boot, path, name)
+}
+
 fn resolve_root(
     partitions: &Partitions,
     slot: Slot,
@@ -346,18 +421,9 @@ pub fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
             path.display()
         )
     })?;
-    let boot = partitions
-        .boot_partition()
-        .ok_or_else(|| anyhow!("{}: no FAT boot partition", path.display()))?;
-    let manifest_bytes = {
-        let fs = fatfs::FileSystem::new(
-            Window::new(&mut file, boot.start_lba * SECTOR, boot.sectors * SECTOR),
-            fatfs::FsOptions::new(),
-        )
-        .with_context(|| format!("{}: partition {}: FAT", path.display(), boot.number))?;
-        read_fat_file(&fs.root_dir(), "zbmanifest.txt")?
-    };
-    let manifest_bytes = manifest_bytes.unwrap_or_default();
+    let boot = boot_partition_of(&file, path)?;
+    let manifest_bytes =
+        read_boot_partition_file(&mut file, boot, path, "zbmanifest.txt")?.unwrap_or_default();
     let manifest = Manifest::parse(&manifest_bytes)
         .map_err(|e| anyhow!("{}: zbmanifest.txt: {e}", path.display()))?;
     let key = match &args.pubkey {
@@ -367,6 +433,25 @@ pub fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
     let mut opened = target::open(target)?;
     let (state, store, _) = target::load(&mut opened)?;
     let slot = state.install_slot();
+    if matches!(target, Target::Device(_))
+        && let Some(running) = super::running_slot_from_cmdline()
+        && running == slot
+    {
+        return Err(image::ExitError {
+            code: super::update::exit::PENDING,
+            message: format!(
+                "{}: slot {slot} is the one an install goes to, but the running system was \
+                 booted from it (zboot.slot={slot} in {}): writing it would overwrite the \
+                 mounted root file system. ACTIVE is {} (after `zbctl try` or `zbctl \
+                 set-active` without a reboot?): reboot into slot {} first; nothing written",
+                path.display(),
+                super::cmdline_path().display(),
+                state.active,
+                state.active
+            ),
+        }
+        .into());
+    }
     let mut check = state;
     check
         .begin_install(slot, args.force)
@@ -396,6 +481,7 @@ pub fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
         state,
         opened,
         store,
+        touched: false,
     })
 }
 
@@ -579,8 +665,34 @@ fn used_bytes(image: &Image<'_>, partition: Option<u32>) -> u64 {
         .sum()
 }
 
+/// Reads the state again and refuses unless it is still `disk.state` (what this install read
+/// or wrote last): otherwise a state command that does not take the lock (`set-active`,
+/// `try`, `mark-good`…) ran meanwhile, and what this install would write would undo it.
+fn check_state_unchanged(disk: &mut TargetDisk, when: &str) -> Result<()> {
+    let found = disk
+        .store
+        .load(&mut disk.opened.disk)
+        .map(|(state, _)| state);
+    if found.as_ref().ok() != Some(&disk.state) {
+        let slot = disk.slot;
+        bail!(
+            "the slot state in {} changed while installing ({when}): another zbctl command \
+             edited it meanwhile; install refused, the state is left as that command wrote it{}",
+            disk.opened.description,
+            if disk.touched {
+                format!(" (slot {slot} was written and stays marked bad)")
+            } else {
+                "; nothing written".to_string()
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Marks the slot `bad` in the state before its first byte is written.
 fn mark_bad(disk: &mut TargetDisk, force: bool, report: &mut InstallReport) -> Result<()> {
+    check_state_unchanged(disk, "before the first write")?;
+    disk.touched = true;
     let mut bad = disk.state;
     bad.begin_install(disk.slot, force)?;
     if disk
@@ -605,11 +717,13 @@ fn holds(file: &File, at: u64, region: &RegionEntry, buffer: &mut [u8]) -> bool 
     file.read_exact_at(bytes, at).is_ok() && Sha256::digest(&*bytes).as_slice() == region.sha256
 }
 
-/// Installs the image read from `source` into `disk`'s slot (see the module docs; `flow`
-/// says whether the chunks are verified in a pass of their own first).
+/// Installs `image` (opened from `source` by [`open_image`] with `disk`'s key) into `disk`'s
+/// slot (see the module docs; `flow` says whether the chunks are verified in a pass of their
+/// own first).
 #[allow(clippy::too_many_lines)] // the install sequence reads best in one place
 pub fn install_from<S: ImageSource<Error = std::io::Error>>(
     disk: &mut TargetDisk,
+    image: &Image<'_>,
     source: &mut S,
     what: &str,
     args: &InstallArgs,
@@ -619,14 +733,11 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
     let started = Instant::now();
     let slot = disk.slot;
     let what_path = PathBuf::from(what);
-    let mut manifest_buffer = vec![0u8; MANIFEST_BUFFER];
-    let image = Image::open(source, &mut manifest_buffer, disk.key.as_ref())
-        .map_err(|e| refuse(&what_path, &e))?;
     let header = *image.header();
     if !args.force {
         image::check_version(&what_path, header.image_version, disk.state.min_version)?;
     }
-    let ((root_index, root_entry), boot_index) = image_partitions(&image, what)?;
+    let ((root_index, root_entry), boot_index) = image_partitions(image, what)?;
     let target_root = disk.root.sectors * SECTOR;
     ensure!(
         root_entry.size() <= target_root,
@@ -648,8 +759,8 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
     let mut decoder = Box::new(Decoder::new());
     let mut buffer = vec![0u8; header.chunk_size as usize];
     let mut report = InstallReport {
-        image_used: used_bytes(&image, None),
-        image_root_used: used_bytes(&image, Some(root_index)),
+        image_used: used_bytes(image, None),
+        image_root_used: used_bytes(image, Some(root_index)),
         ..InstallReport::default()
     };
     let base = disk.root.start_lba * SECTOR;
@@ -680,7 +791,7 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
             // file.
             let mut chunks = image.chunks(0);
             while let Some(chunk) = chunks
-                .next_chunk(&image, source, &mut decoder, &mut buffer)
+                .next_chunk(image, source, &mut decoder, &mut buffer)
                 .map_err(|e| refuse(&what_path, &e))?
             {
                 if u32::from(chunk.region.partition) == boot_index {
@@ -760,6 +871,7 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
     disk.file.sync_data()?;
     check_written(&mut disk.file, disk.boot, slot, &files)?;
 
+    check_state_unchanged(disk, "before arming the trial")?;
     let mut trial = disk.state;
     trial.start_trial(slot, header.image_version, args.once);
     if disk

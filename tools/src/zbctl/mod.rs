@@ -95,6 +95,18 @@ impl From<SlotArg> for Slot {
     }
 }
 
+/// `zbctl install`: its arguments and the lock it shares with `zbctl update`.
+#[derive(Debug, Args)]
+pub struct InstallCommand {
+    /// What to install, and how.
+    #[command(flatten)]
+    pub args: install::InstallArgs,
+    /// The lock shared with `zbctl update` (default /run/zboot-update.lock; with --image, the
+    /// image file itself). Held by another run: exit 8.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -153,7 +165,7 @@ pub enum Command {
     Key(key::KeyCommand),
     /// Install a `.zi` into the slot that is not ACTIVE (`--image` or `--device`) and arm it
     /// as a trial (docs/image-format.md, "Installing into a slot").
-    Install(install::InstallArgs),
+    Install(InstallCommand),
     /// Over-the-air updates from zbmanifest.txt's `update_endpoint` (docs/update.md):
     /// `update check` looks, `update apply` installs into the slot that is not ACTIVE.
     #[command(subcommand)]
@@ -193,7 +205,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         | Command::Key(_)
         | Command::Usb(_)
         | Command::Bench { .. } => Ok(()),
-        Command::Install(args) => install::install(&target, args, out).map(|_| ()),
+        Command::Install(command) => {
+            install::install_locked(&target, &command.args, command.lock.as_deref(), out)
+                .map(|_| ())
+        }
         Command::Update(command) => update::run(&target, command, out),
         Command::InitState(args) => init::init_state(&target, args, out),
         Command::Status { json } => {
@@ -324,9 +339,18 @@ fn check_manifest(file: &std::path::Path, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// `zboot.slot=` from the kernel command line, if present.
-fn running_slot_from_cmdline() -> Option<Slot> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+/// Environment variable naming another file to read instead of `/proc/cmdline` (tests).
+pub const CMDLINE_ENV: &str = "ZBCTL_PROC_CMDLINE";
+
+/// The kernel command line's file: `/proc/cmdline`, or `$ZBCTL_PROC_CMDLINE` (tests).
+pub fn cmdline_path() -> PathBuf {
+    std::env::var_os(CMDLINE_ENV).map_or_else(|| "/proc/cmdline".into(), Into::into)
+}
+
+/// `zboot.slot=` from the kernel command line, if present: the slot the running system
+/// was booted from.
+pub fn running_slot_from_cmdline() -> Option<Slot> {
+    let cmdline = std::fs::read_to_string(cmdline_path()).ok()?;
     cmdline
         .split_whitespace()
         .find_map(|word| word.strip_prefix("zboot.slot="))

@@ -143,36 +143,79 @@ pub fn mounted_fat_device(dir: &Path) -> Option<PathBuf> {
     fat_source_in_mountinfo(&mountinfo, &dir)
 }
 
-/// Parses mountinfo text: the last mount at `dir` (later mounts hide earlier ones) whose
-/// root is `/`, type vfat or msdos, and source a `/dev/` node.
-pub fn fat_source_in_mountinfo(mountinfo: &str, dir: &Path) -> Option<PathBuf> {
+/// One line of `/proc/self/mountinfo` (proc(5)), octal escapes in paths undone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Field 3, `major:minor` of the mounted device (`st_dev` of its files).
+    pub device: (u32, u32),
+    /// Field 4: the directory of the file system mounted here (`/` for a whole one).
+    pub root: PathBuf,
+    /// Field 5: the mount point.
+    pub mount_point: PathBuf,
+    /// The file system type (after the ` - ` separator).
+    pub fs_type: String,
+    /// The mount source as the kernel spells it (e.g. `/dev/mmcblk0p1`).
+    pub source: String,
+}
+
+/// Parses mountinfo text (format: proc(5)); lines that do not parse are skipped.
+pub fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
     let unescape = |field: &str| {
         field
             .replace("\\040", " ")
             .replace("\\011", "\t")
+            .replace("\\012", "\n")
             .replace("\\134", "\\")
     };
-    let mut found = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        let (Some(root), Some(mount_point)) = (left.get(3), left.get(4)) else {
-            continue;
-        };
-        let (Some(fs_type), Some(source)) = (right.first(), right.get(1)) else {
-            continue;
-        };
-        if Path::new(&unescape(mount_point)) != dir {
-            continue;
-        }
-        found =
-            (*root == "/" && matches!(*fs_type, "vfat" | "msdos") && source.starts_with("/dev/"))
-                .then(|| PathBuf::from(unescape(source)));
-    }
-    found
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let mut right = right.split(' ');
+            let (major, minor) = left.get(2)?.split_once(':')?;
+            Some(Mount {
+                device: (major.parse().ok()?, minor.parse().ok()?),
+                root: PathBuf::from(unescape(left.get(3)?)),
+                mount_point: PathBuf::from(unescape(left.get(4)?)),
+                fs_type: right.next()?.to_string(),
+                source: unescape(right.next()?),
+            })
+        })
+        .collect()
+}
+
+/// The source of the last mount at `dir` (later mounts hide earlier ones) if it is a whole
+/// (root `/`) vfat or msdos file system on a `/dev/` node.
+pub fn fat_source_in_mountinfo(mountinfo: &str, dir: &Path) -> Option<PathBuf> {
+    let last = parse_mountinfo(mountinfo)
+        .into_iter()
+        .rfind(|m| m.mount_point == dir)?;
+    (last.root == Path::new("/")
+        && matches!(last.fs_type.as_str(), "vfat" | "msdos")
+        && last.source.starts_with("/dev/"))
+    .then(|| PathBuf::from(last.source))
+}
+
+/// Mount points of the file systems on the device numbered `device` (`major:minor`, as
+/// `st_rdev` of its node), whatever the mount source is spelled like.
+pub fn mounts_of_device(mountinfo: &str, device: (u32, u32)) -> Vec<PathBuf> {
+    parse_mountinfo(mountinfo)
+        .into_iter()
+        .filter(|m| m.device == device)
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// `major:minor` of a Linux `dev_t` (glibc's `gnu_dev_major`/`gnu_dev_minor` encoding, which
+/// is what `st_rdev` holds: 12 bits of major and 20 of minor, split around the low byte).
+pub fn dev_numbers(rdev: u64) -> (u32, u32) {
+    let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0fff);
+    let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0x00ff);
+    (
+        u32::try_from(major).unwrap_or(u32::MAX),
+        u32::try_from(minor).unwrap_or(u32::MAX),
+    )
 }
 
 /// Turns a locate error into an operator-facing message with the way out.
@@ -250,5 +293,37 @@ mod tests {
         assert_eq!(find("/mnt/bind"), None, "a bind mount of a subdirectory");
         assert_eq!(find("/tmp"), None);
         assert_eq!(find("/"), None);
+        let parsed = parse_mountinfo(mountinfo);
+        assert_eq!(parsed.len(), 5);
+        assert_eq!(parsed[1].device, (179, 1));
+        assert_eq!(parsed[3].mount_point, Path::new("/mnt/my boot"));
+    }
+
+    #[test]
+    fn mounts_are_matched_by_device_number_not_by_name() {
+        // The same partition mounted under two spellings of its source, and another disk.
+        let mountinfo = "\
+22 1 179:2 / / rw,relatime shared:1 - ext4 /dev/root rw
+30 22 179:1 / /boot/firmware rw,relatime shared:2 - vfat /dev/mmcblk0p1 rw,fmask=0022
+31 22 179:1 / /mnt/my\\040boot rw - vfat /dev/disk/by-id/mmc-card-part1 rw
+32 22 179:33 / /mnt/other rw - vfat /dev/mmcblk1p1 rw
+";
+        assert_eq!(
+            mounts_of_device(mountinfo, (179, 1)),
+            [
+                PathBuf::from("/boot/firmware"),
+                PathBuf::from("/mnt/my boot")
+            ]
+        );
+        assert_eq!(mounts_of_device(mountinfo, (179, 2)), [PathBuf::from("/")]);
+        assert!(mounts_of_device(mountinfo, (8, 1)).is_empty());
+    }
+
+    #[test]
+    fn dev_t_is_decoded_as_glibc_does() {
+        // makedev(179, 1), makedev(8, 17), makedev(259, 1048575) (a large minor).
+        assert_eq!(dev_numbers(0xb301), (179, 1));
+        assert_eq!(dev_numbers(0x0811), (8, 17));
+        assert_eq!(dev_numbers(0xfff1_03ff), (259, 0xf_ffff));
     }
 }

@@ -4,20 +4,21 @@
 //! `check` reads only the remote image's header, signature trailer and manifest (HTTP Range
 //! requests) and compares its version with the slot state. `apply` streams the image once,
 //! straight into the slot an update goes to (`install::Flow::Stream`: nothing is stored on the
-//! device's disk), resuming a broken download with a Range request from the byte it reached,
-//! then arms the slot as a trial like `zbctl install`. docs/update.md is the operator's guide.
+//! device's disk), resuming a broken, stalled or too slow download with a Range request from
+//! the first byte of the chunk being read, then arms the slot as a trial like `zbctl install`. docs/update.md is the operator's guide.
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use recovery_proto::image::format::HEADER_SIZE;
-use recovery_proto::image::{Header, Image, ImageSource};
+use recovery_proto::image::{Header, ImageSource};
 use recovery_proto::manifest::Manifest;
 use recovery_proto::{Slot, SlotState, State};
 
@@ -36,9 +37,11 @@ pub mod exit {
     /// The endpoint could not be read: unreachable, timeout, HTTP error, TLS, redirect loop,
     /// wrong content type, a download that kept breaking.
     pub const ENDPOINT: u8 = 7;
-    /// Another `zbctl update` holds the lock.
+    /// Another `zbctl update` or `zbctl install` holds the lock.
     pub const BUSY: u8 = 8;
-    /// The last update is still an unconfirmed trial (waiting for `zbctl mark-good`).
+    /// The last update is still an unconfirmed trial (waiting for `zbctl mark-good`), or the
+    /// running system was booted from the slot an update would write (`zbctl try`,
+    /// `set-active` without a reboot).
     pub const PENDING: u8 = 9;
 }
 
@@ -85,16 +88,22 @@ pub enum UpdateCommand {
 /// Options of both subcommands.
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    /// Seconds before connecting, a response or any read of the body is given up.
+    /// Seconds before connecting, a response or any read of the body is given up; also the
+    /// window over which --min-speed is measured.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
-    /// Times a broken download is resumed (Range request from the byte reached) before
-    /// `apply` gives up.
+    /// Bytes per second a download must reach over each --timeout window; a slower one is
+    /// cut and resumed (it counts as a failed attempt). 0: no bound.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub min_speed: u64,
+    /// Times the read of one chunk is resumed (Range request from the chunk's first byte)
+    /// before `apply` gives up; counted again from 0 for each chunk.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub retries: u32,
-    /// The lock that keeps two runs from overlapping.
-    #[arg(long, default_value = "/run/zboot-update.lock", value_name = "FILE")]
-    pub lock: PathBuf,
+    /// The lock that keeps two runs (and `zbctl install`) from overlapping (default
+    /// /run/zboot-update.lock; with --image, the image file itself).
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 /// Arguments of `update apply`.
@@ -173,7 +182,12 @@ impl Config {
             ),
             EndpointKind::Http if !allow_http => bail!(
                 "{origin}: update_endpoint={endpoint} is plain HTTP: set allow_http=yes to accept \
-                 it (the image's signature, public_key=, is then its only protection)"
+                 it, with public_key= (the image's signature is then its only protection)"
+            ),
+            EndpointKind::Http if manifest.public_key.is_none() => bail!(
+                "{origin}: update_endpoint={endpoint} is plain HTTP and no public_key= is set: \
+                 anyone on the network path could install an image of their own. allow_http=yes \
+                 is only honoured together with public_key= (the release key's 64 hex digits)"
             ),
             EndpointKind::Local if !endpoint.starts_with('/') => {
                 bail!("{origin}: endpoint_type=USB/LOCAL needs an absolute path, not {endpoint}")
@@ -186,7 +200,8 @@ impl Config {
             name: manifest.update_name.map(str::to_string),
             recovery_name: manifest.recovery_image.map(str::to_string),
             ca_cert: manifest.ca_cert.map(PathBuf::from),
-            allow_http,
+            // Plain HTTP (an endpoint, or a redirect to one) only with a key to check.
+            allow_http: allow_http && manifest.public_key.is_some(),
             public_key: manifest.public_key,
         })
     }
@@ -198,11 +213,20 @@ pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Res
         UpdateCommand::Check(common) => (common, None),
         UpdateCommand::Apply(args) => (&args.common, Some(args)),
     };
-    let _lock = lock(&common.lock)?;
+    let _lock = lock(target, common.lock.as_deref())?;
     let (manifest_bytes, origin) = read_target_manifest(target)?;
     let manifest = Manifest::parse(&manifest_bytes).map_err(|e| anyhow!("{origin}: {e}"))?;
     let config = Config::from_manifest(&manifest, &origin)?;
     let interactive = std::io::stderr().is_terminal();
+    // Set once the install marked the slot `bad`: from then on a failure leaves it so.
+    let written = Cell::new(false);
+    let slot_note = |written: &Cell<bool>| {
+        if written.get() {
+            "; the slot being written stays marked bad, ACTIVE is untouched"
+        } else {
+            "; nothing was written"
+        }
+    };
     match config.kind {
         EndpointKind::Local => {
             let name = config
@@ -212,35 +236,51 @@ pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Res
                 .unwrap_or_else(|| install::DEFAULT_STICK_NAME.to_string());
             let outcome =
                 install::with_source(Path::new(&config.endpoint), &name, |source, what| {
-                    process(target, &config, source, what, apply, interactive, out)
+                    process(
+                        target,
+                        &config,
+                        source,
+                        what,
+                        apply,
+                        interactive,
+                        &written,
+                        out,
+                    )
+                })
+                .map_err(|error| {
+                    if error.is::<Finished>() {
+                        error
+                    } else {
+                        with_note(&error, slot_note(&written))
+                    }
                 })?;
             conclude(&outcome, None, out)
         }
         EndpointKind::Https | EndpointKind::Http => {
             let agent = agent(&config, common)?;
             let url = resolve_image_url(&agent, &config)?;
-            let mut source = HttpSource::new(agent, url.clone(), common.retries, interactive);
+            let mut source = HttpSource::new(agent, url.clone(), common, interactive);
             let result = source.start().and_then(|()| {
-                process(target, &config, &mut source, &url, apply, interactive, out)
+                process(
+                    target,
+                    &config,
+                    &mut source,
+                    &url,
+                    apply,
+                    interactive,
+                    &written,
+                    out,
+                )
             });
             source.finish();
             match (result, source.failure.take()) {
                 (Ok(outcome), _) => conclude(&outcome, Some(source.received), out),
-                (Err(error), Some(failure)) if !error.is::<Finished>() => {
-                    let slot_note = if source.payload_started {
-                        "; the slot being written stays marked bad, ACTIVE is untouched"
-                    } else {
-                        "; nothing was written"
-                    };
-                    Err(endpoint_error(format!("{url}: {failure}{slot_note}")))
-                }
-                (Err(error), _) if source.payload_started && !error.is::<Finished>() => {
-                    Err(with_note(
-                        &error,
-                        "; the slot being written stays marked bad, ACTIVE is untouched",
-                    ))
-                }
-                (Err(error), _) => Err(error),
+                (Err(error), _) if error.is::<Finished>() => Err(error),
+                (Err(_), Some(failure)) => Err(endpoint_error(format!(
+                    "{url}: {failure}{}",
+                    slot_note(&written)
+                ))),
+                (Err(error), None) => Err(with_note(&error, slot_note(&written))),
             }
         }
     }
@@ -258,20 +298,35 @@ fn with_note(error: &anyhow::Error, note: &str) -> anyhow::Error {
     }
 }
 
-/// Holds the lock file (`flock`, released when the process ends, even when killed).
-fn lock(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("creating the lock file {}", path.display()))?;
+/// The lock `zbctl update` and `zbctl install` share when no `--lock` is given.
+pub const DEFAULT_LOCK: &str = "/run/zboot-update.lock";
+
+/// Holds the lock that `zbctl update` and `zbctl install` share (`flock`, released when the
+/// process ends, even when killed): `explicit`, else [`DEFAULT_LOCK`], else for `--image` the
+/// image file itself (a host user may not write `/run`). Held: [`exit::BUSY`].
+pub fn lock(target: &Target, explicit: Option<&Path>) -> Result<File> {
+    let (path, file) = match (explicit, target) {
+        (None, Target::Image(image)) => (
+            image.clone(),
+            File::open(image).with_context(|| format!("opening {}", image.display()))?,
+        ),
+        (path, _) => {
+            let path = path.map_or_else(|| PathBuf::from(DEFAULT_LOCK), Path::to_path_buf);
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("creating the lock file {}", path.display()))?;
+            (path, file)
+        }
+    };
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(finished(
             exit::BUSY,
             format!(
-                "another zbctl update is running (it holds {}); nothing done",
+                "another zbctl update or install is running (it holds {}); nothing done",
                 path.display()
             ),
         )),
@@ -302,24 +357,7 @@ fn read_boot_file(target: &Target, name: &str) -> Result<Option<Vec<u8>>> {
             )),
             None => Ok(None),
         },
-        Target::Image(path) | Target::Device(path) => {
-            let mut file =
-                File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let (start, length) = install::fat_volume(&file, path)?;
-            let fs = fatfs::FileSystem::new(
-                super::disk::Window::new(&mut file, start, length),
-                fatfs::FsOptions::new(),
-            )
-            .with_context(|| format!("{}: the boot partition's FAT", path.display()))?;
-            let Ok(mut found) = fs.root_dir().open_file(name) else {
-                return Ok(None);
-            };
-            let mut bytes = Vec::new();
-            found
-                .read_to_end(&mut bytes)
-                .with_context(|| format!("{}: reading {name}", path.display()))?;
-            Ok(Some(bytes))
-        }
+        Target::Image(path) | Target::Device(path) => install::read_boot_file(path, name),
     }
 }
 
@@ -391,7 +429,9 @@ fn decide(state: &State, version: u32) -> Verdict {
     Verdict::Install(slot)
 }
 
-/// Reads the image's header (and signature, manifest), decides, and for `apply` installs.
+/// Reads the image's header (and signature, manifest), decides, and for `apply` installs
+/// (`written` is set once the install has marked the slot `bad`).
+#[allow(clippy::too_many_arguments, clippy::too_many_lines)] // one run, top to bottom
 fn process(
     target: &Target,
     config: &Config,
@@ -399,17 +439,22 @@ fn process(
     what: &str,
     apply: Option<&ApplyArgs>,
     interactive: bool,
+    written: &Cell<bool>,
     out: &mut dyn Write,
 ) -> Result<Outcome> {
     let state = installed_state(target)?;
-    let (name, version) = {
-        let mut manifest = vec![0u8; 16 << 20];
-        let mut source = DynSource(source);
-        let image = Image::open(&mut source, &mut manifest, config.public_key.as_ref())
-            .map_err(|e| super::image::refuse(Path::new(what), &e))?;
-        let header = image.header();
-        (header.name().to_string(), header.image_version)
-    };
+    let mut source = DynSource(source);
+    let mut manifest_buffer = vec![0u8; install::MANIFEST_BUFFER];
+    let image = install::open_image(
+        &mut source,
+        &mut manifest_buffer,
+        config.public_key.as_ref(),
+        what,
+    )?;
+    let (name, version) = (
+        image.header().name().to_string(),
+        image.header().image_version,
+    );
     let slot = match decide(&state, version) {
         Verdict::Skip(code, why) => {
             return Err(finished(
@@ -446,24 +491,47 @@ fn process(
         once: false,
         fail_after: args.fail_after,
     };
-    let mut disk = install::open_target(target, &install_args)?;
+    // The running system booted from the slot to be written: exit 9 like a pending trial.
+    let open_target = || {
+        install::open_target(target, &install_args).map_err(|error| {
+            match error.downcast_ref::<super::image::ExitError>() {
+                Some(refusal) if refusal.code == exit::PENDING => {
+                    finished(exit::PENDING, refusal.message.clone())
+                }
+                _ => error,
+            }
+        })
+    };
+    let mut disk = open_target()?;
+    if disk.slot != slot {
+        bail!(
+            "the state changed since it was read (install slot {} then {slot})",
+            disk.slot
+        );
+    }
+    if disk.key != config.public_key {
+        bail!("public_key= of the boot partition's zbmanifest.txt changed while reading it");
+    }
     let frozen = match target {
         Target::Device(device) => freeze_boot_mounts(device, disk.boot_partition_number())?,
         _ => Vec::new(),
     };
     if !frozen.is_empty() {
         // Read the partition again now that the mount has written out what it held.
-        disk = install::open_target(target, &install_args)?;
+        disk = open_target()?;
     }
     let mut details: Vec<u8> = Vec::new();
-    let report = install::install_from(
+    let result = install::install_from(
         &mut disk,
-        &mut DynSource(source),
+        &image,
+        &mut source,
         what,
         &install_args,
         Flow::Stream,
         &mut details,
-    )?;
+    );
+    written.set(disk.touched);
+    let report = result?;
     if interactive {
         out.write_all(&details)?;
     }
@@ -532,14 +600,14 @@ fn conclude(outcome: &Outcome, downloaded: Option<u64>, out: &mut dyn Write) -> 
 /// it holds; nothing is written through it afterwards, until the reboot that starts the new
 /// slot. Returns the mount points.
 fn freeze_boot_mounts(disk: &Path, partition: u32) -> Result<Vec<PathBuf>> {
-    let name = disk.to_string_lossy();
-    let device = if name.ends_with(|c: char| c.is_ascii_digit()) {
-        format!("{name}p{partition}")
-    } else {
-        format!("{name}{partition}")
+    let Some(device) = partition_device(disk, partition)? else {
+        // A disk image file: its partitions are not block devices of their own.
+        return Ok(Vec::new());
     };
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mounts = mounts_of(&mountinfo, Path::new(&device));
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo (is the boot partition mounted?)")?;
+    let mounts = target::mounts_of_device(&mountinfo, device.1);
+    let name = device.0.display();
     for mount in &mounts {
         let status = Command::new("mount")
             .args(["-o", "remount,ro"])
@@ -548,7 +616,7 @@ fn freeze_boot_mounts(disk: &Path, partition: u32) -> Result<Vec<PathBuf>> {
         match status {
             Ok(status) if status.success() => {}
             other => bail!(
-                "the boot partition {device} is mounted at {} and could not be remounted \
+                "the boot partition {name} is mounted at {} and could not be remounted \
                  read-only ({}); its FAT is edited directly, which a read-write vfat mount \
                  would undo: close files open for writing there, or unmount it; nothing written",
                 mount.display(),
@@ -562,26 +630,43 @@ fn freeze_boot_mounts(disk: &Path, partition: u32) -> Result<Vec<PathBuf>> {
     Ok(mounts)
 }
 
-/// Mount points of vfat/msdos file systems whose source is `device`, from mountinfo text
-/// (format: proc(5)).
-fn mounts_of(mountinfo: &str, device: &Path) -> Vec<PathBuf> {
-    let unescape = |field: &str| {
-        field
-            .replace("\\040", " ")
-            .replace("\\011", "\t")
-            .replace("\\134", "\\")
+/// The block device of partition `number` of `disk` and its `major:minor` (`st_rdev`), found
+/// through the canonical path (a `/dev/disk/by-id/…` link or any other spelling works) and
+/// sysfs; `None` when `disk` is not a block device (a disk image file). A block device whose
+/// partition cannot be found is an error: its mounts could not be found either.
+fn partition_device(disk: &Path, number: u32) -> Result<Option<(PathBuf, (u32, u32))>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let canonical =
+        fs::canonicalize(disk).with_context(|| format!("resolving {}", disk.display()))?;
+    let metadata = fs::metadata(&canonical).with_context(|| format!("{}", canonical.display()))?;
+    if !metadata.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let unknown = |why: String| {
+        anyhow!(
+            "{}: cannot tell whether its boot partition (number {number}) is mounted ({why}); \
+             its FAT is edited directly, which a read-write vfat mount would undo; nothing \
+             written",
+            disk.display()
+        )
     };
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let mut right = right.split(' ');
-            let (fs_type, source) = (right.next()?, right.next()?);
-            (matches!(fs_type, "vfat" | "msdos") && Path::new(&unescape(source)) == device)
-                .then(|| PathBuf::from(unescape(mount_point)))
+    let (major, minor) = target::dev_numbers(metadata.rdev());
+    let sys = Path::new("/sys/dev/block").join(format!("{major}:{minor}"));
+    let entries = fs::read_dir(&sys).map_err(|e| unknown(format!("{}: {e}", sys.display())))?;
+    let name = entries
+        .flatten()
+        .find(|entry| {
+            fs::read_to_string(entry.path().join("partition"))
+                .is_ok_and(|n| n.trim() == number.to_string())
         })
-        .collect()
+        .map(|entry| entry.file_name())
+        .ok_or_else(|| unknown(format!("no partition {number} under {}", sys.display())))?;
+    let node = Path::new("/dev").join(&name);
+    let part = fs::metadata(&node).map_err(|e| unknown(format!("{}: {e}", node.display())))?;
+    if !part.file_type().is_block_device() {
+        return Err(unknown(format!("{} is not a block device", node.display())));
+    }
+    Ok(Some((node, target::dev_numbers(part.rdev()))))
 }
 
 /// The whole disk under the FAT file system mounted at `dir` (e.g. `/dev/mmcblk0` for a
@@ -835,9 +920,9 @@ struct Failure {
 }
 
 /// The remote `.zi`, read with HTTP Range requests (RFC 9110 §14): small bounded ranges for
-/// the header, trailer and manifest (kept in memory, so `apply` reads them once), one
-/// open-ended range from the first payload byte on, and a new range from the byte reached when
-/// the stream breaks.
+/// the header, manifest and signature trailer (kept in memory, each read once), one
+/// open-ended range from the first payload byte on, and a new range from the start of the
+/// chunk being read when the stream breaks or is too slow.
 struct HttpSource {
     agent: ureq::Agent,
     url: String,
@@ -846,9 +931,16 @@ struct HttpSource {
     /// same file.
     validator: Option<String>,
     payload_at: u64,
+    /// Where the payload ends (the signature trailer, if any, starts).
+    payload_end: u64,
     cache: Vec<(u64, Vec<u8>)>,
     stream: Option<(u64, ureq::BodyReader<'static>)>,
     retries: u32,
+    /// `--min-speed` over windows of `window`.
+    min_speed: u64,
+    window: Duration,
+    /// Start of the current window of the open stream, and the bytes received in it.
+    window_start: (Instant, u64),
     bar: Option<ProgressBar>,
     interactive: bool,
     payload_started: bool,
@@ -858,16 +950,20 @@ struct HttpSource {
 }
 
 impl HttpSource {
-    fn new(agent: ureq::Agent, url: String, retries: u32, interactive: bool) -> Self {
+    fn new(agent: ureq::Agent, url: String, common: &UpdateArgs, interactive: bool) -> Self {
         Self {
             agent,
             url,
             size: 0,
             validator: None,
             payload_at: u64::MAX,
+            payload_end: u64::MAX,
             cache: Vec::new(),
             stream: None,
-            retries,
+            retries: common.retries,
+            min_speed: common.min_speed,
+            window: Duration::from_secs(common.timeout.max(1)),
+            window_start: (Instant::now(), 0),
             bar: None,
             interactive,
             payload_started: false,
@@ -893,6 +989,7 @@ impl HttpSource {
             && let Ok(decoded) = Header::decode(bytes)
         {
             self.payload_at = decoded.payload_offset();
+            self.payload_end = decoded.unsigned_size();
         }
         self.cache.push((0, header));
         Ok(())
@@ -980,6 +1077,12 @@ impl HttpSource {
         }
         let validator = header("etag").or_else(|| header("last-modified"));
         if self.size != 0 {
+            if let (Some(old), None) = (&self.validator, &validator) {
+                return Err(fatal(format!(
+                    "the file changed on the server during the download (it had ETag or \
+                     Last-Modified {old}, the resumed answer has none)"
+                )));
+            }
             if total != self.size {
                 return Err(fatal(format!(
                     "the file changed on the server during the download (size {} then {total})",
@@ -1017,9 +1120,9 @@ impl HttpSource {
                 return Ok(());
             }
         }
-        let payload = offset >= self.payload_at;
+        let payload = offset >= self.payload_at && offset < self.payload_end;
         if !payload {
-            // Header, manifest, trailer: exactly the bytes asked for, kept.
+            // Header, manifest, signature trailer: exactly the bytes asked for, kept.
             let (_, mut reader) = self.request(offset, Some(end - 1)).map_err(|f| f.message)?;
             reader.read_exact(buffer).map_err(|e| describe_io(&e))?;
             self.received += length;
@@ -1081,52 +1184,74 @@ impl HttpSource {
             self.stream = None;
             let (_, reader) = self.request(offset, None)?;
             self.stream = Some((offset, reader));
+            self.window_start = (Instant::now(), 0);
         }
+        let skip = match &self.stream {
+            Some((at, _)) => offset - at,
+            None => 0,
+        };
+        let mut scratch = vec![0u8; usize::try_from(skip.min(64 << 10)).unwrap_or(64 << 10)];
+        let mut skipped = 0;
+        while skipped < skip {
+            let want = usize::try_from((skip - skipped).min(scratch.len() as u64)).unwrap_or(0);
+            skipped += self.read_some(&mut scratch[..want])? as u64;
+        }
+        let mut filled = 0;
+        while filled < buffer.len() {
+            filled += self.read_some(&mut buffer[filled..])?;
+        }
+        Ok(())
+    }
+
+    /// One read from the open stream (at least one byte), with the speed bound: fewer than
+    /// `min_speed` bytes per second over a window of `--timeout` seconds is a failure (retried
+    /// like a broken connection), so a server that drips bytes cannot hold a run forever.
+    fn read_some(&mut self, buffer: &mut [u8]) -> Result<usize, Failure> {
         let Some((at, reader)) = &mut self.stream else {
             return Err(Failure {
                 message: "no stream".into(),
                 retry: true,
             });
         };
-        let broken = |e: std::io::Error| Failure {
-            message: describe_io(&e),
-            retry: true,
-        };
-        let skip = offset - *at;
-        if skip > 0 {
-            let copied = std::io::copy(&mut reader.by_ref().take(skip), &mut std::io::sink())
-                .map_err(broken)?;
-            *at += copied;
-            self.received += copied;
-            if copied < skip {
-                return Err(Failure {
-                    message: "the connection closed early".into(),
-                    retry: true,
-                });
-            }
-        }
-        let mut filled = 0;
-        while filled < buffer.len() {
-            match reader.read(&mut buffer[filled..]) {
+        let n = loop {
+            match reader.read(buffer) {
                 Ok(0) => {
                     return Err(Failure {
-                        message: format!(
-                            "the connection closed early (body cut at byte {})",
-                            *at + filled as u64
-                        ),
+                        message: format!("the connection closed early (body cut at byte {at})"),
                         retry: true,
                     });
                 }
-                Ok(n) => {
-                    filled += n;
-                    self.received += n as u64;
-                }
+                Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(broken(e)),
+                Err(e) => {
+                    return Err(Failure {
+                        message: describe_io(&e),
+                        retry: true,
+                    });
+                }
             }
+        };
+        *at += n as u64;
+        self.received += n as u64;
+        let (start, bytes) = &mut self.window_start;
+        *bytes += n as u64;
+        let elapsed = start.elapsed();
+        if elapsed >= self.window {
+            let needed = self.min_speed.saturating_mul(self.window.as_secs());
+            if *bytes < needed {
+                return Err(Failure {
+                    message: format!(
+                        "too slow: {bytes} bytes in {:.1} s, below --min-speed {} bytes/s",
+                        elapsed.as_secs_f64(),
+                        self.min_speed
+                    ),
+                    retry: true,
+                });
+            }
+            *start = Instant::now();
+            *bytes = 0;
         }
-        *at += filled as u64;
-        Ok(())
+        Ok(n)
     }
 }
 
@@ -1216,21 +1341,15 @@ mod tests {
     }
 
     #[test]
-    fn boot_partition_mounts_are_found() {
-        let mountinfo = "\
-22 1 179:2 / / rw,relatime shared:1 - ext4 /dev/mmcblk0p2 rw
-30 22 179:1 / /boot/firmware rw,relatime shared:2 - vfat /dev/mmcblk0p1 rw,fmask=0022
-31 22 179:1 / /mnt/my\\040boot rw - vfat /dev/mmcblk0p1 rw
-32 22 7:0 / /mnt/other rw - vfat /dev/mmcblk1p1 rw
-";
-        assert_eq!(
-            mounts_of(mountinfo, Path::new("/dev/mmcblk0p1")),
-            [
-                PathBuf::from("/boot/firmware"),
-                PathBuf::from("/mnt/my boot")
-            ]
-        );
-        assert!(mounts_of(mountinfo, Path::new("/dev/mmcblk0p2")).is_empty());
+    fn a_disk_image_file_has_no_partition_devices_to_freeze() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let image = dir.path().join("disk.img");
+        fs::write(&image, [0u8; 512]).unwrap_or_else(|e| panic!("{e}"));
+        let link = dir.path().join("by-id-link");
+        std::os::unix::fs::symlink(&image, &link).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(partition_device(&image, 1), Ok(None)));
+        assert!(matches!(partition_device(&link, 1), Ok(None)));
+        assert!(partition_device(&dir.path().join("missing"), 1).is_err());
     }
 
     #[test]

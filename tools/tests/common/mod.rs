@@ -12,6 +12,23 @@ pub fn zbctl(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs the built `zbctl` binary with extra environment variables.
+pub fn zbctl_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zbctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// A file holding `cmdline` in `dir`, for `ZBCTL_PROC_CMDLINE` (the kernel command line
+/// zbctl reads instead of /proc/cmdline).
+pub fn cmdline_file(dir: &Path, cmdline: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("cmdline-{}", cmdline.len()));
+    std::fs::write(&path, format!("{cmdline}\n")).unwrap();
+    path
+}
+
 /// Runs `zbctl`, asserts success (showing its stderr otherwise), returns stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = zbctl(args);
