@@ -51,16 +51,8 @@ fn tarballs(dir: &Path, with_kernel: bool) -> (PathBuf, PathBuf) {
         "bad-boot.tar"
     });
     let root_tar = dir.join("root.tar");
-    for (tar, tree) in [(&boot_tar, &boot), (&root_tar, &root)] {
-        let status = Command::new("tar")
-            .arg("-cf")
-            .arg(tar)
-            .arg("-C")
-            .arg(tree)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success());
+    for (tarball, tree) in [(&boot_tar, &boot), (&root_tar, &root)] {
+        common::tar(tree, tarball);
     }
     (boot_tar, root_tar)
 }

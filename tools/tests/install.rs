@@ -6,13 +6,11 @@
 
 mod common;
 
-use common::{cmdline_file, noise, ok, s, tar, zbctl, zbctl_env};
+use common::{cmdline_file, compare_root_with_image, noise, ok, s, tar, zbctl, zbctl_env};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-
-use recovery_proto::image::{Content, Decoder, Image, Role, SliceSource};
 
 const MIB: usize = 1 << 20;
 /// `disk create --size 128M --boot-size 40M --root-size 32M --safe-size 8M`: boot at 1 MiB,
@@ -209,36 +207,11 @@ fn fsck_boot(disk: &Path) {
 
 /// The image's root regions (data and fill) are in root B, byte for byte.
 fn assert_root_b_is_image(zi: &Path, disk: &Path) {
-    let image_bytes = fs::read(zi).unwrap();
-    let disk = fs::read(disk).unwrap();
-    let mut manifest = vec![0u8; 1 << 20];
-    let image = Image::open(&mut SliceSource(&image_bytes), &mut manifest, None).unwrap();
-    let (root, _) = image.partition_with_role(Role::RootA).unwrap();
-    let mut out = vec![0u8; image.header().chunk_size as usize];
-    let mut decoder = Box::new(Decoder::new());
-    let mut chunks = image.chunks(0);
-    let mut compared = 0;
-    while let Some(chunk) = chunks
-        .next_chunk(
-            &image,
-            &mut SliceSource(&image_bytes),
-            &mut decoder,
-            &mut out,
-        )
-        .unwrap()
-    {
-        if u32::from(chunk.region.partition) != root {
-            continue;
-        }
-        let at = ROOT_B.start + usize::try_from(chunk.region.offset).unwrap();
-        let len = usize::try_from(chunk.region.length).unwrap();
-        match chunk.content {
-            Content::Data(bytes) => assert!(disk[at..at + len] == *bytes, "data at {at}"),
-            Content::Fill(byte) => assert!(disk[at..at + len].iter().all(|&b| b == byte)),
-            Content::Skip => continue,
-        }
-        compared += len;
-    }
+    let compared = compare_root_with_image(
+        &fs::read(disk).unwrap(),
+        ROOT_B.start,
+        &fs::read(zi).unwrap(),
+    );
     assert!(compared > 3 << 20, "{compared}");
 }
 

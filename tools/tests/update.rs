@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{cmdline_file, noise, ok, s, tar, zbctl, zbctl_env};
+use common::{cmdline_file, compare_root_with_image, noise, ok, s, tar, zbctl, zbctl_env};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use recovery_proto::image::{Content, Decoder, Image, RegionKind, Role, SliceSource};
+use recovery_proto::image::{Image, RegionKind, Role, SliceSource};
 
 const MIB: usize = 1 << 20;
 /// `disk create --size 128M --boot-size 40M --root-size 32M --safe-size 8M`: boot at 1 MiB,
@@ -587,35 +587,8 @@ impl Disk {
 
     /// The image's root regions (data and fill) are in root B, byte for byte.
     fn assert_root_b_is(&self, image_bytes: &[u8]) {
-        let disk = fs::read(&self.path).unwrap();
-        let mut manifest = vec![0u8; 1 << 20];
-        let image = Image::open(&mut SliceSource(image_bytes), &mut manifest, None).unwrap();
-        let (root, _) = image.partition_with_role(Role::RootA).unwrap();
-        let mut out = vec![0u8; image.header().chunk_size as usize];
-        let mut decoder = Box::new(Decoder::new());
-        let mut chunks = image.chunks(0);
-        let mut compared = 0;
-        while let Some(chunk) = chunks
-            .next_chunk(
-                &image,
-                &mut SliceSource(image_bytes),
-                &mut decoder,
-                &mut out,
-            )
-            .unwrap()
-        {
-            if u32::from(chunk.region.partition) != root {
-                continue;
-            }
-            let at = ROOT_B.start + usize::try_from(chunk.region.offset).unwrap();
-            let len = usize::try_from(chunk.region.length).unwrap();
-            match chunk.content {
-                Content::Data(bytes) => assert!(disk[at..at + len] == *bytes, "data at {at}"),
-                Content::Fill(byte) => assert!(disk[at..at + len].iter().all(|&b| b == byte)),
-                Content::Skip => continue,
-            }
-            compared += len;
-        }
+        let compared =
+            compare_root_with_image(&fs::read(&self.path).unwrap(), ROOT_B.start, image_bytes);
         assert!(compared > 6 << 20, "{compared}");
     }
 }

@@ -28,16 +28,8 @@ fn small_image(dir: &Path) -> std::path::PathBuf {
     let root = dir.join("root");
     fs::create_dir_all(root.join("etc")).unwrap();
     fs::write(root.join("etc/hostname"), "stick\n").unwrap();
-    for (tree, tar) in [(&boot, "boot.tar"), (&root, "root.tar")] {
-        let status = Command::new("tar")
-            .arg("-cf")
-            .arg(dir.join(tar))
-            .arg("-C")
-            .arg(tree)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success());
+    for (tree, tarball) in [(&boot, "boot.tar"), (&root, "root.tar")] {
+        common::tar(tree, &dir.join(tarball));
     }
     let zi = dir.join("os.zi");
     ok(&[

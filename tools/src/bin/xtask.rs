@@ -200,23 +200,10 @@ fn demo_disk(
     Ok(image)
 }
 
-/// USB recovery of a blank eMMC from a stick: instructions from entry to the
-/// end of the reflash, per MiB written, and bytes written against the
-/// image's used bytes.
-fn reflash_bench(
-    loader: &LoaderImage,
-    plugin: &std::path::Path,
-    dtb: &std::path::Path,
-) -> Result<()> {
-    let dir = workspace_root()
-        .join("target")
-        .join("zboot")
-        .join("bench-reflash");
-    let golden = demo_disk(
-        &dir,
-        &[("A", "good"), ("B", "good"), ("SAFE", "good")],
-        None,
-    )?;
+/// A good eMMC image (all slots boot), its `.zi` and a recovery stick
+/// holding it, in `dir`: (disk, image, stick).
+fn recovery_inputs(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let golden = demo_disk(dir, &[("A", "good"), ("B", "good"), ("SAFE", "good")], None)?;
     let zi = dir.join("os.zi");
     let stick = dir.join("stick.img");
     let text = |path: &std::path::Path| path.display().to_string();
@@ -233,6 +220,23 @@ fn reflash_bench(
         "1",
     ])?;
     zbctl(&["usb", "create", "--zi", &text(&zi), "-o", &text(&stick)])?;
+    Ok((golden, zi, stick))
+}
+
+/// USB recovery of a blank eMMC from a stick: instructions from entry to the
+/// end of the reflash, per MiB written, and bytes written against the
+/// image's used bytes.
+fn reflash_bench(
+    loader: &LoaderImage,
+    plugin: &std::path::Path,
+    dtb: &std::path::Path,
+) -> Result<()> {
+    let dir = workspace_root()
+        .join("target")
+        .join("zboot")
+        .join("bench-reflash");
+    let (golden, zi, stick) = recovery_inputs(&dir)?;
+    let text = |path: &std::path::Path| path.display().to_string();
     let emmc = dir.join("blank.img");
     std::fs::File::create(&emmc)?.set_len(std::fs::metadata(&golden)?.len())?;
     let start = loader.symbol("_start")?;
@@ -422,27 +426,8 @@ fn recovery_demo(timeout: u64) -> Result<()> {
         .join("target")
         .join("zboot")
         .join("demo-recovery");
-    let golden = demo_disk(
-        &dir,
-        &[("A", "good"), ("B", "good"), ("SAFE", "good")],
-        None,
-    )?;
+    let (golden, _, stick) = recovery_inputs(&dir)?;
     let text = |path: &std::path::Path| path.display().to_string();
-    let zi = dir.join("os.zi");
-    let stick = dir.join("stick.img");
-    zbctl(&[
-        "image",
-        "convert",
-        "--from-disk",
-        &text(&golden),
-        "-o",
-        &text(&zi),
-        "--name",
-        "os",
-        "--version",
-        "1",
-    ])?;
-    zbctl(&["usb", "create", "--zi", &text(&zi), "-o", &text(&stick)])?;
     let emmc = dir.join("bricked.img");
     std::fs::File::create(&emmc)?.set_len(std::fs::metadata(&golden)?.len())?;
     let loader = LoaderImage::get(LoaderBuild::Release)?;

@@ -66,3 +66,38 @@ pub fn noise(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| ((i * 7919) >> 3) as u8 ^ seed.wrapping_mul(i as u8))
         .collect()
 }
+
+/// Checks that the image's root regions (data and fill) are in `disk` from
+/// byte `root_start` on, byte for byte; returns how many bytes it compared.
+pub fn compare_root_with_image(disk: &[u8], root_start: usize, image_bytes: &[u8]) -> usize {
+    use recovery_proto::image::{Content, Decoder, Image, Role, SliceSource};
+    let mut manifest = vec![0u8; 1 << 20];
+    let image = Image::open(&mut SliceSource(image_bytes), &mut manifest, None).unwrap();
+    let (root, _) = image.partition_with_role(Role::RootA).unwrap();
+    let mut out = vec![0u8; image.header().chunk_size as usize];
+    let mut decoder = Box::new(Decoder::new());
+    let mut chunks = image.chunks(0);
+    let mut compared = 0;
+    while let Some(chunk) = chunks
+        .next_chunk(
+            &image,
+            &mut SliceSource(image_bytes),
+            &mut decoder,
+            &mut out,
+        )
+        .unwrap()
+    {
+        if u32::from(chunk.region.partition) != root {
+            continue;
+        }
+        let at = root_start + usize::try_from(chunk.region.offset).unwrap();
+        let len = usize::try_from(chunk.region.length).unwrap();
+        match chunk.content {
+            Content::Data(bytes) => assert!(disk[at..at + len] == *bytes, "data at {at}"),
+            Content::Fill(byte) => assert!(disk[at..at + len].iter().all(|&b| b == byte)),
+            Content::Skip => continue,
+        }
+        compared += len;
+    }
+    compared
+}
