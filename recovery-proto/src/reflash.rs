@@ -477,6 +477,17 @@ mod tests {
         journal: &mut MemoryJournal,
         key: Option<&[u8; 32]>,
     ) -> Outcome {
+        run_with_progress(image, disk, journal, key, |_, _| {})
+    }
+
+    /// [`run`], reporting progress to `progress`.
+    fn run_with_progress(
+        image: &[u8],
+        disk: &mut RamDisk,
+        journal: &mut MemoryJournal,
+        key: Option<&[u8; 32]>,
+        progress: impl FnMut(Pass, Progress),
+    ) -> Outcome {
         let mut manifest = vec![0u8; 64 * 1024];
         let mut output = vec![0u8; 1 << 20];
         let mut decoder = Box::new(Decoder::new());
@@ -491,7 +502,7 @@ mod tests {
                 output: &mut output,
                 decoder: &mut decoder,
             },
-            |_, _| {},
+            progress,
         )
     }
 
@@ -542,23 +553,12 @@ mod tests {
 
     #[test]
     fn progress_reports_the_whole_verify_pass_before_the_first_write() {
-        let image = sample_image();
-        let mut disk = RamDisk::new(4096);
-        let mut manifest = vec![0u8; 64 * 1024];
-        let mut output = vec![0u8; 1 << 20];
-        let mut decoder = Box::new(Decoder::new());
         let mut reports = Vec::new();
-        let summary = reflash(
-            &mut SliceSource(&image),
-            &mut disk,
-            None,
-            None,
+        let summary = run_with_progress(
+            &sample_image(),
+            &mut RamDisk::new(4096),
             &mut MemoryJournal::default(),
-            Buffers {
-                manifest: &mut manifest,
-                output: &mut output,
-                decoder: &mut decoder,
-            },
+            None,
             |pass, progress: Progress| reports.push((pass, progress.next_region)),
         )
         .unwrap();

@@ -6,18 +6,14 @@
 
 mod common;
 
-use common::{cmdline_file, compare_root_with_image, noise, ok, s, tar, zbctl, zbctl_env};
+use common::{
+    BOOT, ROOT_B, assert_active_untouched, cmdline_file, compare_root_with_image,
+    create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl, zbctl_env,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-
-const MIB: usize = 1 << 20;
-/// `disk create --size 128M --boot-size 40M --root-size 32M --safe-size 8M`: boot at 1 MiB,
-/// root A at 41 MiB, root B at 73 MiB.
-const BOOT: std::ops::Range<usize> = MIB..41 * MIB;
-const ROOT_A: std::ops::Range<usize> = 41 * MIB..73 * MIB;
-const ROOT_B: std::ops::Range<usize> = 73 * MIB..105 * MIB;
 
 fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
     let out = zbctl(args);
@@ -53,44 +49,17 @@ fn fixture() -> &'static Fixture {
             ),
         )
         .unwrap();
+        let manifest = p.join("signed-manifest.txt");
         for (name, extra) in [
             ("disk.img", vec![]),
-            (
-                "signed-disk.img",
-                vec![
-                    "--manifest".to_string(),
-                    p.join("signed-manifest.txt").to_str().unwrap().to_string(),
-                ],
-            ),
+            ("signed-disk.img", vec!["--manifest", s(&manifest)]),
         ] {
-            let mut args: Vec<String> = [
-                "disk",
-                "create",
-                "--output",
-                s(&p.join(name)),
-                "--size",
-                "128M",
-                "--boot-size",
-                "40M",
-                "--root-size",
-                "32M",
-                "--safe-size",
-                "8M",
-                "--disk-id",
-                "1a2b3c4d",
-                "--loader",
-                s(&p.join("zboot.img")),
-                "--slot",
-                &format!("A:kernel={},version=3", s(&p.join("kernel"))),
-                "--slot",
-                &format!("SAFE:kernel={}", s(&p.join("kernel"))),
-            ]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-            args.extend(extra);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            ok(&args);
+            create_small_disk(
+                &p.join(name),
+                &p.join("zboot.img"),
+                &p.join("kernel"),
+                &extra,
+            );
         }
         let boot = p.join("boot");
         fs::create_dir_all(boot.join("A")).unwrap();
@@ -142,50 +111,6 @@ impl Fixture {
         let path = dir.path().join(name);
         fs::copy(self.path(name), &path).unwrap();
         (dir, path)
-    }
-}
-
-fn status(disk: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(&["--image", s(disk), "status", "--json"])).unwrap()
-}
-
-fn slot_state(status: &serde_json::Value, slot: &str) -> String {
-    status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == slot)
-        .unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn mtype(disk: &Path, file: &str) -> Vec<u8> {
-    let out = Command::new("mtype")
-        .args(["-i", &format!("{}@@1M", s(disk)), &format!("::{file}")])
-        .output()
-        .expect("mtype (run scripts/setup)");
-    assert!(out.status.success(), "mtype {file}");
-    out.stdout
-}
-
-/// Every byte of slot A (its root partition and its files) and everything outside the boot
-/// partition and root B is unchanged.
-fn assert_active_untouched(before: &[u8], disk: &Path) {
-    let after = fs::read(disk).unwrap();
-    assert_eq!(before.len(), after.len());
-    assert!(before[ROOT_A] == after[ROOT_A], "root A changed");
-    assert!(before[..BOOT.start] == after[..BOOT.start], "MBR changed");
-    assert!(
-        before[ROOT_B.end..] == after[ROOT_B.end..],
-        "SAFE or DATA changed"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let old = dir.path().join("before.img");
-    fs::write(&old, before).unwrap();
-    for file in ["A/kernel.img", "A/cmdline.txt", "A/slot.txt", "zboot.img"] {
-        assert_eq!(mtype(&old, file), mtype(disk, file), "{file} changed");
     }
 }
 

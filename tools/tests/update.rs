@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{cmdline_file, compare_root_with_image, noise, ok, s, tar, zbctl, zbctl_env};
+use common::{
+    ROOT_A, ROOT_B, assert_active_untouched, cmdline_file, compare_root_with_image,
+    create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl, zbctl_env,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,13 +23,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use recovery_proto::image::{Image, RegionKind, Role, SliceSource};
-
-const MIB: usize = 1 << 20;
-/// `disk create --size 128M --boot-size 40M --root-size 32M --safe-size 8M`: boot at 1 MiB,
-/// root A at 41 MiB, root B at 73 MiB.
-const BOOT: std::ops::Range<usize> = MIB..41 * MIB;
-const ROOT_A: std::ops::Range<usize> = 41 * MIB..73 * MIB;
-const ROOT_B: std::ops::Range<usize> = 73 * MIB..105 * MIB;
 
 // ---------------------------------------------------------------------------------------------
 // The loopback server.
@@ -372,28 +368,12 @@ fn fixture() -> &'static Fixture {
         let p = dir.path();
         fs::write(p.join("zboot.img"), noise(70_000, 1)).unwrap();
         fs::write(p.join("kernel"), noise(300_001, 2)).unwrap();
-        ok(&[
-            "disk",
-            "create",
-            "--output",
-            s(&p.join("disk.img")),
-            "--size",
-            "128M",
-            "--boot-size",
-            "40M",
-            "--root-size",
-            "32M",
-            "--safe-size",
-            "8M",
-            "--disk-id",
-            "1a2b3c4d",
-            "--loader",
-            s(&p.join("zboot.img")),
-            "--slot",
-            &format!("A:kernel={},version=3", s(&p.join("kernel"))),
-            "--slot",
-            &format!("SAFE:kernel={}", s(&p.join("kernel"))),
-        ]);
+        create_small_disk(
+            &p.join("disk.img"),
+            &p.join("zboot.img"),
+            &p.join("kernel"),
+            &[],
+        );
         let boot = p.join("boot");
         fs::create_dir_all(boot.join("A")).unwrap();
         fs::write(boot.join("config.txt"), "arm_64bit=1\nkernel=zboot.img\n").unwrap();
@@ -549,38 +529,17 @@ impl Disk {
     }
 
     fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&ok(&["--image", s(&self.path), "status", "--json"])).unwrap()
+        status(&self.path)
     }
 
     fn slot_state(&self, slot: &str) -> String {
-        self.status()["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == slot)
-            .unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        slot_state(&self.status(), slot)
     }
 
-    /// Slot A (root, files), the MBR and everything after root B are byte-identical.
+    /// Slot A (root, files), the MBR and everything after root B are
+    /// byte-identical, and A is still ACTIVE and good.
     fn assert_active_untouched(&self) {
-        let after = fs::read(&self.path).unwrap();
-        assert!(self.before[ROOT_A] == after[ROOT_A], "root A changed");
-        assert!(
-            self.before[..BOOT.start] == after[..BOOT.start],
-            "MBR changed"
-        );
-        assert!(
-            self.before[ROOT_B.end..] == after[ROOT_B.end..],
-            "SAFE or DATA changed"
-        );
-        let old = self.dir.path().join("before.img");
-        fs::write(&old, &self.before).unwrap();
-        for file in ["A/kernel.img", "A/cmdline.txt", "A/slot.txt", "zboot.img"] {
-            assert_eq!(mtype(&old, file), mtype(&self.path, file), "{file} changed");
-        }
+        assert_active_untouched(&self.before, &self.path);
         assert_eq!(self.status()["active"], "A");
         assert_eq!(self.slot_state("A"), "good");
     }
@@ -591,15 +550,6 @@ impl Disk {
             compare_root_with_image(&fs::read(&self.path).unwrap(), ROOT_B.start, image_bytes);
         assert!(compared > 6 << 20, "{compared}");
     }
-}
-
-fn mtype(disk: &Path, file: &str) -> Vec<u8> {
-    let out = Command::new("mtype")
-        .args(["-i", &format!("{}@@1M", s(disk)), &format!("::{file}")])
-        .output()
-        .expect("mtype (run scripts/setup)");
-    assert!(out.status.success(), "mtype {file}");
-    out.stdout
 }
 
 fn https_manifest(url: &str, ca: &Path) -> String {

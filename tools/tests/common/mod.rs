@@ -101,3 +101,90 @@ pub fn compare_root_with_image(disk: &[u8], root_start: usize, image_bytes: &[u8
     }
     compared
 }
+
+/// The small test disk of the install and update tests ([`create_small_disk`]):
+/// boot at 1 MiB, root A at 41 MiB, root B at 73 MiB.
+pub const MIB: usize = 1 << 20;
+pub const BOOT: std::ops::Range<usize> = MIB..41 * MIB;
+pub const ROOT_A: std::ops::Range<usize> = 41 * MIB..73 * MIB;
+pub const ROOT_B: std::ops::Range<usize> = 73 * MIB..105 * MIB;
+
+/// `zbctl disk create` of the small test disk (128 MiB: boot 40M, roots
+/// 32M, SAFE 8M) at `output`, slot A at version 3 and SAFE holding
+/// `kernel`, plus `extra` arguments.
+pub fn create_small_disk(output: &Path, loader: &Path, kernel: &Path, extra: &[&str]) {
+    let slot_a = format!("A:kernel={},version=3", s(kernel));
+    let safe = format!("SAFE:kernel={}", s(kernel));
+    let mut args = vec![
+        "disk",
+        "create",
+        "--output",
+        s(output),
+        "--size",
+        "128M",
+        "--boot-size",
+        "40M",
+        "--root-size",
+        "32M",
+        "--safe-size",
+        "8M",
+        "--disk-id",
+        "1a2b3c4d",
+        "--loader",
+        s(loader),
+        "--slot",
+        &slot_a,
+        "--slot",
+        &safe,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
+/// `zbctl status --json` of a disk image.
+pub fn status(disk: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["--image", s(disk), "status", "--json"])).unwrap()
+}
+
+/// A slot's state (`good`, `bad`, ...) in a [`status`].
+pub fn slot_state(status: &serde_json::Value, slot: &str) -> String {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == slot)
+        .unwrap()["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A file of the boot partition (at 1 MiB) of a disk image, read with mtools.
+pub fn mtype(disk: &Path, file: &str) -> Vec<u8> {
+    let out = Command::new("mtype")
+        .args(["-i", &format!("{}@@1M", s(disk)), &format!("::{file}")])
+        .output()
+        .expect("mtype (run scripts/setup)");
+    assert!(out.status.success(), "mtype {file}");
+    out.stdout
+}
+
+/// Every byte of slot A (its root partition and its files) and everything
+/// outside the boot partition and root B of a small test disk is as in
+/// `before`.
+pub fn assert_active_untouched(before: &[u8], disk: &Path) {
+    let after = std::fs::read(disk).unwrap();
+    assert_eq!(before.len(), after.len());
+    assert!(before[ROOT_A] == after[ROOT_A], "root A changed");
+    assert!(before[..BOOT.start] == after[..BOOT.start], "MBR changed");
+    assert!(
+        before[ROOT_B.end..] == after[ROOT_B.end..],
+        "SAFE or DATA changed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("before.img");
+    std::fs::write(&old, before).unwrap();
+    for file in ["A/kernel.img", "A/cmdline.txt", "A/slot.txt", "zboot.img"] {
+        assert_eq!(mtype(&old, file), mtype(disk, file), "{file} changed");
+    }
+}
