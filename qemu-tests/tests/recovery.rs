@@ -314,13 +314,7 @@ fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
     assert_eq!(run.ending, Ending::StopText, "power cut part-way");
     let run = boot(&emmc, Some(&kit.stick), None);
     assert!(run.console_has("recovery: image written"));
-    let resumed = run
-        .console
-        .lines()
-        .find_map(|line| line.split("(from ").nth(1))
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|number| number.parse::<u32>().ok())
-        .unwrap();
+    let resumed = resumed_from(&run);
     assert!(resumed > 0, "the second run resumed from region {resumed}");
     assert!(run.console_has("recovery: the DATA partition was left in place"));
     assert_eq!(
@@ -334,6 +328,17 @@ fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
         .filter(|lba| !(data_lba..data_end).contains(lba))
         .collect();
     assert_eq!(outside_data, Vec::<u64>::new());
+}
+
+/// The region a completed reflash resumed from ("image written: N regions
+/// (from K)").
+fn resumed_from(run: &Run) -> u32 {
+    run.console
+        .lines()
+        .find_map(|line| line.split("(from ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap()
 }
 
 /// `sfdisk --json` of an image.
@@ -662,13 +667,7 @@ fn a_stick_pulled_while_writing_waits_and_a_new_one_resumes_from_the_journal() {
     assert!(run.console_has("recovery: waiting for a (new) stick"));
     assert!(run.console_has("recovery: image written"));
     assert_eq!(run.ending, Ending::GuestReset, "and resets");
-    let resumed = run
-        .console
-        .lines()
-        .find_map(|line| line.split("(from ").nth(1))
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|number| number.parse::<u32>().ok())
-        .unwrap();
+    let resumed = resumed_from(&run);
     assert!(resumed > 0, "the new stick resumed from region {resumed}");
     assert_eq!(
         differences(&kit, &emmc),

@@ -8,7 +8,8 @@ mod common;
 
 use common::{
     BOOT, ROOT_B, assert_active_untouched, cmdline_file, compare_root_with_image,
-    create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl, zbctl_env,
+    convert_small_image, create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl,
+    zbctl_env,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -75,26 +76,7 @@ fn fixture() -> &'static Fixture {
         tar(&boot, &p.join("boot.tar"));
         tar(&root, &p.join("root.tar"));
         for (name, root_mib) in [("os.zi", "24"), ("big.zi", "48")] {
-            ok(&[
-                "image",
-                "convert",
-                "-b",
-                s(&p.join("boot.tar")),
-                "-r",
-                s(&p.join("root.tar")),
-                "-o",
-                s(&p.join(name)),
-                "--name",
-                "os",
-                "--version",
-                "5",
-                "--boot-mib",
-                "40",
-                "--root-mib",
-                root_mib,
-                "--chunk-kib",
-                "256",
-            ]);
+            convert_small_image(p, name, "5", root_mib);
         }
         Fixture { dir }
     })

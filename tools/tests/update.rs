@@ -10,7 +10,8 @@ mod common;
 
 use common::{
     ROOT_A, ROOT_B, assert_active_untouched, cmdline_file, compare_root_with_image,
-    create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl, zbctl_env,
+    convert_small_image, create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl,
+    zbctl_env,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -402,26 +403,7 @@ fn fixture() -> &'static Fixture {
             ("same.zi", "3", "24"),
             ("big.zi", "5", "48"),
         ] {
-            ok(&[
-                "image",
-                "convert",
-                "-b",
-                s(&p.join("boot.tar")),
-                "-r",
-                s(&p.join("root.tar")),
-                "-o",
-                s(&p.join(name)),
-                "--name",
-                "os",
-                "--version",
-                version,
-                "--boot-mib",
-                "40",
-                "--root-mib",
-                root_mib,
-                "--chunk-kib",
-                "256",
-            ]);
+            convert_small_image(p, name, version, root_mib);
         }
         ok(&["key", "generate", "-o", s(&p.join("release"))]);
         fs::copy(p.join("os.zi"), p.join("signed.zi")).unwrap();

@@ -188,3 +188,29 @@ pub fn assert_active_untouched(before: &[u8], disk: &Path) {
         assert_eq!(mtype(&old, file), mtype(disk, file), "{file} changed");
     }
 }
+
+/// `zbctl image convert` of `dir`'s `boot.tar` and `root.tar` into
+/// `dir/name`: an image named `os` at `version`, laid out for the small
+/// test disk (40 MiB boot) with a `root_mib` root, in 256 KiB chunks.
+pub fn convert_small_image(dir: &Path, name: &str, version: &str, root_mib: &str) {
+    ok(&[
+        "image",
+        "convert",
+        "-b",
+        s(&dir.join("boot.tar")),
+        "-r",
+        s(&dir.join("root.tar")),
+        "-o",
+        s(&dir.join(name)),
+        "--name",
+        "os",
+        "--version",
+        version,
+        "--boot-mib",
+        "40",
+        "--root-mib",
+        root_mib,
+        "--chunk-kib",
+        "256",
+    ]);
+}
