@@ -61,6 +61,9 @@ fn main(boot: BootInfo) -> ! {
         nothing_to_boot("no usable boot medium");
     };
     let mut area = layout::LoadArea::take(board::ram_top(&mut peripherals.mailbox));
+    // A reflash cut by power loss is finished, or resumed from the stick,
+    // before anything on the half-written disk is trusted.
+    recovery::resume_unfinished(&mut peripherals, &disk, area.as_mut());
     let Some(medium) = medium::Medium::open(&disk) else {
         // A blank or broken eMMC: a bricked unit. Reflash it.
         log::error!("the boot medium has no usable boot partition: USB recovery");

@@ -18,15 +18,13 @@ use hal_bcm2711::gpio::ActLed;
 use hal_bcm2711::usb::mass_storage::{
     Inquiry, MassStorageError, UsbMassStorage, find_first_mass_storage,
 };
-use recovery_proto::State;
 use recovery_proto::block::{Block, BlockDevice};
 use recovery_proto::image::reader::MAX_OUTPUT_BUFFER;
 use recovery_proto::image::{Decoder, Progress};
-use recovery_proto::locate;
 use recovery_proto::manifest::Manifest;
-use recovery_proto::partition::{Partitions, TableKind};
-use recovery_proto::reflash::{self, Buffers, Journal, Pass, StickImage};
-use recovery_proto::store::RedundantStore;
+use recovery_proto::reflash::{
+    self, Buffers, DataOutcome, FreshState, JOURNAL_LBAS, Pass, Settings, StickImage,
+};
 
 use crate::arch::{self, Peripherals};
 use crate::layout::{self, LoadArea};
@@ -80,10 +78,13 @@ struct TimedDisk<'d> {
     disk: &'d Disk,
     /// Generic-timer ticks spent in writes (the benchmark's eMMC share).
     write_ticks: u64,
+    /// Write commands issued (0: the eMMC is as it was).
+    writes: u64,
 }
 
 impl TimedDisk<'_> {
     fn timed<R>(&mut self, work: impl FnOnce(&mut &Disk) -> R) -> R {
+        self.writes += 1;
         let start = Instant::now();
         let result = work(&mut self.disk);
         self.write_ticks += Instant::now().ticks().wrapping_sub(start.ticks());
@@ -151,37 +152,6 @@ impl BlockDevice for Stick {
     }
 }
 
-/// The reflash journal kept in the eMMC's slot state (when it has one).
-struct StateJournal<'d> {
-    disk: &'d Disk,
-    store: Option<RedundantStore>,
-    state: State,
-}
-
-impl Journal for StateJournal<'_> {
-    type Error = crate::storage::DiskError;
-
-    fn resume_point(&mut self, image: &[u8; 32]) -> u32 {
-        let journal = self.state.journal;
-        if journal.in_progress && journal.image_id == *image {
-            journal.next_chunk
-        } else {
-            0
-        }
-    }
-
-    fn record(&mut self, image: &[u8; 32], next_region: u32) -> Result<(), Self::Error> {
-        if self.state.journal.image_id != *image || !self.state.journal.in_progress {
-            self.state.start_reflash(*image);
-        }
-        self.state.record_reflash_progress(next_region);
-        if let Some(store) = &mut self.store {
-            store.save(&mut { self.disk }, &self.state)?;
-        }
-        Ok(())
-    }
-}
-
 /// Why one recovery attempt ended.
 enum Attempt {
     /// Nothing was written; wait for another stick.
@@ -200,6 +170,60 @@ impl fmt::Debug for Attempt {
             Self::Unplugged => write!(f, "unplugged"),
         }
     }
+}
+
+/// A reflash cut by power loss, as the journal outside the partitions
+/// records it: when every region is on the eMMC only the fresh state and the
+/// clearing of the journal were left, and they are done here without the
+/// stick; otherwise the reflash resumes from the stick (never returns). With
+/// no unfinished reflash this costs one read of the journal's two sectors.
+pub fn resume_unfinished(peripherals: &mut Peripherals, disk: &Disk, area: Option<&mut LoadArea>) {
+    let entry = match reflash::pending(&mut { disk }, JOURNAL_LBAS) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return,
+        Err(error) => {
+            log::warn!(
+                "reflash journal at LBAs {}-{}: unreadable ({error}); booting on",
+                JOURNAL_LBAS[0],
+                JOURNAL_LBAS[1]
+            );
+            return;
+        }
+    };
+    if entry.all_written() {
+        log::warn!(
+            "recovery: a reflash was cut after its last region ({} regions): finishing it",
+            entry.regions
+        );
+        match reflash::finish(&mut { disk }, JOURNAL_LBAS) {
+            Ok(FreshState::Written([first, second])) => {
+                log::info!("recovery: fresh slot state at LBAs {first} and {second}; reflash done");
+            }
+            Ok(FreshState::NoStateFile) => {
+                log::warn!("recovery: the image's boot partition has no ZBSTATE.BIN; reflash done");
+            }
+            Err(error) => log::error!("recovery: finishing the reflash: {error}"),
+        }
+        return;
+    }
+    log::warn!(
+        "recovery: a reflash was cut by power loss at region {} of {}: it resumes from the stick",
+        entry.next_region,
+        entry.regions
+    );
+    let mut name = [0u8; 12];
+    let length = entry.stick_name(&mut name);
+    let name = length
+        .and_then(|length| core::str::from_utf8(name.get(..length)?).ok())
+        .unwrap_or(DEFAULT_IMAGE_NAME);
+    // The name and the key the image was checked against when the reflash
+    // began: the zbmanifest.txt that named them may be half-written now.
+    let manifest = Manifest {
+        recovery_image: Some(name),
+        public_key: entry.key,
+        ..Manifest::default()
+    };
+    run(peripherals, Some(disk), area, &manifest)
 }
 
 /// Recovers the board from a USB stick; resets when done, never returns.
@@ -406,21 +430,6 @@ fn write_image(
     })?;
     log::info!("recovery: {name}: {} bytes", file.len());
 
-    // The journal lives in the state on the eMMC as it is now (a blank or
-    // broken eMMC has none: the reflash then cannot resume, only restart).
-    let (store, state) = match locate::locate_state(&mut { disk }) {
-        Ok(location) => {
-            let mut store = RedundantStore::new(location.lbas);
-            let (state, _) = store.load_or_fallback(&mut { disk });
-            (Some(store), state)
-        }
-        Err(error) => {
-            log::warn!("recovery: no slot state on the eMMC ({error}): no journal");
-            (None, State::fallback())
-        }
-    };
-    let mut journal = StateJournal { disk, store, state };
-
     // Work memory from the load area: the manifest and one region.
     let start = layout::KERNEL_BASE;
     let (manifest, output) = area
@@ -442,14 +451,17 @@ fn write_image(
     let mut target = TimedDisk {
         disk,
         write_ticks: 0,
+        writes: 0,
     };
-    let preserve = data_partition(disk);
+    let settings = Settings {
+        key,
+        stick_name: recovery_proto::fat::short_name(name).unwrap_or(*b"ZBOOT   ZI "),
+        journal_lbas: JOURNAL_LBAS,
+    };
     let result = reflash::reflash(
         &mut file,
         &mut target,
-        key,
-        preserve,
-        &mut journal,
+        &settings,
         Buffers {
             manifest,
             output,
@@ -465,20 +477,19 @@ fn write_image(
                 target.write_ticks,
                 decoder.profile(),
             );
-            report_written(&summary, preserve.is_some());
-            write_fresh_state(disk, &journal.state);
+            report_written(&summary);
             arch::zboot_bench_reflash_done();
             Ok(())
         }
         Err(error) => {
             log::error!("recovery: {error}");
-            // Errors from opening the image (format, signature, size) come
-            // before the first write; a failure while streaming leaves the
-            // journal's position in place.
-            if journal.state.journal.in_progress {
-                Err(Attempt::Interrupted)
-            } else {
+            // Errors from opening and checking the image (format, signature,
+            // size, layout, the verify pass) come before the first write; a
+            // failure while writing leaves the journal's position in place.
+            if target.writes == 0 {
                 Err(Attempt::Refused(BlinkCode::BadImage))
+            } else {
+                Err(Attempt::Interrupted)
             }
         }
     }
@@ -528,7 +539,7 @@ impl ProgressReport<'_> {
 }
 
 /// What the reflash wrote, skipped and kept.
-fn report_written(summary: &reflash::Summary, had_data: bool) {
+fn report_written(summary: &reflash::Summary) {
     log::info!(
         "recovery: image written: {} regions (from {}), {} bytes written, {} bytes of free space skipped",
         summary.regions,
@@ -536,13 +547,27 @@ fn report_written(summary: &reflash::Summary, had_data: bool) {
         summary.bytes_written,
         summary.bytes_skipped
     );
-    if summary.bytes_kept > 0 {
-        log::info!(
-            "recovery: the DATA partition was left in place ({} bytes of the image's DATA not written)",
+    match summary.data {
+        DataOutcome::Kept(extent) => log::info!(
+            "recovery: the DATA partition was left in place ({} sectors at LBA {}: the user's \
+             data when the reflash began; {} bytes of the image's DATA not written)",
+            extent.sectors,
+            extent.start_lba,
             summary.bytes_kept
-        );
-    } else if had_data {
-        log::warn!("recovery: the image's layout moves the DATA partition: it was rewritten");
+        ),
+        DataOutcome::Written => log::info!(
+            "recovery: the image's DATA partition was written (no DATA partition of the \
+             user's was in its place when the reflash began)"
+        ),
+        DataOutcome::NotInImage => {}
+    }
+    match summary.state {
+        FreshState::Written([first, second]) => {
+            log::info!("recovery: fresh slot state at LBAs {first} and {second}");
+        }
+        FreshState::NoStateFile => log::warn!(
+            "recovery: the image's boot partition has no ZBSTATE.BIN: no slot state written"
+        ),
     }
 }
 
@@ -569,48 +594,6 @@ fn report_time_split(
         decode.inflating,
         decode.hashing,
     );
-}
-
-/// The eMMC's DATA partition as it is now (docs/disk-layout.md: number 6 on
-/// MBR, 5 on GPT), which the reflash leaves alone if the image puts DATA in
-/// the same place.
-fn data_partition(disk: &Disk) -> Option<reflash::Preserve> {
-    let partitions = Partitions::read(&mut { disk }).ok()?;
-    let number = match partitions.kind() {
-        TableKind::Mbr => 6,
-        TableKind::Gpt => 5,
-    };
-    let data = partitions.partition(number)?;
-    log::info!(
-        "recovery: DATA is partition {number} ({} sectors at LBA {}): kept if the image leaves it in place",
-        data.sectors,
-        data.start_lba
-    );
-    Some(reflash::Preserve {
-        start_lba: data.start_lba,
-        sectors: data.sectors,
-    })
-}
-
-/// A fresh state (all slots good, ACTIVE = A) in the new boot partition's
-/// state file, keeping the policy and history of the old one.
-fn write_fresh_state(disk: &Disk, old: &State) {
-    let mut fresh = *old;
-    fresh.finish_reflash();
-    match locate::locate_state(&mut { disk }) {
-        Ok(location) => {
-            let mut store = RedundantStore::new(location.lbas);
-            match store.format(&mut { disk }, &fresh) {
-                Ok(()) => log::info!(
-                    "recovery: fresh slot state at LBAs {} and {}",
-                    location.lbas[0],
-                    location.lbas[1]
-                ),
-                Err(error) => log::error!("recovery: writing the fresh state: {error}"),
-            }
-        }
-        Err(error) => log::error!("recovery: the new boot partition has no state file: {error}"),
-    }
 }
 
 fn blink(gpio: &hal_bcm2711::gpio::Gpio, code: BlinkCode) {
