@@ -80,7 +80,8 @@ pub use ram::{RamDisk, RamDiskError, Tear};
 mod ram {
     //! A RAM disk for host tests that can cut power after the N-th write and tear a sector.
     use super::{BLOCK_SIZE, Block, BlockDevice};
-    use std::vec;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
     use std::vec::Vec;
 
     /// What the write that loses power leaves in its sector.
@@ -106,9 +107,15 @@ mod ram {
     }
 
     /// A RAM-backed block device with an optional scheduled power cut.
+    ///
+    /// The blocks are a shared, read-only base (zeros, or the bytes it was made from)
+    /// plus the blocks changed since: a clone costs what was changed, so a sweep can
+    /// start every run from the same large disk.
     #[derive(Clone, Debug)]
     pub struct RamDisk {
-        blocks: Vec<Block>,
+        count: usize,
+        base: Option<Arc<Vec<Block>>>,
+        changed: BTreeMap<usize, Block>,
         writes: usize,
         cut: Option<(usize, Tear)>,
         powered: bool,
@@ -118,10 +125,29 @@ mod ram {
         /// A zero-filled disk of `blocks` blocks.
         pub fn new(blocks: usize) -> Self {
             Self {
-                blocks: vec![[0; BLOCK_SIZE]; blocks],
+                count: blocks,
+                base: None,
+                changed: BTreeMap::new(),
                 writes: 0,
                 cut: None,
                 powered: true,
+            }
+        }
+
+        /// A disk holding `bytes` (a trailing partial block is dropped).
+        pub fn from_bytes(bytes: &[u8]) -> Self {
+            let blocks: Vec<Block> = bytes
+                .chunks_exact(BLOCK_SIZE)
+                .map(|chunk| {
+                    let mut block = [0u8; BLOCK_SIZE];
+                    block.copy_from_slice(chunk);
+                    block
+                })
+                .collect();
+            Self {
+                count: blocks.len(),
+                base: Some(Arc::new(blocks)),
+                ..Self::new(0)
             }
         }
 
@@ -149,13 +175,25 @@ mod ram {
 
         /// Direct access to a block's bytes (for corrupting it in tests).
         pub fn block_mut(&mut self, lba: u64) -> Option<&mut Block> {
-            self.blocks.get_mut(usize::try_from(lba).ok()?)
+            let index = usize::try_from(lba).ok().filter(|&i| i < self.count)?;
+            let base = &self.base;
+            Some(
+                self.changed
+                    .entry(index)
+                    .or_insert_with(|| Self::base_block(base.as_ref(), index)),
+            )
+        }
+
+        /// Block `index` as the base holds it.
+        fn base_block(base: Option<&Arc<Vec<Block>>>, index: usize) -> Block {
+            base.and_then(|blocks| blocks.get(index).copied())
+                .unwrap_or([0; BLOCK_SIZE])
         }
 
         fn index(&self, lba: u64) -> Result<usize, RamDiskError> {
             usize::try_from(lba)
                 .ok()
-                .filter(|&i| i < self.blocks.len())
+                .filter(|&i| i < self.count)
                 .ok_or(RamDiskError::OutOfRange {
                     lba,
                     blocks: self.block_count(),
@@ -179,8 +217,9 @@ mod ram {
                 return Err(RamDiskError::PowerCut);
             }
             let index = self.index(lba)?;
-            if let Some(block) = self.blocks.get(index) {
-                buffer.copy_from_slice(block);
+            match self.changed.get(&index) {
+                Some(block) => buffer.copy_from_slice(block),
+                None => buffer.copy_from_slice(&Self::base_block(self.base.as_ref(), index)),
             }
             Ok(())
         }
@@ -192,9 +231,11 @@ mod ram {
             let index = self.index(lba)?;
             let number = self.writes;
             self.writes += 1;
-            let Some(block) = self.blocks.get_mut(index) else {
-                return Err(RamDiskError::OutOfRange { lba, blocks: 0 });
-            };
+            let base = &self.base;
+            let block = self
+                .changed
+                .entry(index)
+                .or_insert_with(|| Self::base_block(base.as_ref(), index));
             match self.cut {
                 Some((at, tear)) if at == number => {
                     match tear {
@@ -224,7 +265,7 @@ mod ram {
         }
 
         fn block_count(&self) -> u64 {
-            self.blocks.len() as u64
+            self.count as u64
         }
     }
 }
