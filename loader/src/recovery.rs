@@ -100,7 +100,10 @@ impl BlockDevice for TimedDisk<'_> {
     }
 
     fn write_block(&mut self, lba: u64, buffer: &Block) -> Result<(), Self::Error> {
-        self.timed(|disk| disk.write_block(lba, buffer))
+        self.timed(|disk| disk.write_block(lba, buffer))?;
+        #[cfg(feature = "qemu-test")]
+        crate::test_hooks::after_emmc_write(lba, 1);
+        Ok(())
     }
 
     fn block_count(&self) -> u64 {
@@ -112,7 +115,13 @@ impl BlockDevice for TimedDisk<'_> {
     }
 
     fn write_blocks(&mut self, lba: u64, buffer: &[u8]) -> Result<(), Self::Error> {
-        self.timed(|disk| disk.write_blocks(lba, buffer))
+        self.timed(|disk| disk.write_blocks(lba, buffer))?;
+        #[cfg(feature = "qemu-test")]
+        crate::test_hooks::after_emmc_write(
+            lba,
+            (buffer.len() / recovery_proto::BLOCK_SIZE) as u64,
+        );
+        Ok(())
     }
 }
 

@@ -4,6 +4,8 @@
 //! drive paths a healthy boot never takes (a fault, a panic, the MMU-off
 //! hand-off, a mailbox that never answers).
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::arch::{self, BootInfo};
 use crate::board;
 use crate::dtb::DeviceTree;
@@ -30,6 +32,15 @@ pub fn run(boot: &BootInfo, device_tree: &DeviceTree) {
         }
         "emmc2" => emmc2_exercise(),
         "usb" => usb_exercise(),
+        other if other.starts_with("cut-after-lba:") => {
+            match other
+                .strip_prefix("cut-after-lba:")
+                .and_then(|lba| lba.parse::<u64>().ok())
+            {
+                Some(lba) => CUT_AFTER_LBA.store(lba, Ordering::Relaxed),
+                None => log::warn!("test hook `{other}`: not an LBA"),
+            }
+        }
         other => match other.strip_prefix("dtb-at:").and_then(parse_address) {
             // A blob the harness loaded at a fixed address (QEMU itself
             // refuses to pass a broken DTB with -dtb): validate it the way
@@ -40,6 +51,25 @@ pub fn run(boot: &BootInfo, device_tree: &DeviceTree) {
             )),
             None => log::warn!("unknown test hook `{other}`: ignored"),
         },
+    }
+}
+
+/// `zboot.test=cut-after-lba:N`: the LBA whose write ends the run, as a
+/// power cut right after that write would (u64::MAX: none).
+static CUT_AFTER_LBA: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Exit status of a run ended by `cut-after-lba` (the QEMU tests match it).
+pub const POWER_CUT_EXIT: u32 = 9;
+
+/// Called after every eMMC write of a reflash: with `cut-after-lba:N`, the
+/// write of `blocks` blocks at `lba` that covers N ends the run at once,
+/// leaving the disk file exactly as a power cut after that write would.
+pub fn after_emmc_write(lba: u64, blocks: u64) {
+    let cut = CUT_AFTER_LBA.load(Ordering::Relaxed);
+    if (lba..lba.saturating_add(blocks)).contains(&cut) {
+        log::warn!("test hook: power cut after the write of {blocks} blocks at LBA {lba}");
+        crate::console::flush();
+        arch::qemu_exit(POWER_CUT_EXIT);
     }
 }
 

@@ -7,9 +7,13 @@
 // Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
 #![allow(clippy::unwrap_used)]
 
+#[path = "../common/mod.rs"]
 mod common;
+mod kit;
+mod power_cut;
 
-use std::fmt::Write as _;
+use kit::{Kit, assert_boots_a, boot, boot_build, differences, path, resumed_from};
+
 use std::path::{Path, PathBuf};
 
 use common::zbctl;
@@ -18,214 +22,6 @@ use zboot_qemu_tests::{
     Ending, LoaderBuild, LoaderImage, PROVISIONED_BUTTON_GPIO, Qemu, Run, minimal_dtb,
     provisioned_key_files,
 };
-
-fn path(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A work directory with a golden disk, its `.zi`, and a stick holding it.
-struct Kit {
-    dir: tempfile::TempDir,
-    golden: PathBuf,
-    zi: PathBuf,
-    stick: PathBuf,
-}
-
-impl Kit {
-    fn new() -> Self {
-        Self::with_root_b(None)
-    }
-
-    /// A kit whose image also carries `megabytes` of file data in root B
-    /// (text: it compresses well, but every byte is inflated and hashed),
-    /// so that each pass over the image lasts long enough (over a second
-    /// under TCG) for a QMP command triggered by a progress line to land
-    /// inside it: QMP reaches a single-threaded TCG guest up to ~100 ms late.
-    fn with_payload(megabytes: usize) -> Self {
-        Self::with_root_b(Some(megabytes))
-    }
-
-    fn with_root_b(payload_megabytes: Option<usize>) -> Self {
-        let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
-        let kernel = LoaderImage::get(LoaderBuild::TestKernel).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let golden = dir.path().join("golden.img");
-        let mut args = vec![
-            "disk".to_owned(),
-            "create".into(),
-            "--output".into(),
-            path(&golden).into(),
-            "--size".into(),
-            "256M".into(),
-            "--disk-id".into(),
-            "0c0ffee0".into(),
-            "--loader".into(),
-            loader.image.display().to_string(),
-        ];
-        for slot in ["A", "B", "SAFE"] {
-            args.push("--slot".into());
-            args.push(format!(
-                "{slot}:kernel={},version=1",
-                kernel.image.display()
-            ));
-            args.push("--cmdline".into());
-            args.push(format!("{slot}=console=ttyAMA0 zbtest=good"));
-        }
-        if let Some(megabytes) = payload_megabytes {
-            let root = dir.path().join("root-b");
-            std::fs::create_dir(&root).unwrap();
-            let text = (0..megabytes * 1024 * 1024 / 32).fold(String::new(), |mut text, line| {
-                let _ = writeln!(text, "zboot payload line {line:>12}");
-                text
-            });
-            std::fs::write(root.join("payload.txt"), text).unwrap();
-            args.push("--root".into());
-            args.push(format!("B={}/", root.display()));
-        }
-        zbctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        let zi = dir.path().join("os.zi");
-        zbctl(&[
-            "image",
-            "convert",
-            "--from-disk",
-            path(&golden),
-            "-o",
-            path(&zi),
-            "--name",
-            "os",
-            "--version",
-            "1",
-        ]);
-        let stick = dir.path().join("stick.img");
-        zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
-        Self {
-            dir,
-            golden,
-            zi,
-            stick,
-        }
-    }
-
-    /// A blank eMMC the size of the golden one: a bricked unit.
-    fn blank_emmc(&self) -> PathBuf {
-        let emmc = self.dir.path().join("emmc.img");
-        let file = std::fs::File::create(&emmc).unwrap();
-        file.set_len(std::fs::metadata(&self.golden).unwrap().len())
-            .unwrap();
-        emmc
-    }
-
-    /// A QEMU run of the loader on `emmc` with the first stick on port 1 of
-    /// an explicit hub (id `stick`) and the second one's drive declared.
-    fn qemu_for_pulling(&self, emmc: &Path) -> Qemu {
-        let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
-        // Its own file: QEMU locks each image it opens.
-        let second_stick = self.dir.path().join("second-stick.img");
-        std::fs::copy(&self.stick, &second_stick).unwrap();
-        let first = format!("if=none,id=first,format=raw,file={}", path(&self.stick));
-        let second = format!("if=none,id=second,format=raw,file={}", path(&second_stick));
-        Qemu::new(&loader.image)
-            .dtb(&minimal_dtb().unwrap())
-            .emmc(emmc)
-            .extra_args(&[
-                "-device",
-                "usb-hub,port=1",
-                "-drive",
-                &first,
-                "-device",
-                "usb-storage,id=stick,drive=first,port=1.1",
-                "-drive",
-                &second,
-            ])
-    }
-}
-
-fn boot(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>) -> Run {
-    boot_with(emmc, stick, stop_at, &[])
-}
-
-fn boot_with(emmc: &Path, stick: Option<&Path>, stop_at: Option<&str>, extra: &[&str]) -> Run {
-    boot_build(LoaderBuild::QemuTest, emmc, stick, stop_at, extra)
-}
-
-fn boot_build(
-    build: LoaderBuild,
-    emmc: &Path,
-    stick: Option<&Path>,
-    stop_at: Option<&str>,
-    extra: &[&str],
-) -> Run {
-    let loader = LoaderImage::get(build).unwrap();
-    let mut qemu = Qemu::new(&loader.image)
-        .dtb(&minimal_dtb().unwrap())
-        .emmc(emmc)
-        .extra_args(extra);
-    if let Some(stick) = stick {
-        qemu = qemu.usb_stick(stick);
-    }
-    if let Some(text) = stop_at {
-        qemu = qemu.stop_at(text);
-    }
-    let run = qemu.run().unwrap();
-    println!("{run}");
-    run
-}
-
-/// Sectors of `emmc` that differ from the golden disk, outside the two
-/// state sectors (which recovery rewrites with a fresh state) and outside
-/// the image's skip regions (free space, not written).
-fn differences(kit: &Kit, emmc: &Path) -> Vec<u64> {
-    let inspect: Value = serde_json::from_str(&zbctl(&[
-        "image",
-        "inspect",
-        "--json",
-        "--regions",
-        path(&kit.zi),
-    ]))
-    .unwrap();
-    let status: Value =
-        serde_json::from_str(&zbctl(&["status", "--json", "--image", path(emmc)])).unwrap();
-    let state: Vec<u64> = status["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["lba"].as_u64().unwrap())
-        .collect();
-    // Regions name their partition by number (tables are number 0 and
-    // never skipped).
-    let start_of = |number: u64| {
-        inspect["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|partition| partition["number"].as_u64() == Some(number))
-            .unwrap()["start_lba"]
-            .as_u64()
-            .unwrap()
-    };
-    let mut skipped = Vec::new();
-    for region in inspect["regions"].as_array().unwrap() {
-        if region["kind"] == "skip" {
-            let first = start_of(region["partition"].as_u64().unwrap())
-                + region["offset"].as_u64().unwrap() / 512;
-            let count = region["length"].as_u64().unwrap() / 512;
-            skipped.push(first..first + count);
-        }
-    }
-    assert!(!skipped.is_empty(), "the image has free space to skip");
-    let golden = std::fs::read(&kit.golden).unwrap();
-    let written = std::fs::read(emmc).unwrap();
-    golden
-        .chunks(512)
-        .zip(written.chunks(512))
-        .enumerate()
-        .map(|(lba, pair)| (lba as u64, pair))
-        .filter(|(lba, (a, b))| {
-            a != b && !state.contains(lba) && !skipped.iter().any(|range| range.contains(lba))
-        })
-        .map(|(lba, _)| lba)
-        .collect()
-}
 
 #[test]
 fn a_bricked_unit_is_reflashed_from_the_stick_and_then_boots_a() {
@@ -299,97 +95,6 @@ fn without_a_stick_the_loader_waits_and_a_later_stick_recovers() {
 }
 
 #[test]
-fn a_reflash_cut_by_power_loss_resumes_from_the_journal() {
-    let kit = Kit::new();
-    // A unit with a state file (so the journal has a home) that asks for recovery.
-    std::fs::copy(&kit.golden, kit.dir.path().join("emmc.img")).unwrap();
-    let emmc = kit.dir.path().join("emmc.img");
-    zbctl(&["request-recovery", "--image", path(&emmc)]);
-    // The user's data: a marker in the DATA partition's ext4 superblock
-    // sector, which the image also carries. Same layout: it must survive.
-    let data_lba = partition_start(&emmc, 6);
-    let marker = b"zboot user data marker";
-    write_at(&emmc, (data_lba + 2) * 512 + 200, marker);
-    let run = boot(&emmc, Some(&kit.stick), Some("recovery: 30%"));
-    assert_eq!(run.ending, Ending::StopText, "power cut part-way");
-    let run = boot(&emmc, Some(&kit.stick), None);
-    assert!(run.console_has("recovery: image written"));
-    let resumed = resumed_from(&run);
-    assert!(resumed > 0, "the second run resumed from region {resumed}");
-    assert!(run.console_has("recovery: the DATA partition was left in place"));
-    assert_eq!(
-        read_at(&emmc, (data_lba + 2) * 512 + 200, marker.len()),
-        marker,
-        "DATA kept"
-    );
-    let data_end = data_lba + partition_sectors(&emmc, 6);
-    let outside_data: Vec<u64> = differences(&kit, &emmc)
-        .into_iter()
-        .filter(|lba| !(data_lba..data_end).contains(lba))
-        .collect();
-    assert_eq!(outside_data, Vec::<u64>::new());
-}
-
-/// The region a completed reflash resumed from ("image written: N regions
-/// (from K)").
-fn resumed_from(run: &Run) -> u32 {
-    run.console
-        .lines()
-        .find_map(|line| line.split("(from ").nth(1))
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|number| number.parse().ok())
-        .unwrap()
-}
-
-/// `sfdisk --json` of an image.
-fn partition_table(image: &Path) -> Value {
-    let output = std::process::Command::new("sfdisk")
-        .arg("--json")
-        .arg(image)
-        .output()
-        .expect("running sfdisk (fdisk; scripts/setup installs it)");
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn partition_field(image: &Path, number: u64, field: &str) -> u64 {
-    let table = partition_table(image);
-    let suffix = number.to_string();
-    table["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|partition| partition["node"].as_str().unwrap().ends_with(&suffix))
-        .unwrap()[field]
-        .as_u64()
-        .unwrap()
-}
-
-fn partition_start(image: &Path, number: u64) -> u64 {
-    partition_field(image, number, "start")
-}
-
-fn partition_sectors(image: &Path, number: u64) -> u64 {
-    partition_field(image, number, "size")
-}
-
-fn write_at(image: &Path, offset: u64, bytes: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
-    file.seek(SeekFrom::Start(offset)).unwrap();
-    file.write_all(bytes).unwrap();
-}
-
-fn read_at(image: &Path, offset: u64, length: usize) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(image).unwrap();
-    file.seek(SeekFrom::Start(offset)).unwrap();
-    let mut bytes = vec![0; length];
-    file.read_exact(&mut bytes).unwrap();
-    bytes
-}
-
-#[test]
 fn an_image_installed_into_b_boots_as_a_trial() {
     let kit = Kit::new();
     // A unit running A (confirmed good); the update goes into B.
@@ -413,37 +118,6 @@ fn an_image_installed_into_b_boots_as_a_trial() {
     assert!(
         run.console_has("slot B: B/kernel.img:"),
         "from B's directory, verified"
-    );
-}
-
-#[test]
-fn a_reflash_cut_again_and_again_behind_two_hubs_still_completes() {
-    // The stick two hubs deep (an explicit hub on the root port, a second on
-    // its port 1: QEMU `port=` paths), and the reflash killed at 10 %, then
-    // at 50 %, then at 80 %: each restart resumes from the journal.
-    let hubs = [
-        "-device",
-        "usb-hub,port=1",
-        "-device",
-        "usb-hub,port=1.1",
-        "-global",
-        "usb-storage.port=1.1.1",
-    ];
-    let kit = Kit::new();
-    std::fs::copy(&kit.golden, kit.dir.path().join("emmc.img")).unwrap();
-    let emmc = kit.dir.path().join("emmc.img");
-    zbctl(&["request-recovery", "--image", path(&emmc)]);
-    for cut in ["recovery: 10%", "recovery: 50%", "recovery: 80%"] {
-        let run = boot_with(&emmc, Some(&kit.stick), Some(cut), &hubs);
-        assert_eq!(run.ending, Ending::StopText, "power cut at {cut}");
-    }
-    let run = boot_with(&emmc, Some(&kit.stick), None, &hubs);
-    assert!(run.console_has("recovery: image written"));
-    assert!(!run.console_has("image written: 0 regions (from 0)"));
-    let run = boot(&emmc, None, None);
-    assert!(
-        run.console_has("zboot.slot=A zboot.attempt=1"),
-        "and A boots"
     );
 }
 
@@ -587,21 +261,6 @@ fn finish(qemu: &Qemu) -> Run {
         return run;
     }
     unreachable!("the last attempt returns or fails")
-}
-
-/// The next power-on boots A from the reflashed eMMC.
-fn assert_boots_a(emmc: &Path) {
-    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
-    let run = Qemu::new(&loader.image)
-        .dtb(&minimal_dtb().unwrap())
-        .emmc(emmc)
-        .run()
-        .unwrap();
-    println!("{run}");
-    assert!(
-        run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-02 zboot.slot=A zboot.attempt=1"),
-        "A boots"
-    );
 }
 
 #[test]
