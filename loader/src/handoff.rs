@@ -9,8 +9,6 @@
 use core::fmt;
 
 use dtoolkit::fdt::Fdt;
-use dtoolkit::fdt_mut::FdtMut;
-use dtoolkit::{Node, Property};
 
 use crate::arch::{self, ExceptionLevel};
 use crate::layout::{self, DoesNotFit, LoadArea};
@@ -21,12 +19,8 @@ use crate::slot_files::LoadedSlot;
 pub enum DtbError {
     /// Neither the slot nor the boot loader gave a usable device tree.
     None,
-    /// The slot's `dtb.dtb` does not parse.
-    Invalid(dtoolkit::error::FdtParseError),
-    /// The tree has no `/chosen` node for the command line.
-    NoChosen,
-    /// The command line or initrd properties do not fit in the DTB's room.
-    NoRoom(dtoolkit::error::FdtMutError),
+    /// The tree does not parse, has no `/chosen`, or has no room.
+    Edit(recovery_proto::dtb::DtbEditError),
     /// The DTB area is outside RAM.
     Placement(DoesNotFit),
 }
@@ -38,9 +32,7 @@ impl fmt::Display for DtbError {
                 f,
                 "no device tree: the slot has no dtb.dtb and the boot loader passed none"
             ),
-            Self::Invalid(error) => write!(f, "malformed device tree: {error}"),
-            Self::NoChosen => write!(f, "the device tree has no /chosen node"),
-            Self::NoRoom(error) => write!(f, "cannot edit /chosen: {error}"),
+            Self::Edit(error) => write!(f, "{error}"),
             Self::Placement(error) => write!(f, "{error}"),
         }
     }
@@ -70,31 +62,8 @@ pub fn prepare_device_tree(
         };
         destination.copy_from_slice(source);
     }
-    let mut fdt = FdtMut::from_slice(region).map_err(DtbError::Invalid)?;
-    let mut chosen = fdt.find_node_mut("/chosen").ok_or(DtbError::NoChosen)?;
-    chosen.remove_property("bootargs");
-    chosen
-        .add_property("bootargs", bootargs)
-        .map_err(DtbError::NoRoom)?;
-    chosen.remove_property("linux,initrd-start");
-    chosen.remove_property("linux,initrd-end");
-    if let Some((start, end)) = slot.initrd {
-        chosen
-            .add_property("linux,initrd-start", start as u64)
-            .map_err(DtbError::NoRoom)?;
-        chosen
-            .add_property("linux,initrd-end", end as u64)
-            .map_err(DtbError::NoRoom)?;
-    }
-    // Read back what the kernel will see.
-    let check = fdt.as_read_only();
-    let written = check.find_node("/chosen").and_then(|node| {
-        node.property("bootargs")
-            .and_then(|p| p.value_as::<&str>().ok())
-    });
-    if written != Some(bootargs) {
-        return Err(DtbError::NoChosen);
-    }
+    let initrd = slot.initrd.map(|(start, end)| (start as u64, end as u64));
+    recovery_proto::dtb::set_chosen(region, bootargs, initrd).map_err(DtbError::Edit)?;
     Ok(layout::DTB_ADDRESS)
 }
 

@@ -21,6 +21,7 @@ extern crate std;
 pub mod block;
 pub mod cmdline;
 pub mod decide;
+pub mod dtb;
 pub mod fat;
 #[cfg(test)]
 mod fault_injection;

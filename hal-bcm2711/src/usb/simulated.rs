@@ -447,3 +447,123 @@ fn nothing_usable_is_a_clear_error() {
         ),
     }
 }
+
+/// Records a [`HostController`]'s answers as the USB fuzz target's input reads them
+/// (`recovery-proto/fuzz/fuzz_targets/usb_stick.rs`): per transfer an outcome byte
+/// (0 = success, 0xf0.. = an error), then for an IN data stage a length byte (0xff: the
+/// whole buffer) and the bytes.
+#[derive(Debug)]
+struct Recorder<H> {
+    inner: H,
+    transcript: Vec<u8>,
+}
+
+impl<H> Recorder<H> {
+    fn outcome<T>(&mut self, result: &Result<T, TransferError>) {
+        self.transcript.push(match result {
+            Ok(_) => 0,
+            Err(TransferError::Stall) => 0xf0,
+            Err(TransferError::Babble) => 0xf1,
+            Err(TransferError::NakTimeout) => 0xf4,
+            Err(TransferError::Timeout) => 0xf5,
+            Err(TransferError::DeviceGone) => 0xf6,
+            Err(_) => 0xf2,
+        });
+    }
+
+    fn data(&mut self, received: &[u8], capacity: usize) {
+        let length = if received.len() == capacity && capacity >= 0xff {
+            0xff
+        } else {
+            u8::try_from(received.len()).expect("a short IN of under 255 bytes")
+        };
+        self.transcript.push(length);
+        self.transcript.extend_from_slice(received);
+    }
+}
+
+impl<H: HostController> HostController for Recorder<H> {
+    fn control_transfer(
+        &mut self,
+        endpoint: &Endpoint,
+        setup: &SetupPacket,
+        data: ControlData<'_>,
+    ) -> Result<usize, TransferError> {
+        match data {
+            ControlData::In(buffer) => {
+                let result = self
+                    .inner
+                    .control_transfer(endpoint, setup, ControlData::In(buffer));
+                self.outcome(&result);
+                if let Ok(length) = result {
+                    self.data(&buffer[..length], buffer.len());
+                }
+                result
+            }
+            other => {
+                let result = self.inner.control_transfer(endpoint, setup, other);
+                self.outcome(&result);
+                result
+            }
+        }
+    }
+
+    fn bulk_in(&mut self, pipe: &mut BulkPipe, buffer: &mut [u8]) -> Result<usize, TransferError> {
+        let result = self.inner.bulk_in(pipe, buffer);
+        self.outcome(&result);
+        if let Ok(length) = result {
+            self.data(&buffer[..length], buffer.len());
+        }
+        result
+    }
+
+    fn bulk_out(&mut self, pipe: &mut BulkPipe, data: &[u8]) -> Result<(), TransferError> {
+        let result = self.inner.bulk_out(pipe, data);
+        self.outcome(&result);
+        result
+    }
+
+    fn delay(&mut self, duration: Duration) {
+        self.inner.delay(duration);
+    }
+
+    fn start_timer(&mut self, timeout: Duration) -> HostTimer {
+        self.inner.start_timer(timeout)
+    }
+
+    fn expired(&mut self, timer: &HostTimer) -> bool {
+        self.inner.expired(timer)
+    }
+}
+
+/// The USB fuzz target's seed is what this simulated hub and stick answer to enumeration,
+/// the mass-storage bring-up and three 8-block reads: the committed seed must match it
+/// (`ZBOOT_WRITE_FUZZ_SEEDS=1` rewrites it).
+#[test]
+fn the_usb_fuzz_seed_is_the_simulated_sticks_transcript() {
+    let recorder = Recorder {
+        inner: Sim::new(true, 1024),
+        transcript: Vec::new(),
+    };
+    let mut stick = find_first_mass_storage(recorder, Speed::Full).expect("stick found");
+    let mut buffer = std::vec![0u8; 4096];
+    for lba in [0, 1, 63] {
+        stick.read_blocks(lba, &mut buffer).expect("read");
+    }
+    // Byte 0 selects the speed in the fuzz target (0: full speed).
+    let mut seed = std::vec![0u8];
+    seed.extend_from_slice(&stick.into_host().transcript);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../recovery-proto/fuzz/corpus/usb_stick/seed-hub-and-stick"
+    );
+    if std::env::var_os("ZBOOT_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+        std::fs::write(path, &seed).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(path).expect("the committed seed"),
+        seed,
+        "the seed is stale: rerun with ZBOOT_WRITE_FUZZ_SEEDS=1"
+    );
+}

@@ -14,6 +14,8 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let mut chunks = image.chunks(0);
-        while let Ok(Some(_)) = chunks.next_chunk(&image, &mut SliceSource(data), &mut decoder, &mut out) {}
+        while let Ok(Some(_)) =
+            chunks.next_chunk(&image, &mut SliceSource(data), &mut decoder, &mut out)
+        {}
     }
 });

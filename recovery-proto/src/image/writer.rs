@@ -387,6 +387,26 @@ pub(crate) mod tests {
         Ok(disk)
     }
 
+    /// The `.zi` reader's fuzz seed is the sample image (a data, a fill and a skip region):
+    /// the committed seed must match it (`ZBOOT_WRITE_FUZZ_SEEDS=1` rewrites it).
+    #[test]
+    fn the_zi_fuzz_seed_is_the_sample_image() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/zi_reader/seed-sample"
+        );
+        let image = sample_image();
+        if std::env::var_os("ZBOOT_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+            std::fs::write(path, &image).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(path).expect("the committed seed"),
+            image,
+            "the seed is stale: rerun with ZBOOT_WRITE_FUZZ_SEEDS=1"
+        );
+    }
+
     #[test]
     fn roundtrip_restores_data_and_fill_and_skips_free_space() {
         let bytes = sample_image();

@@ -55,6 +55,18 @@ enum Task {
     },
     /// Measure zboot: image size and guest instruction counts under QEMU.
     Bench,
+    /// Fuzz the parsers of untrusted bytes (recovery-proto/fuzz, cargo-fuzz + libFuzzer).
+    Fuzz {
+        /// Each target for a few seconds on the pinned stable toolchain without a sanitizer
+        /// (what CI runs); otherwise a full run on nightly with AddressSanitizer.
+        #[arg(long)]
+        smoke: bool,
+        /// Executions per target for a full run.
+        #[arg(long, default_value_t = 10_000_000)]
+        runs: u64,
+        /// Only these targets (default: every one `cargo fuzz list` names).
+        targets: Vec<String>,
+    },
     /// Everything CI checks: formatting, lints, the loader build, the tests.
     Ci,
 }
@@ -77,6 +89,11 @@ fn main() -> Result<()> {
         }
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Bench => bench(),
+        Task::Fuzz {
+            smoke,
+            runs,
+            targets,
+        } => fuzz(smoke, runs, &targets),
         Task::Ci => ci(),
     }
 }
@@ -603,6 +620,63 @@ fn storage_bench(
     Ok(())
 }
 
+/// Seconds each target runs in a smoke run.
+const FUZZ_SMOKE_SECONDS: u32 = 3;
+
+fn fuzz(smoke: bool, runs: u64, targets: &[String]) -> Result<()> {
+    let dir = workspace_root().join("recovery-proto/fuzz");
+    // cargo-fuzz through the rustup proxy: `+nightly` for full runs; the smoke run uses the
+    // toolchain rust-toolchain.toml pins (sanitizers need nightly, coverage does not).
+    let fuzz_command = || {
+        let mut command = Command::new("cargo");
+        if !smoke {
+            command.arg("+nightly");
+        }
+        command.arg("fuzz").current_dir(&dir);
+        command
+    };
+    let targets = if targets.is_empty() {
+        let output = fuzz_command()
+            .arg("list")
+            .output()
+            .context("running cargo fuzz list (scripts/setup installs cargo-fuzz)")?;
+        ensure!(
+            output.status.success(),
+            "cargo fuzz list: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    } else {
+        targets.to_vec()
+    };
+    ensure!(!targets.is_empty(), "no fuzz targets");
+    for target in &targets {
+        // New inputs go to a scratch corpus: the repository keeps only the seeds.
+        let scratch = tempfile::tempdir()?;
+        let mut command = fuzz_command();
+        command.arg("run");
+        if smoke {
+            command.args(["--sanitizer", "none"]);
+        }
+        command.arg(target).arg(scratch.path());
+        let seeds = dir.join("corpus").join(target);
+        if seeds.is_dir() {
+            command.arg(seeds);
+        }
+        command.arg("--");
+        if smoke {
+            command.arg(format!("-max_total_time={FUZZ_SMOKE_SECONDS}"));
+        } else {
+            command.arg(format!("-runs={runs}"));
+        }
+        run_checked(command, &format!("fuzz {target}"))?;
+    }
+    Ok(())
+}
+
 fn ci() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
@@ -634,6 +708,8 @@ fn ci() -> Result<()> {
     loader.args(["build", "--release", "--package", "zboot-loader"]);
     loader.args(["--target", "aarch64-unknown-none"]);
     run_checked(loader, "loader build for aarch64-unknown-none")?;
+
+    fuzz(true, 0, &[])?;
 
     test(&[])
 }
