@@ -8,18 +8,25 @@ use recovery_proto::block::{BLOCK_SIZE, Block, BlockDevice};
 use recovery_proto::image::ImageSource;
 use recovery_proto::reflash::StickImage;
 
-/// The fuzz input as a stick of at least 256 sectors (zero-extended).
-struct Stick(Vec<u8>);
+/// Sectors of the stick: the input, then zeros (a FAT16 volume needs 4085 clusters).
+const STICK_SECTORS: u64 = 16_384;
 
-impl BlockDevice for Stick {
+/// The fuzz input as the start of a stick of [`STICK_SECTORS`] sectors, zeros after it.
+struct Stick<'a>(&'a [u8]);
+
+impl BlockDevice for Stick<'_> {
     type Error = ();
 
     fn read_block(&mut self, lba: u64, buffer: &mut Block) -> Result<(), ()> {
-        let at = usize::try_from(lba)
-            .map_err(|_| ())?
-            .checked_mul(BLOCK_SIZE)
-            .ok_or(())?;
-        buffer.copy_from_slice(self.0.get(at..at + BLOCK_SIZE).ok_or(())?);
+        if lba >= STICK_SECTORS {
+            return Err(());
+        }
+        buffer.fill(0);
+        let at = usize::try_from(lba).map_err(|_| ())?.saturating_mul(BLOCK_SIZE);
+        if let Some(rest) = self.0.get(at..) {
+            let take = rest.len().min(BLOCK_SIZE);
+            buffer[..take].copy_from_slice(&rest[..take]);
+        }
         Ok(())
     }
 
@@ -28,15 +35,12 @@ impl BlockDevice for Stick {
     }
 
     fn block_count(&self) -> u64 {
-        (self.0.len() / BLOCK_SIZE) as u64
+        STICK_SECTORS
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut bytes = data.to_vec();
-    let sectors = (bytes.len().div_ceil(BLOCK_SIZE)).max(256);
-    bytes.resize(sectors * BLOCK_SIZE, 0);
-    let mut stick = Stick(bytes);
+    let mut stick = Stick(data);
     let Ok(mut file) = StickImage::open(&mut stick, "ZBOOT.ZI") else {
         return;
     };
