@@ -162,18 +162,23 @@ pub fn boot_build(
     run
 }
 
-/// Sectors of `emmc` that differ from the golden disk, outside the two
-/// state sectors (which recovery rewrites with a fresh state) and outside
-/// the image's skip regions (free space, not written).
-pub fn differences(kit: &Kit, emmc: &Path) -> Vec<u64> {
-    let inspect: Value = serde_json::from_str(&zbctl(&[
+/// `zbctl image inspect --json --regions` of the kit's image.
+pub fn inspect_regions(kit: &Kit) -> Value {
+    serde_json::from_str(&zbctl(&[
         "image",
         "inspect",
         "--json",
         "--regions",
         path(&kit.zi),
     ]))
-    .unwrap();
+    .unwrap()
+}
+
+/// Sectors of `emmc` that differ from the golden disk, outside the two
+/// state sectors (which recovery rewrites with a fresh state) and outside
+/// the image's skip regions (free space, not written).
+pub fn differences(kit: &Kit, emmc: &Path) -> Vec<u64> {
+    let inspect = inspect_regions(kit);
     let status: Value =
         serde_json::from_str(&zbctl(&["status", "--json", "--image", path(emmc)])).unwrap();
     let state: Vec<u64> = status["copies"]

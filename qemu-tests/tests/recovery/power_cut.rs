@@ -12,8 +12,8 @@ use zboot_qemu_tests::{Ending, Run};
 
 use crate::common::zbctl;
 use crate::kit::{
-    Kit, assert_boots_a, boot, boot_with, differences, partition_sectors, partition_start, path,
-    read_at, resumed_from, write_at,
+    Kit, assert_boots_a, boot, boot_with, differences, inspect_regions, partition_sectors,
+    partition_start, path, read_at, resumed_from, write_at,
 };
 
 /// The exit status of a run ended by the `cut-after-lba` hook
@@ -61,14 +61,7 @@ fn complete_with_the_stick(kit: &Kit, emmc: &Path) -> Run {
 /// The image's regions that write something, as (partition number, first
 /// LBA, sectors), in write order.
 fn written_regions(kit: &Kit) -> Vec<(u64, u64, u64)> {
-    let inspect: Value = serde_json::from_str(&zbctl(&[
-        "image",
-        "inspect",
-        "--json",
-        "--regions",
-        path(&kit.zi),
-    ]))
-    .unwrap();
+    let inspect = inspect_regions(kit);
     let partitions = inspect["partitions"].as_array().unwrap();
     let start_of = |number: u64| {
         partitions

@@ -533,12 +533,22 @@ mod tests {
         key: Option<&[u8; 32]>,
         progress: impl FnMut(Pass, Progress),
     ) -> Outcome {
+        reflash_from(&mut SliceSource(image), disk, key, progress)
+    }
+
+    /// A reflash of any source onto any target, with fresh buffers.
+    fn reflash_from<S: ImageSource, T: BlockDevice>(
+        source: &mut S,
+        target: &mut T,
+        key: Option<&[u8; 32]>,
+        progress: impl FnMut(Pass, Progress),
+    ) -> ReflashResult<S, T> {
         let mut manifest = vec![0u8; 64 * 1024];
         let mut output = vec![0u8; 1 << 20];
         let mut decoder = Box::new(Decoder::new());
         reflash(
-            &mut SliceSource(image),
-            disk,
+            source,
+            target,
             &Settings {
                 key,
                 ..Settings::default()
@@ -638,21 +648,8 @@ mod tests {
             disk: &mut disk,
             written: Vec::new(),
         };
-        let mut manifest = vec![0u8; 64 * 1024];
-        let mut output = vec![0u8; 1 << 20];
-        let mut decoder = Box::new(Decoder::new());
-        let summary = reflash(
-            &mut SliceSource(&image),
-            &mut recording,
-            &Settings::default(),
-            Buffers {
-                manifest: &mut manifest,
-                output: &mut output,
-                decoder: &mut decoder,
-            },
-            |_, _| {},
-        )
-        .unwrap();
+        let summary =
+            reflash_from(&mut SliceSource(&image), &mut recording, None, |_, _| {}).unwrap();
         let written = recording.written;
         assert!(JOURNAL_LBAS.contains(&written[0]), "first: {written:?}");
         assert!(
@@ -909,21 +906,7 @@ mod tests {
         );
 
         let mut disk = RamDisk::new(4096);
-        let mut manifest = vec![0u8; 64 * 1024];
-        let mut output = vec![0u8; 1 << 20];
-        let mut decoder = Box::new(Decoder::new());
-        reflash(
-            &mut file,
-            &mut disk,
-            &Settings::default(),
-            Buffers {
-                manifest: &mut manifest,
-                output: &mut output,
-                decoder: &mut decoder,
-            },
-            |_, _| {},
-        )
-        .unwrap();
+        reflash_from(&mut file, &mut disk, None, |_, _| {}).unwrap();
         assert!(same(&mut disk, &mut expected(&image)));
         assert!(matches!(
             StickImage::open(&mut stick, "OTHER.ZI"),
