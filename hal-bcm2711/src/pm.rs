@@ -10,8 +10,10 @@
 //! barebox `include/soc/bcm283x/wdt.h` (`PM_RSTS_HAD*_SET`) with their
 //! decoding order from barebox `arch/arm/boards/raspberry-pi/rpi-common.c`.
 //!
-//! Under QEMU `raspi4b` a write arming RSTC resets the machine at once; the
-//! watchdog countdown is not emulated, and RSTS reads 0.
+//! Stock QEMU 10 `raspi4b` resets the machine at once on a write arming RSTC
+//! and never counts down; the tests run a patched QEMU (`scripts/build-qemu`)
+//! whose watchdog counts WDOG's 16 µs ticks down as the chip does and sets
+//! RSTS.HADWRF on the reset it causes. RSTS reads 0x1000 at QEMU's power-on.
 
 use core::time::Duration;
 
@@ -143,7 +145,7 @@ pub enum ResetReason {
     Watchdog,
     /// A software reset (HADSR*).
     Software,
-    /// No cause bit set (QEMU reads 0; the firmware may also have cleared it).
+    /// No cause bit set (the firmware may have cleared it).
     Unknown,
 }
 
@@ -272,7 +274,7 @@ impl Watchdog {
     }
 
     /// Resets the whole chip now: a 10-tick countdown with full reset, then
-    /// wait. Under QEMU the RSTC write resets at once.
+    /// wait (about 150 µs; Linux `__bcm2835_restart` does the same).
     pub fn reset_now(&self) -> ! {
         self.registers
             .wdog

@@ -118,15 +118,24 @@ pub fn ram_top(mailbox: &mut Mailbox) -> usize {
     }
 }
 
-/// Arms the PM watchdog when `zbmanifest.txt` asks for a hang guard
-/// (`watchdog_timeout=<seconds>`): a kernel that hangs before user space
-/// takes the watchdog over resets the board, and the boot counts as failed.
+/// The hang guard, on by default: the PM watchdog armed just before the
+/// hand-off, at its maximum (about 16 s: 0xfffff ticks of 16 µs, Linux
+/// `bcm2835_wdt.c` `PM_WDOG_TIME_SET`) unless `zbmanifest.txt` sets
+/// `watchdog_timeout=<seconds>` (0 turns it off). A kernel that hangs
+/// before the OS takes the watchdog over (`bcm2835_wdt` finds it running at
+/// probe and keeps it fed until user space opens it) resets the board, and
+/// the attempt, already counted before the hand-off, stands as failed.
 pub fn arm_hang_guard(watchdog: &Watchdog, manifest: &Manifest<'_>) {
-    let Some(seconds) = manifest.watchdog_timeout else {
-        return;
+    let timeout = match manifest.watchdog_timeout {
+        Some(0) => {
+            log::warn!("hang guard off (watchdog_timeout=0): a hung kernel is never reset");
+            return;
+        }
+        Some(seconds) => core::time::Duration::from_secs(u64::from(seconds)),
+        None => hal_bcm2711::pm::WATCHDOG_MAX_TIMEOUT,
     };
-    match watchdog.arm(core::time::Duration::from_secs(u64::from(seconds))) {
-        Ok(()) => log::info!("hang guard: watchdog armed for {seconds} s"),
+    match watchdog.arm(timeout) {
+        Ok(()) => log::info!("hang guard: watchdog armed for {} ms", timeout.as_millis()),
         Err(error) => log::warn!("hang guard not armed: {error}"),
     }
 }

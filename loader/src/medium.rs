@@ -184,7 +184,9 @@ impl<'d> Medium<'d> {
                 let _ = uuid.push_str(given);
             }
         }
-        let panic_seconds = manifest.watchdog_timeout.map(|_| 1);
+        // With the hang guard on (the default), a kernel panic reboots at
+        // once rather than waiting for the watchdog (docs/slot-state.md).
+        let panic_seconds = (manifest.watchdog_timeout != Some(0)).then_some(1);
         let args = BootArgs {
             root_partuuid: &uuid,
             slot,

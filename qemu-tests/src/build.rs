@@ -9,6 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, bail, ensure};
 use object::{Object, ObjectSegment, ObjectSymbol};
+use sha2::Digest as _;
 
 /// The workspace root (this crate lives one level below it).
 pub fn workspace_root() -> PathBuf {
@@ -308,6 +309,39 @@ fn flatten_elf(elf: &Path, image: &Path) -> Result<(u64, HashMap<String, u64>)> 
 pub struct Tools;
 
 impl Tools {
+    /// The `qemu-system-aarch64` the tests run: `$ZBOOT_QEMU` if set, else the patched
+    /// build `scripts/build-qemu` caches (its PM watchdog counts down instead of
+    /// resetting at once, and its eMMC card model can be plugged into EMMC2). The
+    /// cache directory is named after the script's SHA-256, as the script names it.
+    pub fn qemu() -> Result<PathBuf> {
+        if let Some(path) = std::env::var_os("ZBOOT_QEMU") {
+            return Ok(PathBuf::from(path));
+        }
+        let script = workspace_root().join("scripts/build-qemu");
+        let bytes =
+            std::fs::read(&script).with_context(|| format!("reading {}", script.display()))?;
+        let digest = sha2::Sha256::digest(&bytes);
+        let key = digest.iter().take(6).fold(String::new(), |mut key, byte| {
+            let _ = write!(key, "{byte:02x}");
+            key
+        });
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+            .context("neither XDG_CACHE_HOME nor HOME is set")?;
+        let binary = cache
+            .join("zboot")
+            .join(format!("qemu-10.0.2-{key}"))
+            .join("bin/qemu-system-aarch64");
+        ensure!(
+            binary.is_file(),
+            "the patched QEMU is not built ({} is missing); run `scripts/setup` (it runs \
+             scripts/build-qemu) or set ZBOOT_QEMU",
+            binary.display()
+        );
+        Ok(binary)
+    }
+
     /// Fails with the setup hint if a program is not installed.
     pub fn require(program: &str) -> Result<()> {
         let found = std::env::var_os("PATH").is_some_and(|paths| {

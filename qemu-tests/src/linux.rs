@@ -368,7 +368,8 @@ pub fn disk_create_arguments(
 
 /// Fails unless the prerequisite programs exist.
 pub fn require_programs() -> Result<()> {
-    for program in ["qemu-system-aarch64", "gzip", "mke2fs"] {
+    crate::Tools::qemu()?;
+    for program in ["gzip", "mke2fs"] {
         crate::Tools::require(program)?;
     }
     Ok(())
@@ -483,7 +484,7 @@ fn measure(
     let log = scratch.join("qemu.log");
     let console = scratch.join("console.log");
     let _ = std::fs::remove_file(&log);
-    let mut command = Command::new("qemu-system-aarch64");
+    let mut command = Command::new(crate::Tools::qemu()?);
     command
         .args([
             "-M",

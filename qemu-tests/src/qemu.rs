@@ -224,8 +224,8 @@ impl Qemu {
         self
     }
 
-    fn command(&self, qmp_socket: &Path, qtest_socket: &Path) -> Command {
-        let mut command = Command::new("qemu-system-aarch64");
+    fn command(&self, qemu: &Path, qmp_socket: &Path, qtest_socket: &Path) -> Command {
+        let mut command = Command::new(qemu);
         command.args(["-M", "raspi4b", "-display", "none", "-monitor", "none"]);
         command.args(["-serial", "stdio", "-semihosting", "-no-reboot"]);
         match self.icount {
@@ -293,7 +293,7 @@ impl Qemu {
 
     /// Runs QEMU to its end and collects what it printed.
     pub fn run(&self) -> Result<Run> {
-        Tools::require("qemu-system-aarch64")?;
+        let qemu = Tools::qemu()?;
         let scratch = tempfile::tempdir().context("creating a scratch directory")?;
         let qmp_socket = scratch.path().join("qmp.sock");
         let qtest_socket = scratch.path().join("qtest.sock");
@@ -305,7 +305,7 @@ impl Qemu {
         };
         let started = Instant::now();
         let mut child = self
-            .command(&qmp_socket, &qtest_socket)
+            .command(&qemu, &qmp_socket, &qtest_socket)
             .spawn()
             .context("starting qemu-system-aarch64")?;
 

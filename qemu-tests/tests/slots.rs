@@ -155,6 +155,11 @@ impl<'a> SlotSetup<'a> {
 }
 
 fn disk(slots: &[SlotSetup<'_>]) -> Disk {
+    disk_with(slots, &[])
+}
+
+/// [`disk`] with more `zbctl disk create` arguments.
+fn disk_with(slots: &[SlotSetup<'_>], extra: &[&str]) -> Disk {
     let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
     let kernel = LoaderImage::get(LoaderBuild::TestKernel).expect("building the test kernel");
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +196,8 @@ fn disk(slots: &[SlotSetup<'_>]) -> Disk {
             setup.slot, setup.outcome
         ));
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     zbctl(&args);
     Disk { dir, image }
 }
@@ -619,4 +625,73 @@ fn an_initrd_too_large_for_ram_falls_back_before_reading_it() {
     assert!(run.console_has("does not fit below 0x3c000000; falling back"));
     assert_eq!(booted(&run), ("B".into(), 1));
     assert_eq!(disk.failed_boots("A"), 1);
+}
+
+/// The watchdog time left that the test kernel read from PM_WDOG at its start.
+fn watchdog_left_ms(run: &Run) -> Option<u64> {
+    run.console.lines().find_map(|line| {
+        line.strip_prefix("test-kernel: watchdog armed: ")?
+            .strip_suffix(" ms left")?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn the_hang_guard_is_armed_at_the_hand_off_by_default_and_off_with_zero() {
+    // No watchdog_timeout in zbmanifest.txt: the default, the PM watchdog's
+    // maximum (0xfffff ticks of 16 µs, 15.99 s), read back from PM_WDOG by the
+    // kernel zboot hands over to.
+    let disk = all_good();
+    let run = disk.boot();
+    assert!(run.console_has("hang guard: watchdog armed for 15999 ms"));
+    let left = watchdog_left_ms(&run).expect("the kernel finds the watchdog armed");
+    assert!((10_000..=15_999).contains(&left), "{left} ms left");
+    assert!(
+        run.console_has("zboot.slot=A zboot.attempt=1 panic=1"),
+        "a panic reboots at once"
+    );
+    assert_eq!(disk.failed_boots("A"), 1);
+
+    let off = disk_with(
+        &[SlotSetup::new("A", "good"), SlotSetup::new("SAFE", "good")],
+        &["--watchdog-timeout", "0"],
+    );
+    let run = off.boot();
+    assert!(run.console_has("hang guard off (watchdog_timeout=0)"));
+    assert!(run.console_has("test-kernel: watchdog not armed"));
+    assert!(!run.console_has("panic=1"));
+}
+
+#[test]
+fn a_kernel_that_hangs_is_reset_by_the_watchdog_and_falls_back_after_three() {
+    // The patched QEMU counts the PM watchdog down as the chip does
+    // (scripts/build-qemu); a 2 s hang guard keeps the test short.
+    let disk = disk_with(
+        &[
+            SlotSetup::new("A", "hang"),
+            SlotSetup::new("B", "good"),
+            SlotSetup::new("SAFE", "good"),
+        ],
+        &["--watchdog-timeout", "2"],
+    );
+    for attempt in 1..=3 {
+        let run = disk.boot();
+        assert_eq!(booted(&run), ("A".into(), attempt));
+        assert!(run.console_has("test-kernel: hanging as asked"));
+        assert!(run.console_has("hang guard: watchdog armed for 2000 ms"));
+        assert_eq!(
+            run.ending,
+            Ending::GuestReset,
+            "the watchdog resets the hung kernel"
+        );
+        assert_eq!(disk.failed_boots("A"), u64::from(attempt));
+    }
+    let run = disk.boot();
+    assert_eq!(
+        booted(&run),
+        ("B".into(), 1),
+        "the hang counted three times"
+    );
+    assert_eq!(disk.slot("A")["state"], "bad");
 }

@@ -125,6 +125,18 @@ extern "C" fn test_kernel_main(running_at: usize, dtb: usize, nonzero_args: u64)
         say!("no initrd");
     }
 
+    // The hang guard as the loader left it (PM RSTC.WRCFG and WDOG.TIME).
+    // SAFETY: the PM block at this address for the program's life; reads only.
+    let watchdog = unsafe { Watchdog::new(memory_map::PM) };
+    if watchdog.is_armed() {
+        say!(
+            "watchdog armed: {} ms left",
+            watchdog.time_left().as_millis()
+        );
+    } else {
+        say!("watchdog not armed");
+    }
+
     match bootargs
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("zbtest="))

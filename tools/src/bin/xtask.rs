@@ -503,7 +503,8 @@ fn run_checked(mut command: Command, what: &str) -> Result<()> {
 }
 
 fn test(cargo_args: &[String]) -> Result<()> {
-    for program in ["qemu-system-aarch64", "dtc", "cc"] {
+    Tools::qemu()?;
+    for program in ["dtc", "cc"] {
         Tools::require(program)?;
     }
     let mut command = cargo();

@@ -112,8 +112,9 @@ pub struct CreateArgs {
     /// count_power_loss in the manifest and the initial state (yes/no).
     #[arg(long, default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     pub count_power_loss: bool,
-    /// watchdog_timeout (seconds, 1–15) in the generated manifest; default: hang guard off.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=15))]
+    /// watchdog_timeout (seconds, 0–15; 0 turns the hang guard off) in the generated
+    /// manifest; without it the loader arms the watchdog at its maximum (about 16 s).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=15))]
     pub watchdog_timeout: Option<u8>,
     /// A slot's boot files: `A:kernel=PATH[,initrd=PATH][,dtb=PATH][,cmdline-file=PATH][,version=N]`
     /// (slot A, B or SAFE; repeat per slot). Slots not given stay empty.
