@@ -3,8 +3,9 @@
 //! DESIGN.md, "Recovery": bring the DWC2 host up, find the first mass-storage
 //! device behind the hub(s), find the image on its FAT partition, verify it
 //! before anything is written (header, manifest, signature when a key is
-//! provisioned), stream it onto the eMMC with a journal in the slot state so
-//! a power cut resumes, write a fresh state, reset. Anything that goes wrong
+//! provisioned), stream it onto the eMMC with a journal in two sectors
+//! outside the partitions (`recovery_proto::reflash::journal`) so a power
+//! cut at any write resumes, write a fresh state, reset. Anything that goes wrong
 //! before the first write leaves the eMMC untouched; the loader then waits
 //! for a (new) stick and tries again. The ACT LED blinks a code per phase
 //! and per error.
@@ -584,7 +585,7 @@ fn report_written(summary: &reflash::Summary) {
 /// turns them into guest instructions under `-icount`; on a CM4 they are
 /// 54 MHz ticks). USB counts every stick read, inflate and SHA-256 the
 /// decoder's own work, eMMC the writes; "other" is the rest (FAT mapping,
-/// the journal's state writes, progress, copying).
+/// the journal's sector writes, progress, copying).
 fn report_time_split(
     total: u64,
     usb: u64,
