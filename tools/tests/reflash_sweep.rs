@@ -507,3 +507,41 @@ fn a_cut_reflash_resumed_with_another_image_keeps_the_users_data() {
         2400,
     );
 }
+
+#[test]
+fn zbctl_status_shows_an_unfinished_reflash_from_the_journal() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.img");
+    // A reflash of the image onto the unit, cut half-way through its writes.
+    let mut disk = ram_disk(&f.unit);
+    disk.cut_power_at_write(5_000, Tear::Complete);
+    assert!(run_reflash(&f.image.zi, &mut disk).is_err());
+    disk.power_on();
+    let entry = reflash::pending(&mut disk, JOURNAL_LBAS).unwrap().unwrap();
+    let mut bytes = Vec::with_capacity(f.unit.len());
+    for lba in 0..disk.block_count() {
+        bytes.extend_from_slice(&block(&mut disk, lba));
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&["--image", s(&path), "status", "--json"])).unwrap();
+    let journal = &status["reflash_journal"];
+    assert_eq!(journal["next_region"], entry.next_region, "{status}");
+    assert_eq!(journal["regions"], entry.regions);
+    assert_eq!(
+        journal["kept_data"][0], f.data.0,
+        "the user's DATA is recorded as kept"
+    );
+    let text = ok(&["--image", s(&path), "status"]);
+    assert!(
+        text.contains("reflash:   UNFINISHED (journal at LBAs 64-65)"),
+        "{text}"
+    );
+    // The untouched unit: no reflash under way.
+    std::fs::write(&path, &f.unit).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&["--image", s(&path), "status", "--json"])).unwrap();
+    assert!(status["reflash_journal"].is_null(), "{status}");
+    assert!(status.as_object().unwrap().contains_key("reflash_journal"));
+}

@@ -214,7 +214,15 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Status { json } => {
             let mut opened = target::open(&target)?;
             let (state, _, report) = target::load(&mut opened)?;
-            let view = status::to_json(&state, &report, opened.lbas, &opened.description);
+            let mut view = status::to_json(&state, &report, opened.lbas, &opened.description);
+            if opened.whole_disk {
+                let journal = recovery_proto::reflash::pending(
+                    &mut opened.disk,
+                    recovery_proto::reflash::JOURNAL_LBAS,
+                )
+                .context("reading the reflash journal")?;
+                view.reflash_journal = Some(journal.as_ref().map(status::DiskJournalJson::new));
+            }
             if *json {
                 serde_json::to_writer_pretty(&mut *out, &view)?;
                 writeln!(out)?;

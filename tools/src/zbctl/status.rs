@@ -33,8 +33,12 @@ pub struct StatusJson {
     pub boot_count: u32,
     /// A, B, SAFE.
     pub slots: Vec<SlotJson>,
-    /// Reflash journal.
+    /// The legacy reflash journal in the state record (written by older zboots).
     pub reflash: ReflashJson,
+    /// The reflash journal outside the partitions (LBAs 64-65), when the target is a
+    /// whole disk: `None` there means no reflash is under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reflash_journal: Option<Option<DiskJournalJson>>,
     /// Recent boots, oldest first.
     pub history: Vec<BootJson>,
 }
@@ -78,6 +82,33 @@ pub struct ReflashJson {
     pub image_id: String,
     /// Next chunk to write.
     pub next_chunk: u32,
+}
+
+/// An unfinished reflash as the journal outside the partitions records it.
+#[derive(Debug, Serialize)]
+pub struct DiskJournalJson {
+    /// Image identity (hex SHA-256 of its header).
+    pub image_id: String,
+    /// The next region to write.
+    pub next_region: u32,
+    /// Regions in the image.
+    pub regions: u32,
+    /// The user's DATA partition the reflash leaves in place: (first LBA, sectors).
+    pub kept_data: Option<(u64, u64)>,
+}
+
+impl DiskJournalJson {
+    /// The JSON view of a journal entry.
+    pub fn new(entry: &recovery_proto::reflash::Entry) -> Self {
+        Self {
+            image_id: hex(&entry.image),
+            next_region: entry.next_region,
+            regions: entry.regions,
+            kept_data: entry
+                .kept_data
+                .map(|extent| (extent.start_lba, extent.sectors)),
+        }
+    }
 }
 
 /// One recorded boot.
@@ -160,6 +191,7 @@ pub fn to_json(
                 }),
             next_chunk: state.journal.next_chunk,
         },
+        reflash_journal: None,
         history: state
             .history
             .entries()
@@ -247,6 +279,23 @@ pub fn to_text(json: &StatusJson) -> String {
                 format!("#{}", slot.confirmed_boot)
             }
         );
+    }
+    match &json.reflash_journal {
+        Some(Some(entry)) => {
+            let _ = writeln!(
+                out,
+                "\nreflash:   UNFINISHED (journal at LBAs 64-65): image {}, region {} of {}; \
+                 the loader resumes it from a stick",
+                entry.image_id, entry.next_region, entry.regions
+            );
+        }
+        Some(None) => {
+            let _ = writeln!(
+                out,
+                "\nreflash:   none under way (journal at LBAs 64-65 empty)"
+            );
+        }
+        None => {}
     }
     if json.reflash.in_progress {
         let _ = writeln!(

@@ -50,6 +50,9 @@ pub struct StateTarget {
     pub lbas: [u64; 2],
     /// Human description of where the state is.
     pub description: String,
+    /// Whether `disk` is a whole disk (a partition table was read), where the reflash
+    /// journal lives at LBAs 64-65.
+    pub whole_disk: bool,
 }
 
 /// Finds `ZBSTATE.BIN` in a mounted boot directory (any case: vfat may show it lower case).
@@ -111,6 +114,7 @@ pub fn open(target: &Target) -> Result<StateTarget> {
                 disk,
                 lbas: [0, 1],
                 description: path.display().to_string(),
+                whole_disk: false,
             })
         }
         Target::Device(path) | Target::Image(path) => {
@@ -123,6 +127,7 @@ pub fn open(target: &Target) -> Result<StateTarget> {
             );
             Ok(StateTarget {
                 disk,
+                whole_disk: location.partition.is_some(),
                 lbas: location.lbas,
                 description: format!(
                     "{}, {partition}, {STATE_FILE_NAME} at LBA {} and {}",
