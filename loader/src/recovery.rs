@@ -463,10 +463,11 @@ fn write_image(
         write_ticks: 0,
         writes: 0,
     };
+    let defaults = Settings::default();
     let settings = Settings {
         key,
-        stick_name: recovery_proto::fat::short_name(name).unwrap_or(*b"ZBOOT   ZI "),
-        journal_lbas: JOURNAL_LBAS,
+        stick_name: recovery_proto::fat::short_name(name).unwrap_or(defaults.stick_name),
+        ..defaults
     };
     let result = reflash::reflash(
         &mut file,
