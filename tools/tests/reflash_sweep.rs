@@ -13,8 +13,9 @@
 //!    the journal cleared.
 //!
 //! Scenarios: a blank eMMC; a unit of the same layout whose DATA is kept; a unit of
-//! another layout, whose DATA the image moves; and a unit whose cut reflash is resumed
-//! with a different image.
+//! another layout, whose DATA the image moves; a unit whose cut reflash is resumed
+//! with a different image; and a unit as Raspberry Pi OS lays it out (`sfdisk`,
+//! `mkfs.vfat`, `mke2fs`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -391,7 +392,92 @@ fn data_extent(disk: &[u8]) -> (u64, u64) {
     (data.start_lba, data.sectors)
 }
 
-/// The disks and images of the four scenarios, made once.
+/// A unit as Raspberry Pi OS lays it out, made by the standard tools: an MBR from
+/// `sfdisk` with a FAT32 boot partition at 4 MiB (`mkfs.vfat`, holding `config.txt`,
+/// `cmdline.txt` and a kernel) and one ext4 root (`mke2fs`) to the end; `bytes` long.
+fn stock_unit(dir: &Path, bytes: usize) -> Vec<u8> {
+    let run = |program: &str, args: &[&str], input: Option<&str>| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
+        if let Some(text) = input {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        assert!(child.wait().unwrap().success(), "{program} {args:?}");
+    };
+    let disk = dir.join("stock.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(bytes as u64)
+        .unwrap();
+    // Raspberry Pi OS images: the boot partition at sector 8192, the root after it.
+    run(
+        "sfdisk",
+        &["--quiet", s(&disk)],
+        Some("label: dos\nlabel-id: 0x5a5a0009\n8192,81920,c\n90112,,83\n"),
+    );
+    let boot = dir.join("stock-boot.img");
+    run(
+        "mkfs.vfat",
+        &["-C", "-F", "32", "-n", "bootfs", s(&boot), "40960"],
+        None,
+    );
+    for (name, text) in [
+        ("config.txt", "[all]\nenable_uart=1\n[cm4]\notg_mode=1\n"),
+        (
+            "cmdline.txt",
+            "console=serial0,115200 root=PARTUUID=5a5a0009-02 rootwait\n",
+        ),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        run(
+            "mcopy",
+            &["-i", s(&boot), s(&file), &format!("::{name}")],
+            None,
+        );
+    }
+    let kernel = dir.join("kernel8.img");
+    std::fs::write(&kernel, noise(40_000, 9)).unwrap();
+    run(
+        "mcopy",
+        &["-i", s(&boot), s(&kernel), "::kernel8.img"],
+        None,
+    );
+    let root = dir.join("stock-root.img");
+    let root_bytes = bytes - 90_112 * BLOCK_SIZE;
+    run(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "rootfs",
+            s(&root),
+            &format!("{}k", root_bytes / 1024),
+        ],
+        None,
+    );
+    let mut image = std::fs::read(&disk).unwrap();
+    for (start, part) in [(8192, &boot), (90_112, &root)] {
+        let part = std::fs::read(part).unwrap();
+        image[start * BLOCK_SIZE..start * BLOCK_SIZE + part.len()].copy_from_slice(&part);
+    }
+    image
+}
+
+/// The disks and images of the scenarios, made once.
 struct Fixtures {
     _dir: tempfile::TempDir,
     image: Made,
@@ -399,6 +485,7 @@ struct Fixtures {
     blank: Vec<u8>,
     unit: Vec<u8>,
     moved: Vec<u8>,
+    stock: Vec<u8>,
     data: (u64, u64),
 }
 
@@ -419,8 +506,10 @@ fn fixtures() -> &'static Fixtures {
             let (start, sectors) = data_extent(&other_layout.disk);
             with_user_data(&other_layout.disk, start, sectors)
         };
+        let stock = stock_unit(dir.path(), image.disk.len());
         Fixtures {
             _dir: dir,
+            stock,
             image,
             switched,
             blank,
@@ -485,6 +574,24 @@ fn a_reflash_moving_the_data_partition_cut_at_every_4th_write() {
         &Scenario {
             name: "another layout, DATA moved",
             target: &f.moved,
+            cut: &f.image,
+            resume: &f.image,
+            kept: None,
+        },
+        3000,
+    );
+}
+
+#[test]
+fn a_stock_raspberry_pi_os_unit_reflashed_into_the_zboot_layout_cut_at_every_4th_write() {
+    // A field unit as Raspberry Pi OS ships (sfdisk + mkfs.vfat + mke2fs): no DATA
+    // partition, so the image's DATA is written; its old boot partition holds no slot
+    // state, so a cut before the end never boots anything.
+    let f = fixtures();
+    sweep_at_least(
+        &Scenario {
+            name: "stock Raspberry Pi OS unit",
+            target: &f.stock,
             cut: &f.image,
             resume: &f.image,
             kept: None,
