@@ -20,6 +20,7 @@ extern crate std;
 
 pub mod block;
 pub mod cmdline;
+pub mod config_txt;
 pub mod decide;
 pub mod dtb;
 pub mod fat;
