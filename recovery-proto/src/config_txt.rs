@@ -176,18 +176,18 @@ pub fn parse_line(raw: &str) -> Entry<'_> {
             None => Entry::Unknown,
         };
     }
-    if let Some(rest) = text.strip_prefix("include") {
-        if rest.starts_with([' ', '\t']) {
-            return Entry::Include(rest.trim());
-        }
+    if let Some(rest) = text.strip_prefix("include")
+        && rest.starts_with([' ', '\t'])
+    {
+        return Entry::Include(rest.trim());
     }
-    if let Some(rest) = text.strip_prefix("initramfs") {
-        if rest.starts_with([' ', '\t']) {
-            let mut words = rest.split_whitespace();
-            let files = words.next().unwrap_or("");
-            let address = words.next().unwrap_or("");
-            return Entry::Initramfs { files, address };
-        }
+    if let Some(rest) = text.strip_prefix("initramfs")
+        && rest.starts_with([' ', '\t'])
+    {
+        let mut words = rest.split_whitespace();
+        let files = words.next().unwrap_or("");
+        let address = words.next().unwrap_or("");
+        return Entry::Initramfs { files, address };
     }
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() && !key.contains([' ', '\t']) => {
@@ -252,6 +252,8 @@ impl<'a> Iterator for Reader<'a, '_> {
 /// The settings that name the files the firmware loads for the OS, as they stand after the
 /// lines fed to [`BootFiles::apply`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+// One field per config.txt flag the firmware reads; not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct BootFiles {
     /// `kernel=`.
     pub kernel: Option<Value>,
@@ -412,7 +414,10 @@ mod tests {
     #[test]
     fn filters_of_one_type_replace_each_other_and_types_combine() {
         let boot = files("[pi3]\nkernel=a.img\n[pi4]\ncmdline=b.txt\n[0x1234]\nkernel=c.img\n");
-        assert_eq!(boot.kernel, None, "[pi3] is not a CM4; the serial is unknown");
+        assert_eq!(
+            boot.kernel, None,
+            "[pi3] is not a CM4; the serial is unknown"
+        );
         assert_eq!(boot.cmdline.as_deref(), Some("b.txt"));
         let boot = files("[none]\nkernel=x.img\n[pi4]\nkernel=y.img\n[all]\narm_64bit=1\n");
         assert_eq!(boot.kernel, None, "[none] holds until [all]");
@@ -442,7 +447,10 @@ mod tests {
     fn lines_past_the_limit_and_odd_lines() {
         let long = format!("kernel={}\n", "k".repeat(120));
         let boot = files(&long);
-        assert_eq!(boot.kernel.map(|k| k.len()), Some(LINE_LIMIT - "kernel=".len()));
+        assert_eq!(
+            boot.kernel.map(|k| k.len()),
+            Some(LINE_LIMIT - "kernel=".len())
+        );
         assert_eq!(parse_line("  # x=1"), Entry::Blank);
         assert_eq!(parse_line("foo bar=1"), Entry::Unknown);
         assert_eq!(parse_line("[pi4"), Entry::Unknown);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, s, zbctl};
+use common::{decode_to_disk, ok, s, zbctl};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use recovery_proto::image::format::{HEADER_SIZE, TRAILER_SIZE};
-use recovery_proto::image::{Content, Decoder, Image, Role, SliceSource};
+use recovery_proto::image::{Image, Role, SliceSource};
 
 fn fails(args: &[&str], code: i32, needle: &str) {
     let out = zbctl(args);
@@ -93,31 +93,6 @@ fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join(name);
     fs::copy(&sample().1, &path).unwrap();
     (dir, path)
-}
-
-/// Writes every region into a disk file of the image's layout with the loader's reader
-/// (skip regions stay zero) — what USB recovery does.
-fn decode_to_disk(zi: &Path, disk: &Path) {
-    let bytes = fs::read(zi).unwrap();
-    let mut manifest = vec![0u8; 1 << 20];
-    let image = Image::open(&mut SliceSource(&bytes), &mut manifest, None).unwrap();
-    let mut out = vec![0u8; image.header().chunk_size as usize];
-    let mut decoder = Box::new(Decoder::new());
-    let mut data = vec![0u8; usize::try_from(image.header().disk_size).unwrap()];
-    let mut chunks = image.chunks(0);
-    while let Some(chunk) = chunks
-        .next_chunk(&image, &mut SliceSource(&bytes), &mut decoder, &mut out)
-        .unwrap()
-    {
-        let at = usize::try_from(chunk.layout_lba() * 512).unwrap();
-        let len = usize::try_from(chunk.region.length).unwrap();
-        match chunk.content {
-            Content::Data(bytes) => data[at..at + len].copy_from_slice(bytes),
-            Content::Fill(byte) => data[at..at + len].fill(byte),
-            Content::Skip => {}
-        }
-    }
-    fs::write(disk, data).unwrap();
 }
 
 fn partition_file(disk: &Path, start_lba: u64, sectors: u64, out: &Path) {

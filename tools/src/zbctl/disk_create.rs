@@ -96,6 +96,10 @@ pub struct CreateArgs {
     /// Lines appended to the generated /config.txt.
     #[arg(long, value_name = "FILE")]
     pub config_extra: Option<PathBuf>,
+    /// The whole /config.txt, instead of the generated one (the stock-image converter's
+    /// edit of the user's file, which already holds zboot's lines).
+    #[arg(skip)]
+    pub config_text: Option<String>,
     /// Files (and subdirectories) copied to the root of the boot partition: start4.elf,
     /// fixup4.dat, the DTBs, overlays/ ...
     #[arg(long, value_name = "DIR")]
@@ -724,6 +728,9 @@ fn manifest_text(args: &CreateArgs) -> Result<Vec<u8>> {
 }
 
 fn config_text(args: &CreateArgs) -> Result<Vec<u8>> {
+    if let Some(text) = &args.config_text {
+        return Ok(text.clone().into_bytes());
+    }
     let mut text =
         b"# written by zbctl disk create\narm_64bit=1\nkernel=zboot.img\nenable_uart=1\n".to_vec();
     if let Some(path) = &args.config_extra {
@@ -880,7 +887,7 @@ fn fill_boot(
 }
 
 /// Writes `bytes` at `offset`, skipping zero MiB-blocks (the image is sparse and zero).
-fn write_sparse(file: &File, offset: u64, source: &mut dyn Read, limit: u64) -> Result<u64> {
+pub fn write_sparse(file: &File, offset: u64, source: &mut dyn Read, limit: u64) -> Result<u64> {
     let mut buffer = vec![0u8; MIB as usize];
     let mut written = 0u64;
     loop {

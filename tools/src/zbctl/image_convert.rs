@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
@@ -27,6 +27,7 @@ use recovery_proto::partition::{FAT_TYPES, Partitions};
 use super::disk::{FileDisk, Window};
 use super::image::sign_with;
 use super::image_fs;
+use super::image_stock;
 use super::key;
 
 /// Arguments of `image convert`.
@@ -65,6 +66,25 @@ pub struct ConvertArgs {
     /// Sign with this private key (`zbctl key generate`).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Stock images: the root partition's number, when the dump has several ext4 ones.
+    #[arg(long, value_name = "N")]
+    pub root_partition: Option<u8>,
+    /// Stock images: leave root B empty (an update fills it) instead of a copy of A.
+    #[arg(long)]
+    pub b_empty: bool,
+    /// Stock images: a DTB of the boot partition to ship in each slot as dtb.dtb (default:
+    /// none; zboot hands Linux the firmware's tree, with the config.txt overlays applied).
+    #[arg(long, value_name = "NAME")]
+    pub slot_dtb: Option<String>,
+    /// Stock images: size of the DATA partition added after SAFE (K/M/G suffixes).
+    #[arg(long, default_value = "256M", value_parser = super::disk_create::parse_size)]
+    pub data_size: u64,
+    /// Stock images: the zboot.img to embed (default: the workspace's release build).
+    #[arg(long, value_name = "FILE")]
+    pub loader: Option<PathBuf>,
+    /// Print the changes a stock image needs and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Where a partition's bytes are.
@@ -493,15 +513,43 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         .map(key::read_private)
         .transpose()?;
     let (name, version) = name_and_version(args)?;
-    let scratch = tempfile::tempdir()?;
-    let (partitions, disk_signature, disk_size) =
-        match (&args.from_disk, &args.boot_tar, &args.root_tar) {
+    let scratch = tempfile::Builder::new()
+        .prefix(".zbctl-convert-")
+        .tempdir_in(
+            args.output
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
+        .context("making a scratch directory beside --output")?;
+    let stock = match (&args.from_disk, &args.boot_tar, &args.root_tar) {
+        (Some(disk), None, None) => {
+            image_stock::from_disk(disk, scratch.path(), args.root_partition)?
+        }
+        (None, Some(boot), Some(root)) => {
+            super::image_tar::stock_from_tarballs(boot, root, args, scratch.path())?
+        }
+        _ => bail!("give --from-disk dd.img, or -b boot.tar -r root.tar"),
+    };
+    let (partitions, disk_signature, disk_size) = match stock {
+        Some(input) => {
+            let Some(disk) = convert_stock(&input, args, version, scratch.path(), out)? else {
+                return Ok(());
+            };
+            disk_layout(&disk)?
+        }
+        None if args.dry_run => {
+            writeln!(out, "already in the zboot layout: carried over as it is")?;
+            return Ok(());
+        }
+        None => match (&args.from_disk, &args.boot_tar, &args.root_tar) {
             (Some(disk), None, None) => disk_layout(disk)?,
             (None, Some(boot), Some(root)) => {
                 super::image_tar::layout_from_tarballs(boot, root, args, scratch.path())?
             }
             _ => bail!("give --from-disk dd.img, or -b boot.tar -r root.tar"),
-        };
+        },
+    };
     let meta = ImageMeta {
         name,
         version,
@@ -535,6 +583,63 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         if signing.is_some() { ", signed" } else { "" }
     )?;
     Ok(())
+}
+
+/// The workspace's release build of the loader.
+fn default_loader() -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/aarch64-unknown-none/release/zboot.img");
+    ensure!(
+        path.is_file(),
+        "no --loader given and {} is not built (cargo xtask build-loader)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A stock image's conversion up to the zboot disk (`None` after `--dry-run`).
+fn convert_stock(
+    input: &image_stock::StockInput,
+    args: &ConvertArgs,
+    version: u32,
+    scratch: &Path,
+    out: &mut dyn Write,
+) -> Result<Option<PathBuf>> {
+    let options = image_stock::StockOptions {
+        loader: match &args.loader {
+            Some(path) => path.clone(),
+            None if args.dry_run => PathBuf::new(),
+            None => default_loader()?,
+        },
+        b_empty: args.b_empty,
+        slot_dtb: args.slot_dtb.clone(),
+        data_bytes: args.data_size,
+        root_bytes: args.root_mib.map(|mib| mib << 20),
+        version,
+    };
+    let plan = image_stock::plan(input, &options)?;
+    let signature = if let Some(signature) = input.disk_signature {
+        signature
+    } else {
+        let mut bytes = [0u8; 4];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow!("random disk signature: {e}"))?;
+        u32::from_le_bytes(bytes).max(1)
+    };
+    let fstab = image_stock::fix_root_fstab(&input.root, signature, scratch, args.dry_run)?;
+    let mut layout = vec![format!(
+        "layout: 1 boot (FAT32), 2 root A = {}, 3 root B = {}, 5 SAFE = the same system, \
+         6 DATA ({} MiB, empty ext4); MBR disk signature {signature:08x}",
+        input.root_origin,
+        if args.b_empty { "empty" } else { "a copy of A" },
+        args.data_size >> 20
+    )];
+    layout.extend(fstab);
+    image_stock::print_plan(&plan, &layout, out)?;
+    if args.dry_run {
+        writeln!(out, "--dry-run: nothing written")?;
+        return Ok(None);
+    }
+    image_stock::build_disk(input, &plan, &options, signature, scratch).map(Some)
 }
 
 /// Runs a command, failing with its stderr.

@@ -21,7 +21,35 @@ pub const REQUIRED_BOOT_FILES: [&str; 4] =
 const MIB: u64 = 1 << 20;
 const FIRST_LBA: u64 = 2048;
 
+/// Refuses a tarball with a member that would land outside the directory it is extracted
+/// into: an absolute name or a `..` component.
+fn check_members(tar: &Path) -> Result<()> {
+    let output = Command::new("tar")
+        .arg("-tf")
+        .arg(tar)
+        .output()
+        .with_context(|| format!("listing {}", tar.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{}: not a tarball tar can read: {}",
+            tar.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    for name in String::from_utf8_lossy(&output.stdout).lines() {
+        if name.starts_with('/') || name.split('/').any(|part| part == "..") {
+            bail!(
+                "{}: member `{name}` has an absolute path or a `..` component; nothing was \
+                 extracted",
+                tar.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn extract(tar: &Path, into: &Path) -> Result<()> {
+    check_members(tar)?;
     fs::create_dir_all(into)?;
     run_tool(
         Command::new("tar")
@@ -73,7 +101,7 @@ fn boot_tree(extracted: &Path, tar: &Path) -> Result<PathBuf> {
     )
 }
 
-fn tree_bytes(dir: &Path) -> Result<u64> {
+pub fn tree_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -174,6 +202,50 @@ fn mbr(signature: u32, entries: &[(u8, u8, u64, u64)]) -> [u8; 512] {
     sector[510] = 0x55;
     sector[511] = 0xAA;
     sector
+}
+
+/// Tarballs of a stock boot partition and root (`Ok(None)`: the boot tarball is in the zboot
+/// layout, converted by [`layout_from_tarballs`]).
+pub fn stock_from_tarballs(
+    boot_tar: &Path,
+    root_tar: &Path,
+    args: &ConvertArgs,
+    scratch: &Path,
+) -> Result<Option<super::image_stock::StockInput>> {
+    let boot_dir = scratch.join("stock-boot");
+    extract(boot_tar, &boot_dir)?;
+    let candidates = [
+        boot_dir.clone(),
+        boot_dir.join("boot/firmware"),
+        boot_dir.join("boot"),
+    ];
+    if candidates
+        .iter()
+        .any(|c| super::image_stock::is_zboot_tree(c))
+    {
+        return Ok(None);
+    }
+    let Some(tree) = candidates
+        .iter()
+        .find(|c| find_any_case(c, "config.txt").is_some_and(|p| p.is_file()))
+    else {
+        bail!(
+            "{}: the boot tarball holds neither config.txt (a stock Raspberry Pi boot \
+             partition) nor zboot.img with A/kernel.img and A/cmdline.txt (the zboot layout), \
+             at its top level or under boot/firmware/ or boot/",
+            boot_tar.display()
+        );
+    };
+    let root_dir = scratch.join("stock-root");
+    extract(root_tar, &root_dir)?;
+    Ok(Some(super::image_stock::StockInput {
+        boot_dir: tree.clone(),
+        boot_origin: boot_tar.display().to_string(),
+        root: super::image_stock::RootSource::Tree(root_dir),
+        root_origin: root_tar.display().to_string(),
+        disk_signature: None,
+        boot_bytes: args.boot_mib.max(40) * MIB,
+    }))
 }
 
 /// Builds the partitions in `scratch` and returns the layout, disk signature and disk size.

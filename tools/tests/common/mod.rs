@@ -214,3 +214,40 @@ pub fn convert_small_image(dir: &Path, name: &str, version: &str, root_mib: &str
         "256",
     ]);
 }
+
+/// Writes every region into a disk file of the image's layout with the loader's reader
+/// (skip regions stay zero) — what USB recovery does.
+pub fn decode_to_disk(zi: &Path, disk: &Path) {
+    let bytes = std::fs::read(zi).unwrap();
+    let mut manifest = vec![0u8; 1 << 20];
+    let image = recovery_proto::image::Image::open(
+        &mut recovery_proto::image::SliceSource(&bytes),
+        &mut manifest,
+        None,
+    )
+    .unwrap();
+    let mut out = vec![0u8; image.header().chunk_size as usize];
+    let mut decoder = Box::new(recovery_proto::image::Decoder::new());
+    let mut data = vec![0u8; usize::try_from(image.header().disk_size).unwrap()];
+    let mut chunks = image.chunks(0);
+    while let Some(chunk) = chunks
+        .next_chunk(
+            &image,
+            &mut recovery_proto::image::SliceSource(&bytes),
+            &mut decoder,
+            &mut out,
+        )
+        .unwrap()
+    {
+        let at = usize::try_from(chunk.layout_lba() * 512).unwrap();
+        let len = usize::try_from(chunk.region.length).unwrap();
+        match chunk.content {
+            recovery_proto::image::Content::Data(bytes) => {
+                data[at..at + len].copy_from_slice(bytes);
+            }
+            recovery_proto::image::Content::Fill(byte) => data[at..at + len].fill(byte),
+            recovery_proto::image::Content::Skip => {}
+        }
+    }
+    std::fs::write(disk, data).unwrap();
+}
