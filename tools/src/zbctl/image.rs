@@ -16,6 +16,7 @@ use recovery_proto::image::{
 use serde::Serialize;
 
 use super::image_convert::{self, ConvertArgs};
+use super::image_layout::{self, LayoutJson};
 use super::key;
 use super::status::hex;
 
@@ -243,6 +244,9 @@ pub struct ImageView {
     /// Every region, if asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<RegionView>>,
+    /// Whether a unit reflashed from the image runs zboot (`image inspect` fills it in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zboot_layout: Option<LayoutJson>,
 }
 
 /// JSON view of a partition.
@@ -361,6 +365,23 @@ pub fn view(image: &Image<'_>, file_size: u64, with_regions: bool) -> ImageView 
         file_size,
         partitions,
         regions,
+        zboot_layout: None,
+    }
+}
+
+/// The zboot-layout check of `inspect` and `verify`: the text after `layout: ` and the JSON.
+/// Never an error: their exit codes stay the image's.
+fn layout_of(opened: &mut Opened, file: &Path) -> (String, LayoutJson) {
+    match image_layout::check_opened(opened, file) {
+        Ok(layout) => (layout.describe(), layout.json()),
+        Err(error) => (
+            format!("not checked ({error:#})"),
+            LayoutJson {
+                ok: false,
+                problems: vec![format!("not checked: {error:#}")],
+                notes: Vec::new(),
+            },
+        ),
     }
 }
 
@@ -374,8 +395,12 @@ pub fn mib(bytes: u64) -> String {
 fn inspect(file: &Path, json: bool, regions: bool, out: &mut dyn Write) -> Result<()> {
     let mut opened = Opened::new(file, None)?;
     let size = opened.source.size()?;
-    let image = opened.image().map_err(|e| refuse(file, &e))?;
-    let view = view(&image, size, regions);
+    let mut view = {
+        let image = opened.image().map_err(|e| refuse(file, &e))?;
+        view(&image, size, regions)
+    };
+    let (layout, layout_json) = layout_of(&mut opened, file);
+    view.zboot_layout = Some(layout_json);
     if json {
         serde_json::to_writer_pretty(&mut *out, &view)?;
         writeln!(out)?;
@@ -453,6 +478,7 @@ fn inspect(file: &Path, json: bool, regions: bool, out: &mut dyn Write) -> Resul
             r.sha256.as_deref().unwrap_or("")
         )?;
     }
+    writeln!(out, "layout: {layout}")?;
     Ok(())
 }
 
@@ -538,6 +564,8 @@ fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<()> {
         args.file.display(),
         mib(data)
     )?;
+    let (layout, _) = layout_of(&mut opened, &args.file);
+    writeln!(out, "layout: {layout}")?;
     Ok(())
 }
 

@@ -804,6 +804,7 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                 }
             }
             let files = slot_files(&scratch, header.image_version, what)?;
+            warn_layout(&scratch, what, slot);
             let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
                 .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
 
@@ -855,6 +856,7 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                 }
             }
             let files = slot_files(&scratch, header.image_version, what)?;
+            warn_layout(&scratch, what, slot);
             let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
                 .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
             (files, boot_runs)
@@ -935,6 +937,22 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
         started.elapsed().as_secs_f64()
     )?;
     Ok(report)
+}
+
+/// Warns (on stderr) when the image's boot partition (unpacked in `scratch`) is not in the
+/// zboot layout: install takes only the slot's files and root from it, so the target keeps
+/// its zboot, but the image is not one to reflash a unit from.
+fn warn_layout(scratch: &File, what: &str, slot: Slot) {
+    match super::image_layout::check_volume(scratch) {
+        Ok(layout) if !layout.ok() => eprintln!(
+            "warning: {what}: no zboot layout ({}): install takes only slot {slot}'s files and \
+             root file system from it, so this unit keeps its zboot, but a unit reflashed from \
+             this image (e.g. from a recovery stick) would not run zboot",
+            layout.summary()
+        ),
+        Ok(_) => {}
+        Err(error) => eprintln!("warning: {what}: zboot layout not checked: {error:#}"),
+    }
 }
 
 /// Writes a region's content at byte `at` of `file`; returns the bytes written.

@@ -12,6 +12,7 @@ pub mod fat_fixup;
 pub mod image;
 pub mod image_convert;
 pub mod image_fs;
+pub mod image_layout;
 pub mod image_stock;
 pub mod image_tar;
 pub mod init;

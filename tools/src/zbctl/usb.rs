@@ -6,6 +6,10 @@
 //! The volume is made in memory with the `fatfs` crate and repaired with `fat_fixup` (it
 //! passes `fsck.fat -n`); in a fresh volume the image is one contiguous cluster run, which the
 //! loader's FAT walker proves before the stick image is renamed into place.
+//!
+//! An image without the zboot layout (`image_layout`: no `zboot.img`, a `config.txt` that does
+//! not load it, no `A/`) is refused unless `--force`: the loader's recovery reflashes the whole
+//! eMMC from the stick, and the unit would then boot whatever the image holds instead of zboot.
 
 use std::fs::{self, File};
 use std::io::{Cursor, Write};
@@ -56,6 +60,10 @@ pub struct CreateArgs {
     /// Stick image size (K/M/G suffixes; default: the `.zi` + 16 MiB, at least 64 MiB).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
+    /// Make the stick even though the image has no zboot layout (a unit reflashed from it
+    /// loses zboot).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs `zbctl usb ...`.
@@ -115,6 +123,39 @@ fn mbr(signature: u32, start: u64, sectors: u64) -> Result<[u8; 512]> {
     Ok(sector)
 }
 
+/// Refuses an image without the zboot layout (`image_layout`) unless `--force`: the loader's
+/// recovery reflashes the whole eMMC from the stick, zboot's own boot partition included.
+fn check_layout(opened: &mut Opened, args: &CreateArgs) -> Result<()> {
+    let layout = super::image_layout::check_opened(opened, &args.zi)?;
+    if layout.ok() {
+        return Ok(());
+    }
+    let loads = match layout.kernel.as_deref() {
+        Some(kernel) if !kernel.eq_ignore_ascii_case(super::image_layout::LOADER) => {
+            format!(" (the firmware would load {kernel})")
+        }
+        _ => String::new(),
+    };
+    let consequence = format!(
+        "a unit reflashed from this recovery stick would lose zboot and boot whatever the \
+         image holds{loads}, without zboot's A/B slots, rollback or USB recovery"
+    );
+    if args.force {
+        eprintln!(
+            "warning: {}: no zboot layout ({}): {consequence}; making the stick anyway (--force)",
+            args.zi.display(),
+            layout.summary()
+        );
+        return Ok(());
+    }
+    bail!(
+        "{}: no zboot layout ({}): {consequence}. Nothing written. Make the image from a disk \
+         in the zboot layout (docs/disk-layout.md), or give --force to make the stick anyway",
+        args.zi.display(),
+        layout.summary()
+    )
+}
+
 /// Runs `usb create`.
 pub fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
     let name = stick_name(args)?;
@@ -130,6 +171,7 @@ pub fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
         )
     };
     verify_payload(&mut opened, &args.zi)?;
+    check_layout(&mut opened, args)?;
     let zi_size = fs::metadata(&args.zi)?.len();
     let size = args
         .size
