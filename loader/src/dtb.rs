@@ -132,6 +132,24 @@ impl DeviceTree {
         self.string("/", "model")
     }
 
+    /// The Linux names of the UARTs behind the `serial0` and `serial1` aliases, which the
+    /// firmware points at the primary (GPIO 14/15) and secondary UART: what
+    /// `console=serial0` and `console=serial1` in a `cmdline.txt` mean (the firmware
+    /// rewrites them before Linux sees the line; Linux knows no `serial0`).
+    pub fn serial_ttys(&self) -> [Option<&'static str>; 2] {
+        let tty = |alias: &str| {
+            let fdt = self.fdt.as_ref().ok()?;
+            let path = self.string("/aliases", alias)?;
+            let node = fdt.find_node(path)?;
+            // A string list: the first entry is the most specific.
+            let list = node.property("compatible")?.value_as::<&str>().ok()?;
+            let compatible = list.split('\0').next()?;
+            let unit = path.rsplit_once('@').map_or("", |(_, unit)| unit);
+            recovery_proto::cmdline::bcm2711_uart_tty(compatible, unit)
+        };
+        [tty("serial0"), tty("serial1")]
+    }
+
     /// `/chosen/bootargs`, the command line the boot loader passed on.
     #[cfg_attr(not(feature = "qemu-test"), allow(dead_code))]
     pub fn bootargs(&self) -> Option<&'static str> {

@@ -22,6 +22,7 @@ mod panic;
 mod recovery;
 mod selection;
 mod slot_files;
+mod stock;
 mod storage;
 #[cfg(feature = "qemu-test")]
 mod test_hooks;
@@ -33,6 +34,8 @@ use recovery_proto::Decision;
 use crate::dtb::{DeviceTree, DtbProblem};
 
 /// The boot flow, entered by `arch` with the MMU and caches on.
+// One step after the other, as DESIGN.md's boot flow lists them; each step is a call.
+#[allow(clippy::too_many_lines)]
 fn main(boot: BootInfo) -> ! {
     let mut peripherals = arch::take_peripherals();
 
@@ -55,6 +58,13 @@ fn main(boot: BootInfo) -> ! {
 
     arch::zboot_bench_marker();
     let recovery_button = board::recovery_button_held(&peripherals.gpio);
+    // `console=serial0`/`serial1` in a cmdline.txt name these (docs/linux.md).
+    let serial_ttys = device_tree.serial_ttys();
+    log::info!(
+        "serial0 = {}, serial1 = {}",
+        serial_ttys[0].unwrap_or("(unknown: left as written)"),
+        serial_ttys[1].unwrap_or("(unknown: left as written)")
+    );
 
     // 3. The boot medium: EMMC2, its partitions and the FAT boot partition.
     let Some(disk) = medium::open_disk(&mut peripherals) else {
@@ -90,6 +100,18 @@ fn main(boot: BootInfo) -> ! {
         nothing_to_boot("no RAM to load a kernel into");
     };
 
+    // A stock Raspberry Pi layout (no slot state, no slot directories): boot it as the
+    // firmware would have; only if that fails does the usual path (recovery) follow.
+    if medium.state_lbas().is_none() && stock::is_stock_layout(medium.partition()) {
+        boot_stock(
+            &medium,
+            &mut area,
+            &device_tree,
+            serial_ttys,
+            boot.running_level,
+        );
+    }
+
     // 5. Load and verify the chosen slot; a slot that fails falls back at once.
     loop {
         let outcome = selector.decide();
@@ -117,7 +139,14 @@ fn main(boot: BootInfo) -> ! {
 
         // 6. The command line and the device tree.
         let mut line_buffer = [0u8; recovery_proto::cmdline::COMMAND_LINE_SIZE];
-        let bootargs = match medium.bootargs(slot, attempt, &manifest, &loaded, &mut line_buffer) {
+        let bootargs = match medium.bootargs(
+            slot,
+            attempt,
+            &manifest,
+            &loaded,
+            serial_ttys,
+            &mut line_buffer,
+        ) {
             Ok(line) => line,
             Err(error) => {
                 log::error!("slot {slot}: {error}; falling back");
@@ -143,6 +172,42 @@ fn main(boot: BootInfo) -> ! {
         // 7. The optional hang guard, then 8. the hand-off.
         board::arm_hang_guard(&peripherals.watchdog, &manifest);
         handoff::jump(&loaded, dtb, boot.running_level);
+    }
+}
+
+/// Boots a stock layout (docs/bring-your-own-image.md); returns only when it cannot.
+fn boot_stock(
+    medium: &medium::Medium<'_>,
+    area: &mut layout::LoadArea,
+    device_tree: &DeviceTree,
+    serial_ttys: [Option<&str>; 2],
+    level: arch::ExceptionLevel,
+) {
+    log::warn!(
+        "stock layout: no slot state and no slot directories; booting what the firmware \
+         would boot (files not verified, no boot counting)"
+    );
+    let loaded = match stock::load(medium.partition(), area) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            log::error!("stock layout: {error}");
+            return;
+        }
+    };
+    let mut line_buffer = [0u8; recovery_proto::cmdline::COMMAND_LINE_SIZE];
+    let bootargs =
+        match recovery_proto::cmdline::build_stock(&loaded.cmdline, &serial_ttys, &mut line_buffer)
+        {
+            Ok(line) => line,
+            Err(error) => {
+                log::error!("stock layout: command line: {error}");
+                return;
+            }
+        };
+    log::info!("stock layout: command line: {bootargs}");
+    match handoff::prepare_device_tree(area, &loaded, device_tree.fdt().ok(), bootargs) {
+        Ok(dtb) => handoff::jump(&loaded, dtb, level),
+        Err(error) => log::error!("stock layout: device tree: {error}"),
     }
 }
 

@@ -160,6 +160,7 @@ impl<'d> Medium<'d> {
         attempt: u8,
         manifest: &Manifest<'_>,
         loaded: &LoadedSlot,
+        serial: [Option<&str>; 2],
         out: &'o mut [u8],
     ) -> Result<&'o str, BootArgsError> {
         let spec = match slot {
@@ -192,6 +193,7 @@ impl<'d> Medium<'d> {
             slot,
             attempt,
             panic_seconds,
+            serial,
         };
         cmdline::build(&loaded.cmdline, &args, out).map_err(BootArgsError::Cmdline)
     }

@@ -4,6 +4,13 @@
 //! its SHA-256 after; nothing of a slot is used until all of its files have
 //! passed. Gzip kernels are verified as stored, then inflated into place
 //! (with the gzip CRC-32 and length checked too).
+//!
+//! The same code loads a stock layout's kernel, initramfs and command line ([`load_stock`]),
+//! which have no `slot.txt` and are only read.
+
+// A `SlotError` carries the file's name inline (no allocator in the loader); it is made
+// at most once per slot per boot, so its size costs nothing that matters.
+#![allow(clippy::result_large_err)]
 
 use core::fmt;
 
@@ -113,75 +120,116 @@ impl fmt::Display for Problem {
     }
 }
 
-/// A slot that cannot boot: which file and why.
+/// Whose files are loaded: a slot's (verified against its `slot.txt`) or a stock layout's
+/// (named by `config.txt`, with nothing to verify them against).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A zboot slot.
+    Slot(Slot),
+    /// The kernel of a stock Raspberry Pi layout (docs/bring-your-own-image.md).
+    Stock,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Slot(slot) => write!(f, "slot {slot}"),
+            Self::Stock => f.write_str("stock layout"),
+        }
+    }
+}
+
+/// A file's name as messages show it (`A/kernel.img`, `kernel8.img`).
+pub type FileName = heapless::String<100>;
+
+/// Files that cannot boot: which file and why.
 #[derive(Debug)]
 pub struct SlotError {
-    pub slot: Slot,
-    pub file: &'static str,
+    pub owner: Owner,
+    pub file: FileName,
     pub problem: Problem,
 }
 
 impl fmt::Display for SlotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "slot {}: {}/{}: {}",
-            self.slot, self.slot, self.file, self.problem
-        )
+        write!(f, "{}: {}: {}", self.owner, self.file, self.problem)
     }
 }
 
-struct Loader<'p, 'd> {
+struct Loader<'p, 'd, 'm> {
     partition: &'p BootPartition<'d>,
-    slot: Slot,
+    owner: Owner,
+    /// Where the files are: the slot's directory, or the stock `os_prefix` directory.
+    directory: Option<&'m str>,
+    /// What the files must be; `None` for a stock layout.
+    manifest: Option<&'m SlotManifest<'m>>,
     report: LoadReport,
 }
 
-impl Loader<'_, '_> {
-    fn fail(&self, file: &'static str, problem: Problem) -> SlotError {
+impl Loader<'_, '_, '_> {
+    fn fail(&self, file: &str, problem: Problem) -> SlotError {
+        let mut name = FileName::new();
+        if let Some(directory) = self.directory {
+            let _ = name.push_str(directory);
+            let _ = name.push('/');
+        }
+        let _ = name.push_str(file);
         SlotError {
-            slot: self.slot,
-            file,
+            owner: self.owner,
+            file: name,
             problem,
         }
     }
 
-    fn find(&self, name: &'static str) -> Result<FileInfo, SlotError> {
+    fn find(&self, name: &str) -> Result<FileInfo, SlotError> {
         self.partition
-            .find(Some(self.slot.name()), name)
+            .find(self.directory, name)
             .map_err(|error| self.fail(name, Problem::File(error)))
     }
 
-    /// Reads `file` into `destination` and checks it against `slot.txt`.
+    /// Reads `file` into `destination` and checks it against `slot.txt` (a stock layout's
+    /// files are only read).
     fn load_verified(
         &mut self,
-        name: &'static str,
+        name: &str,
         file: FileInfo,
-        manifest: &SlotManifest<'_>,
         destination: &mut [u8],
     ) -> Result<(), SlotError> {
-        let listed = manifest
-            .file(name)
-            .ok_or_else(|| self.fail(name, Problem::NotListed))?;
-        listed
-            .check_size(u64::from(file.size))
-            .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
+        let listed = match self.manifest {
+            Some(manifest) => Some(
+                manifest
+                    .file(name)
+                    .ok_or_else(|| self.fail(name, Problem::NotListed))?,
+            ),
+            None => None,
+        };
+        if let Some(listed) = &listed {
+            listed
+                .check_size(u64::from(file.size))
+                .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
+        }
         let stats = self
             .partition
             .load(file, destination)
             .map_err(|error| self.fail(name, Problem::File(error)))?;
         self.report.add(file.size, stats);
-        let digest: [u8; 32] = Sha256::digest(&destination[..file.size as usize]).into();
-        listed
-            .verify(u64::from(file.size), &digest)
-            .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
+        let check = if let Some(listed) = &listed {
+            let digest: [u8; 32] = Sha256::digest(&destination[..file.size as usize]).into();
+            listed
+                .verify(u64::from(file.size), &digest)
+                .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
+            "SHA-256 OK"
+        } else {
+            "not verified (no slot.txt)"
+        };
         // Commands per MiB, in hundredths (no floating point in the log).
         let per_mib = (stats.commands * 100 * (1 << 20)) / u64::from(file.size.max(1));
         log::info!(
-            "slot {}: {}/{name}: {} bytes, SHA-256 OK; {} run(s), {} FAT sector(s), {} storage \
+            "{}: {}{}{name}: {} bytes, {check}; {} run(s), {} FAT sector(s), {} storage \
              commands ({}.{:02} per MiB), {} bytes read past the end",
-            self.slot,
-            self.slot,
+            self.owner,
+            self.directory.unwrap_or(""),
+            if self.directory.is_some() { "/" } else { "" },
             file.size,
             stats.runs,
             stats.fat_reads,
@@ -192,6 +240,87 @@ impl Loader<'_, '_> {
         );
         Ok(())
     }
+
+    /// Reads `cmdline.txt` (or the stock one) into a small buffer.
+    fn load_cmdline(
+        &mut self,
+        name: &str,
+    ) -> Result<heapless::Vec<u8, SMALL_FILE_LIMIT>, SlotError> {
+        let cmdline_file = self.find(name)?;
+        if cmdline_file.sectors_bytes() > SMALL_FILE_LIMIT {
+            return Err(self.fail(
+                name,
+                Problem::TooLarge {
+                    size: cmdline_file.size,
+                    limit: SMALL_FILE_LIMIT,
+                },
+            ));
+        }
+        let mut cmdline_buffer = [0u8; SMALL_FILE_LIMIT];
+        self.load_verified(name, cmdline_file, &mut cmdline_buffer)?;
+        let mut cmdline = heapless::Vec::new();
+        let _ = cmdline.extend_from_slice(&cmdline_buffer[..cmdline_file.size as usize]);
+        Ok(cmdline)
+    }
+
+    /// Reads the initrd right after the kernel's footprint.
+    fn load_initrd(
+        &mut self,
+        name: &str,
+        kernel_end: usize,
+        area: &mut LoadArea,
+    ) -> Result<(usize, usize), SlotError> {
+        let file = self.find(name)?;
+        let start = layout::align_up(kernel_end, layout::ALIGNMENT);
+        let destination = area
+            .region("initrd", start, file.sectors_bytes())
+            .map_err(|error| self.fail(name, Problem::Placement(error)))?;
+        self.load_verified(name, file, destination)?;
+        Ok((start, start + file.size as usize))
+    }
+}
+
+/// The files of a stock layout, as `config.txt` names them (docs/bring-your-own-image.md).
+#[derive(Debug)]
+pub struct StockFiles<'n> {
+    /// The `os_prefix` directory, if any.
+    pub directory: Option<&'n str>,
+    /// The kernel (`kernel8.img`).
+    pub kernel: &'n str,
+    /// The initramfs (`initramfs8`), if the firmware would load one.
+    pub initrd: Option<&'n str>,
+    /// The command line (`cmdline.txt`).
+    pub cmdline: &'n str,
+}
+
+/// Loads a stock layout's kernel, initramfs and command line into `area`, unverified.
+pub fn load_stock(
+    partition: &BootPartition<'_>,
+    files: &StockFiles<'_>,
+    area: &mut LoadArea,
+) -> Result<LoadedSlot, SlotError> {
+    let mut loader = Loader {
+        partition,
+        owner: Owner::Stock,
+        directory: files.directory,
+        manifest: None,
+        report: LoadReport::default(),
+    };
+    let cmdline = loader.load_cmdline(files.cmdline)?;
+    let kernel_file = loader.find(files.kernel)?;
+    let (kernel_entry, kernel_end) = load_kernel(&mut loader, files.kernel, kernel_file, area)?;
+    let initrd = match files.initrd {
+        Some(name) => Some(loader.load_initrd(name, kernel_end, area)?),
+        None => None,
+    };
+    Ok(LoadedSlot {
+        kernel_entry,
+        initrd,
+        dtb_length: None,
+        cmdline,
+        image_version: 0,
+        report: loader.report,
+    })
 }
 
 /// Loads and verifies `slot`'s files into `area`; `minimum_version` is the
@@ -204,7 +333,9 @@ pub fn load(
 ) -> Result<LoadedSlot, SlotError> {
     let mut loader = Loader {
         partition,
-        slot,
+        owner: Owner::Slot(slot),
+        directory: Some(slot.name()),
+        manifest: None,
         report: LoadReport::default(),
     };
 
@@ -237,36 +368,20 @@ pub fn load(
             },
         ));
     }
+    let mut loader = Loader {
+        manifest: Some(&manifest),
+        ..loader
+    };
 
-    // cmdline.txt
-    let cmdline_file = loader.find(CMDLINE)?;
-    if cmdline_file.sectors_bytes() > SMALL_FILE_LIMIT {
-        return Err(loader.fail(
-            CMDLINE,
-            Problem::TooLarge {
-                size: cmdline_file.size,
-                limit: SMALL_FILE_LIMIT,
-            },
-        ));
-    }
-    let mut cmdline_buffer = [0u8; SMALL_FILE_LIMIT];
-    loader.load_verified(CMDLINE, cmdline_file, &manifest, &mut cmdline_buffer)?;
-    let mut cmdline = heapless::Vec::new();
-    let _ = cmdline.extend_from_slice(&cmdline_buffer[..cmdline_file.size as usize]);
+    let cmdline = loader.load_cmdline(CMDLINE)?;
 
     // kernel.img
     let kernel_file = loader.find(KERNEL)?;
-    let (kernel_entry, kernel_end) = load_kernel(&mut loader, kernel_file, &manifest, area)?;
+    let (kernel_entry, kernel_end) = load_kernel(&mut loader, KERNEL, kernel_file, area)?;
 
     // initrd.img, when slot.txt lists one.
     let initrd = if manifest.file(INITRD).is_some() {
-        let file = loader.find(INITRD)?;
-        let start = layout::align_up(kernel_end, layout::ALIGNMENT);
-        let destination = area
-            .region("initrd", start, file.sectors_bytes())
-            .map_err(|error| loader.fail(INITRD, Problem::Placement(error)))?;
-        loader.load_verified(INITRD, file, &manifest, destination)?;
-        Some((start, start + file.size as usize))
+        Some(loader.load_initrd(INITRD, kernel_end, area)?)
     } else {
         None
     };
@@ -286,7 +401,7 @@ pub fn load(
                 },
             ));
         }
-        loader.load_verified(DTB, file, &manifest, destination)?;
+        loader.load_verified(DTB, file, destination)?;
         Some(file.size as usize)
     } else {
         None
@@ -306,15 +421,15 @@ pub fn load(
 /// one is read to a staging area at the top of RAM, verified, and inflated
 /// into place. Returns the entry address and the end of its footprint.
 fn load_kernel(
-    loader: &mut Loader<'_, '_>,
+    loader: &mut Loader<'_, '_, '_>,
+    name: &str,
     file: FileInfo,
-    manifest: &SlotManifest<'_>,
     area: &mut LoadArea,
 ) -> Result<(usize, usize), SlotError> {
     let first = loader
         .partition
         .first_sector(file)
-        .map_err(|error| loader.fail(KERNEL, Problem::File(error)))?;
+        .map_err(|error| loader.fail(name, Problem::File(error)))?;
     let base = layout::KERNEL_BASE;
     if gzip::is_gzip(&first) {
         let staging_length = file.sectors_bytes();
@@ -337,12 +452,12 @@ fn load_kernel(
                 ("kernel", base, room),
                 ("compressed kernel", staging, staging_length),
             )
-            .map_err(|error| loader.fail(KERNEL, Problem::Placement(error)))?;
-        loader.load_verified(KERNEL, file, manifest, compressed)?;
+            .map_err(|error| loader.fail(name, Problem::Placement(error)))?;
+        loader.load_verified(name, file, compressed)?;
         let inflated = gzip::inflate(&compressed[..file.size as usize], destination)
-            .map_err(|error| loader.fail(KERNEL, Problem::Gzip(error)))?;
+            .map_err(|error| loader.fail(name, Problem::Gzip(error)))?;
         let header = ImageHeader::parse(destination, inflated as u64)
-            .map_err(|error| loader.fail(KERNEL, Problem::KernelHeader(error)))?;
+            .map_err(|error| loader.fail(name, Problem::KernelHeader(error)))?;
         let offset = header.text_offset as usize;
         let footprint = header.footprint(inflated as u64) as usize;
         if offset + footprint > room {
@@ -360,21 +475,21 @@ fn load_kernel(
             destination.copy_within(0..inflated, offset);
         }
         log::info!(
-            "slot {}: kernel inflated from {} to {inflated} bytes, gzip CRC-32 and length OK",
-            loader.slot,
+            "{}: kernel inflated from {} to {inflated} bytes, gzip CRC-32 and length OK",
+            loader.owner,
             file.size
         );
         Ok((base + offset, base + offset + footprint))
     } else {
         let header = ImageHeader::parse(&first, u64::from(file.size))
-            .map_err(|error| loader.fail(KERNEL, Problem::KernelHeader(error)))?;
+            .map_err(|error| loader.fail(name, Problem::KernelHeader(error)))?;
         let offset = header.text_offset as usize;
         let footprint = header.footprint(u64::from(file.size)) as usize;
         let length = footprint.max(file.sectors_bytes());
         let destination = area
             .region("kernel", base + offset, length)
-            .map_err(|error| loader.fail(KERNEL, Problem::Placement(error)))?;
-        loader.load_verified(KERNEL, file, manifest, destination)?;
+            .map_err(|error| loader.fail(name, Problem::Placement(error)))?;
+        loader.load_verified(name, file, destination)?;
         Ok((base + offset, base + offset + footprint))
     }
 }

@@ -37,6 +37,44 @@ pub struct BootArgs<'a> {
     /// `panic=<s>` (reboot `s` seconds after a panic) when the hang guard is on; only added
     /// when the line has no `panic=` of its own.
     pub panic_seconds: Option<u32>,
+    /// The Linux names of the primary and secondary UART (`ttyS0`, `ttyAMA0`), which
+    /// `console=serial0` and `console=serial1` are translated to, as the Pi firmware does
+    /// before Linux sees the line (Linux has no device called `serial0`). `None`: that
+    /// name is left as written. See [`serial_console`].
+    pub serial: [Option<&'a str>; 2],
+}
+
+/// The Linux name of a BCM2711 UART, from the `compatible` (first string) and the node's
+/// unit address in the device tree: the first PL011 (UART0, `serial@7e201000`) is
+/// `ttyAMA0`, the mini UART (UART1, `brcm,bcm2835-aux-uart`) is `ttyS0` (Raspberry Pi
+/// documentation, `configuration/uart.adoc`, "Linux devices on Raspberry Pi OS"). Other
+/// UARTs (the extra PL011s of `dtoverlay=uart2`...) are numbered by the order the kernel
+/// probes them, which zboot cannot know: `None`.
+#[must_use]
+pub fn bcm2711_uart_tty(compatible: &str, unit_address: &str) -> Option<&'static str> {
+    match compatible {
+        "arm,pl011" if unit_address.eq_ignore_ascii_case("7e201000") => Some("ttyAMA0"),
+        "brcm,bcm2835-aux-uart" => Some("ttyS0"),
+        _ => None,
+    }
+}
+
+/// `console=serialN[,options]` with `serial` naming the ttys: the word rewritten to
+/// `console=<tty>[,options]`, or `None` when the word is not such a console or the tty is
+/// unknown.
+#[must_use]
+pub fn serial_console<'w>(word: &'w str, serial: &[Option<&'w str>; 2]) -> Option<[&'w str; 2]> {
+    let value = word.strip_prefix("console=serial")?;
+    let (index, rest) = value.split_at_checked(1)?;
+    if !(rest.is_empty() || rest.starts_with(',')) {
+        return None;
+    }
+    let tty = match index {
+        "0" => serial.first().copied().flatten(),
+        "1" => serial.get(1).copied().flatten(),
+        _ => None,
+    }?;
+    Some([tty, rest])
 }
 
 /// Why no command line could be built.
@@ -169,6 +207,12 @@ pub fn build<'o>(
             continue;
         }
         has_panic |= key == "panic";
+        if let Some([tty, options]) = serial_console(word, &args.serial) {
+            writer.word("console=");
+            writer.push(tty);
+            writer.push(options);
+            continue;
+        }
         writer.word(word);
     }
     writer.word("root=PARTUUID=");
@@ -193,6 +237,44 @@ pub fn build<'o>(
         .get(..length)
         .ok_or(CmdlineError::TooLong { length, max })?;
     // Only whole `&str`s were copied in, so the prefix is UTF-8; the error arm is unreachable.
+    core::str::from_utf8(bytes).map_err(|e| CmdlineError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })
+}
+
+/// The command line of a stock layout (docs/bring-your-own-image.md): `cmdline.txt` as the
+/// firmware would pass it, its `root=` kept, only `console=serial0`/`serial1` translated.
+pub fn build_stock<'o>(
+    cmdline_txt: &[u8],
+    serial: &[Option<&str>; 2],
+    out: &'o mut [u8],
+) -> Result<&'o str, CmdlineError> {
+    let line = check_line(cmdline_txt)?;
+    let max = out.len().min(MAX_LENGTH);
+    let mut writer = Writer {
+        out,
+        length: 0,
+        max,
+    };
+    let mut init_words = false;
+    for word in words(line) {
+        init_words |= word == "--";
+        match serial_console(word, serial) {
+            Some([tty, options]) if !init_words => {
+                writer.word("console=");
+                writer.push(tty);
+                writer.push(options);
+            }
+            _ => writer.word(word),
+        }
+    }
+    let Writer { out, length, max } = writer;
+    if length > max {
+        return Err(CmdlineError::TooLong { length, max });
+    }
+    let bytes = out
+        .get(..length)
+        .ok_or(CmdlineError::TooLong { length, max })?;
     core::str::from_utf8(bytes).map_err(|e| CmdlineError::InvalidUtf8 {
         offset: e.valid_up_to(),
     })
@@ -259,7 +341,61 @@ mod tests {
             slot: Slot::A,
             attempt: 2,
             panic_seconds,
+            serial: [Some("ttyS0"), Some("ttyAMA0")],
         }
+    }
+
+    #[test]
+    fn a_stock_line_keeps_its_root_and_translates_its_console() {
+        let mut out = [0u8; 256];
+        let line = build_stock(
+            b"console=serial0,115200 console=tty1 root=PARTUUID=4a3e915f-02 rootwait -- console=serial0\n",
+            &[Some("ttyS0"), Some("ttyAMA0")],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "console=ttyS0,115200 console=tty1 root=PARTUUID=4a3e915f-02 rootwait -- console=serial0"
+        );
+        assert_eq!(
+            build_stock(b"a\x01", &[None, None], &mut out),
+            Err(CmdlineError::ControlCharacter { offset: 1, byte: 1 })
+        );
+    }
+
+    #[test]
+    fn uart_names() {
+        assert_eq!(bcm2711_uart_tty("arm,pl011", "7e201000"), Some("ttyAMA0"));
+        assert_eq!(
+            bcm2711_uart_tty("brcm,bcm2835-aux-uart", "7e215040"),
+            Some("ttyS0")
+        );
+        assert_eq!(bcm2711_uart_tty("arm,pl011", "7e201400"), None);
+    }
+
+    #[test]
+    fn serial_consoles_are_translated_as_the_firmware_does() {
+        let line = run(
+            "console=serial0,115200 console=tty1 console=serial1 console=serial2 \
+             console=serial0x kgdboc=serial0",
+            None,
+        )
+        .unwrap();
+        assert!(
+            line.starts_with(
+                "console=ttyS0,115200 console=tty1 console=ttyAMA0 console=serial2 \
+                 console=serial0x kgdboc=serial0 root="
+            ),
+            "{line}"
+        );
+        let unknown = BootArgs {
+            serial: [None, Some("ttyAMA0")],
+            ..args(None)
+        };
+        let mut out = [0u8; 256];
+        let line = build(b"console=serial0,115200", &unknown, &mut out).unwrap();
+        assert!(line.starts_with("console=serial0,115200 root="), "{line}");
     }
 
     fn run(input: &str, panic: Option<u32>) -> Result<std::string::String, CmdlineError> {

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         slot: Slot::ALL[usize::from(control % 3)],
         attempt: control >> 4,
         panic_seconds: (control & 8 != 0).then_some(1),
+        serial: [Some("ttyS0"), (control & 4 != 0).then_some("ttyAMA0")],
     };
     let mut out = [0u8; 512];
     if let Ok(built) = cmdline::build(line, &args, &mut out) {
