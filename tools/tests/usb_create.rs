@@ -21,7 +21,7 @@ fn tool(program: &str, args: &[&str]) -> Output {
 fn small_image(dir: &Path) -> std::path::PathBuf {
     let boot = dir.join("boot");
     fs::create_dir_all(boot.join("A")).unwrap();
-    fs::write(boot.join("config.txt"), "arm_64bit=1\n").unwrap();
+    fs::write(boot.join("config.txt"), "arm_64bit=1\nkernel=zboot.img\n").unwrap();
     fs::write(boot.join("zboot.img"), vec![7u8; 50_000]).unwrap();
     fs::write(boot.join("A/kernel.img"), b"kernel".repeat(20_000)).unwrap();
     fs::write(boot.join("A/cmdline.txt"), "rootwait\n").unwrap();

@@ -82,6 +82,10 @@ pub struct ConvertArgs {
     /// Stock images: the zboot.img to embed (default: the workspace's release build).
     #[arg(long, value_name = "FILE")]
     pub loader: Option<PathBuf>,
+    /// Stock images: the zbmanifest.txt to ship (policy and update settings, checked with the
+    /// loader's parser; default: the one disk create generates).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     /// Print the changes a stock image needs and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -568,6 +572,20 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
             signing,
         )?;
     }
+    // An image carried over as it was may still lack what a unit needs to run zboot.
+    match super::image_layout::check_file(&args.output) {
+        Ok(layout) if !layout.ok() => eprintln!(
+            "warning: {}: no zboot layout ({}): a unit reflashed from this image would not run \
+             zboot",
+            args.output.display(),
+            layout.summary()
+        ),
+        Ok(_) => {}
+        Err(error) => eprintln!(
+            "warning: {}: layout not checked: {error:#}",
+            args.output.display()
+        ),
+    }
     let size = fs::metadata(&args.output)?.len();
     writeln!(
         out,
@@ -616,6 +634,7 @@ fn convert_stock(
         data_bytes: args.data_size,
         root_bytes: args.root_mib.map(|mib| mib << 20),
         version,
+        manifest: args.manifest.clone(),
     };
     let plan = image_stock::plan(input, &options)?;
     let signature = if let Some(signature) = input.disk_signature {

@@ -77,6 +77,8 @@ pub struct StockOptions {
     pub root_bytes: Option<u64>,
     /// The image version, written into each `slot.txt`.
     pub version: u32,
+    /// The `zbmanifest.txt` to ship instead of the generated one.
+    pub manifest: Option<PathBuf>,
 }
 
 /// What the conversion will do, printed before anything is written.
@@ -803,7 +805,19 @@ pub fn build_disk(
             .open(image)?
             .set_len(root_bytes)?;
     }
-    let boot_bytes = input.boot_bytes.max(64 * MIB).div_ceil(MIB) * MIB;
+    // The stock size, grown when the slots' copies of the kernel and initramfs would not
+    // fit beside the firmware's files (a third of the volume kept free for updates).
+    let slot_files: u64 = [
+        Some(&plan.kernel),
+        plan.initramfs.as_ref(),
+        plan.dtb.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| fs::metadata(path).map_or(0, |m| m.len()))
+    .sum();
+    let needed = (super::image_tar::tree_bytes(&input.boot_dir)? + 3 * slot_files) * 3 / 2;
+    let boot_bytes = input.boot_bytes.max(needed).max(64 * MIB).div_ceil(MIB) * MIB;
     // 1 MiB before boot, the extended container's two EBRs with 1 MiB each, then DATA.
     let size = MIB + boot_bytes + 2 * root_bytes + MIB + root_bytes + MIB + options.data_bytes;
     let disk = scratch.join("zboot-disk.img");
@@ -827,7 +841,7 @@ pub fn build_disk(
         config_extra: None,
         config_text: Some(config),
         firmware_dir: Some(firmware),
-        manifest: None,
+        manifest: options.manifest.clone(),
         root_device: "/dev/mmcblk0".into(),
         max_boot_failure: recovery_proto::state::DEFAULT_MAX_BOOT_FAILURE,
         count_power_loss: true,

@@ -1,0 +1,450 @@
+//! Bring your own image, end to end on QEMU raspi4b (docs/bring-your-own-image.md): a
+//! stock Raspberry Pi OS-style disk made with the standard tools (`sfdisk`, `mkfs.vfat`,
+//! `mcopy`, `mke2fs`) holding Debian's arm64 kernel as `kernel8.img` and the test
+//! initramfs as `initramfs8`, with the `config.txt` and `cmdline.txt` Raspberry Pi OS
+//! writes (`console=serial0`, `root=PARTUUID=…-02`, `[cm4] otg_mode=1`), converted by
+//! `zbctl image convert`, put on a stick by `zbctl usb create`; a blank unit recovers
+//! from it and boots Linux from A, then B, then SAFE. Asserts on the console and on the
+//! eMMC afterwards (partition table, `config.txt`, the roots' `/etc/fstab`, the state).
+
+// Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::zbctl;
+use serde_json::Value;
+use zboot_qemu_tests::linux::{KERNEL_COMMAND_LINE, LinuxFiles, initramfs, require_programs};
+use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run};
+
+const DISK_ID: &str = "5a5a0009";
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn run_tool(program: &str, args: &[&str], input: Option<&str>) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The stock disk: boot (FAT32, 192 MiB at sector 8192) and an ext4 root (16 MiB).
+fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(boot.join("overlays")).unwrap();
+    // Raspberry Pi OS bookworm's config.txt (arm64), as its image ships.
+    std::fs::write(
+        boot.join("config.txt"),
+        "dtparam=audio=on\ncamera_auto_detect=1\ndisplay_auto_detect=1\nauto_initramfs=1\n\
+         dtoverlay=vc4-kms-v3d\nmax_framebuffers=2\ndisable_fw_kms_setup=1\narm_64bit=1\n\
+         disable_overscan=1\narm_boost=1\n\n[cm4]\notg_mode=1\n\n[cm5]\n\
+         dtoverlay=dwc2,dr_mode=host\n\n[all]\n",
+    )
+    .unwrap();
+    // Its cmdline.txt, plus the words QEMU's raspi4b needs (linux::KERNEL_COMMAND_LINE
+    // without its console, which stays the stock `serial0`). The serial console comes
+    // last, so that /dev/console, where the test's /init writes, is the serial port.
+    let qemu_words = KERNEL_COMMAND_LINE.trim_start_matches("console=ttyAMA0,115200 ");
+    std::fs::write(
+        boot.join("cmdline.txt"),
+        format!(
+            "console=tty1 console=serial0,115200 root=PARTUUID={DISK_ID}-02 rootfstype=ext4 \
+             fsck.repair=yes rootwait {qemu_words}\n"
+        ),
+    )
+    .unwrap();
+    // A gzip-compressed Image, which the firmware and zboot both take as kernel8.img.
+    let gzip = Command::new("gzip")
+        .args(["-6", "-n", "-c", path(&files.kernel)])
+        .output()
+        .unwrap();
+    assert!(gzip.status.success());
+    std::fs::write(boot.join("kernel8.img"), gzip.stdout).unwrap();
+    std::fs::copy(initramfs, boot.join("initramfs8")).unwrap();
+    std::fs::copy(&files.dtb, boot.join("bcm2711-rpi-4-b.dtb")).unwrap();
+    std::fs::write(boot.join("overlays/README"), "overlays\n").unwrap();
+    let fat = dir.join("boot.fat");
+    run_tool(
+        "mkfs.vfat",
+        &["-C", "-F", "32", "-n", "bootfs", path(&fat), "196608"],
+        None,
+    );
+    let entries: Vec<PathBuf> = std::fs::read_dir(&boot)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let mut args = vec!["-s", "-i", path(&fat)];
+    args.extend(entries.iter().map(|p| path(p)));
+    args.push("::");
+    run_tool("mcopy", &args, None);
+
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/fstab"),
+        format!(
+            "proc            /proc           proc    defaults          0       0\n\
+             PARTUUID={DISK_ID}-01  /boot/firmware  vfat    defaults          0       2\n\
+             PARTUUID={DISK_ID}-02  /               ext4    defaults,noatime  0       1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/hostname"), "raspberrypi\n").unwrap();
+    let ext4 = dir.join("root.ext4");
+    run_tool(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "rootfs",
+            "-d",
+            path(&root),
+            path(&ext4),
+            "16M",
+        ],
+        None,
+    );
+
+    let disk = dir.join("stock.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len((8192 + 393_216 + 32_768) * 512)
+        .unwrap();
+    run_tool(
+        "sfdisk",
+        &["--quiet", path(&disk)],
+        Some(&format!(
+            "label: dos\nlabel-id: 0x{DISK_ID}\n8192,393216,c\n401408,32768,83\n"
+        )),
+    );
+    let mut image = std::fs::read(&disk).unwrap();
+    for (sector, part) in [(8192usize, &fat), (401_408, &ext4)] {
+        let bytes = std::fs::read(part).unwrap();
+        image[sector * 512..sector * 512 + bytes.len()].copy_from_slice(&bytes);
+    }
+    std::fs::write(&disk, image).unwrap();
+    disk
+}
+
+fn boot(emmc: &Path, stick: Option<&Path>, dtb: &Path) -> Run {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    let mut qemu = Qemu::new(&loader.image)
+        .dtb(dtb)
+        .emmc(emmc)
+        .timeout(Duration::from_mins(4));
+    if let Some(stick) = stick {
+        qemu = qemu.usb_stick(stick);
+    }
+    let run = qemu.run().unwrap();
+    println!("{run}");
+    run
+}
+
+fn status(emmc: &Path) -> Value {
+    serde_json::from_str(&zbctl(&["status", "--json", "--image", path(emmc)])).unwrap()
+}
+
+fn slot_field(status: &Value, slot: &str, field: &str) -> Value {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == slot)
+        .unwrap()[field]
+        .clone()
+}
+
+fn mtype(emmc: &Path, file: &str) -> String {
+    let out = Command::new("mtype")
+        .args(["-i", &format!("{}@@1M", path(emmc)), &format!("::{file}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mtype {file}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A file of the ext4 partition `number`, read with debugfs.
+fn root_file(emmc: &Path, number: u64, file: &str) -> String {
+    let out = Command::new("sfdisk")
+        .args(["--json", path(emmc)])
+        .output()
+        .unwrap();
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let part = &table["partitiontable"]["partitions"][usize::try_from(number - 1).unwrap()];
+    let (start, size) = (
+        part["start"].as_u64().unwrap(),
+        part["size"].as_u64().unwrap(),
+    );
+    let bytes = std::fs::read(emmc).unwrap();
+    let scratch = emmc.with_extension(format!("p{number}"));
+    std::fs::write(
+        &scratch,
+        &bytes
+            [usize::try_from(start * 512).unwrap()..usize::try_from((start + size) * 512).unwrap()],
+    )
+    .unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}"), path(&scratch)])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&scratch).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Replaces a slot's kernel with bytes whose hash no longer matches its slot.txt.
+fn break_kernel(emmc: &Path, slot: &str, scratch: &Path) {
+    let junk = scratch.join("junk.img");
+    std::fs::write(&junk, b"not the kernel slot.txt names").unwrap();
+    run_tool(
+        "mcopy",
+        &[
+            "-o",
+            "-i",
+            &format!("{}@@1M", path(emmc)),
+            path(&junk),
+            &format!("::{slot}/kernel.img"),
+        ],
+        None,
+    );
+}
+
+fn linux_confirmed(run: &Run, slot: &str) {
+    assert!(
+        run.console_has("Booting Linux on physical CPU"),
+        "the kernel started"
+    );
+    assert!(
+        run.console_has(&format!(
+            "zboot-linux: mark-good: slot {slot} confirmed good"
+        )),
+        "Linux in {slot} confirmed its boot"
+    );
+    assert_eq!(run.ending, Ending::GuestReset, "reboot -f resets the board");
+}
+
+/// The eMMC after the reflash: zboot's layout around the stock system.
+fn assert_zboot_layout(emmc: &Path, manifest: &Path) {
+    let out = Command::new("sfdisk")
+        .args(["--json", path(emmc)])
+        .output()
+        .unwrap();
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let types: Vec<&str> = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["c", "83", "83", "f", "83", "83"]);
+    assert_eq!(
+        mtype(emmc, "zbmanifest.txt"),
+        std::fs::read_to_string(manifest).unwrap(),
+        "the shipped manifest"
+    );
+    let config = mtype(emmc, "config.txt");
+    assert!(config.contains("[cm4]\n# zboot: otg_mode=1\n"), "{config}");
+    assert!(
+        config.ends_with("kernel=zboot.img\narm_64bit=1\nenable_uart=1\n"),
+        "{config}"
+    );
+    for number in [2, 3, 5] {
+        let fstab = root_file(emmc, number, "/etc/fstab");
+        assert!(
+            fstab.contains("/dev/root  /               ext4"),
+            "partition {number}: {fstab}"
+        );
+        assert!(
+            fstab.contains(&format!("PARTUUID={DISK_ID}-01  /boot/firmware")),
+            "{fstab}"
+        );
+    }
+}
+
+#[test]
+fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_then_safe() {
+    let Some(files) = LinuxFiles::or_skip(
+        "a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_then_safe",
+    ) else {
+        return;
+    };
+    require_programs().unwrap();
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    let initramfs = initramfs(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = stock_disk(dir.path(), &files, &initramfs);
+
+    // The product's policy, shipped in the image. The hang guard is off: Debian's kernel
+    // under TCG on a busy two-core host can take longer than the watchdog's 16 s to load
+    // bcm2835_wdt (the hang guard has its own scenarios in slots.rs).
+    let manifest = dir.path().join("zbmanifest.txt");
+    std::fs::write(&manifest, "max_boot_failure=3\nwatchdog_timeout=0\n").unwrap();
+    let zi = dir.path().join("raspios.zi");
+    let report = zbctl(&[
+        "image",
+        "convert",
+        "--manifest",
+        path(&manifest),
+        "--from-disk",
+        path(&dump),
+        "-o",
+        path(&zi),
+        "--name",
+        "raspios",
+        "--version",
+        "1",
+        "--loader",
+        path(&loader.image),
+        "--data-size",
+        "16M",
+    ]);
+    assert!(report.contains("`otg_mode=1` commented out"), "{report}");
+    let stick = dir.path().join("stick.img");
+    zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
+
+    // A bricked unit: a blank eMMC.
+    let emmc = dir.path().join("emmc.img");
+    std::fs::File::create(&emmc)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let run = boot(&emmc, Some(&stick), &files.dtb);
+    assert!(
+        run.console_has("recovery: image written"),
+        "the reflash completes"
+    );
+    assert_eq!(run.ending, Ending::GuestReset);
+
+    assert_zboot_layout(&emmc, &manifest);
+
+    // A boots the stock kernel and initramfs, with the stock command line: serial0 is
+    // the PL011 on QEMU's tree, ttyAMA0.
+    let run = boot(&emmc, None, &files.dtb);
+    assert!(run.console_has("serial0 = ttyAMA0"), "the alias is read");
+    assert!(
+        run.console_has(
+            "slot A: command line: console=tty1 console=ttyAMA0,115200 rootfstype=ext4 \
+             fsck.repair=yes rootwait"
+        ),
+        "console=serial0 translated, root= replaced"
+    );
+    assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-02 zboot.slot=A")));
+    linux_confirmed(&run, "A");
+    assert_eq!(slot_field(&status(&emmc), "A", "failed_boots"), 0);
+
+    // A broken: B, a copy of the same system, boots in the same power-on.
+    break_kernel(&emmc, "A", dir.path());
+    let run = boot(&emmc, None, &files.dtb);
+    assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-03 zboot.slot=B")));
+    linux_confirmed(&run, "B");
+
+    // B broken too: SAFE, the same system again, on partition 5.
+    break_kernel(&emmc, "B", dir.path());
+    let run = boot(&emmc, None, &files.dtb);
+    assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-05 zboot.slot=SAFE")));
+    linux_confirmed(&run, "SAFE");
+    let status = status(&emmc);
+    assert_eq!(slot_field(&status, "A", "failed_boots"), 2, "{status}");
+    assert_eq!(slot_field(&status, "B", "failed_boots"), 1, "{status}");
+    assert_eq!(slot_field(&status, "SAFE", "failed_boots"), 0, "{status}");
+    let decisions: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["A", "B", "SAFE"], "{status}");
+}
+
+#[test]
+fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
+    let Some(files) =
+        LinuxFiles::or_skip("zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would")
+    else {
+        return;
+    };
+    require_programs().unwrap();
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    let initramfs = initramfs(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = stock_disk(dir.path(), &files, &initramfs);
+    // What a user does by hand: zboot.img copied in, config.txt pointed at it.
+    let fat = format!("{}@@4M", path(&disk));
+    let config = dir.path().join("config.txt");
+    let out = Command::new("mtype")
+        .args(["-i", &fat, "::config.txt"])
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8(out.stdout).unwrap();
+    text.push_str("kernel=zboot.img\n");
+    std::fs::write(&config, text).unwrap();
+    run_tool(
+        "mcopy",
+        &["-o", "-i", &fat, path(&config), "::config.txt"],
+        None,
+    );
+    run_tool(
+        "mcopy",
+        &["-i", &fat, path(&loader.image), "::zboot.img"],
+        None,
+    );
+    // QEMU's SD card wants a power-of-two size.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let before = std::fs::read(&disk).unwrap();
+
+    let run = boot(&disk, None, &files.dtb);
+    assert!(run.console_has("stock layout: no slot state and no slot directories"));
+    assert!(run.console_has(
+        "stock layout (config.txt): kernel kernel8.img, initramfs initramfs8, command line cmdline.txt"
+    ));
+    assert!(run.console_has("stock layout: kernel8.img: "), "loaded");
+    assert!(run.console_has("not verified (no slot.txt)"));
+    assert!(run.console_has(&format!(
+        "stock layout: command line: console=tty1 console=ttyAMA0,115200 root=PARTUUID={DISK_ID}-02"
+    )));
+    assert!(
+        !run.console_has("hang guard: watchdog armed"),
+        "no boot counting"
+    );
+    // The stock kernel ran the stock initramfs with the stock command line: no zboot.slot.
+    assert!(run.console_has(&format!(
+        "zboot-linux: init started: kernel {}, slot=none attempt=none root=PARTUUID={DISK_ID}-02",
+        files.release()
+    )));
+    assert!(!run.console_has("USB recovery"), "no recovery wait");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "zboot wrote nothing to a stock disk"
+    );
+}
