@@ -597,3 +597,281 @@ fn bad_stock_tarballs_are_named_and_nothing_is_written() {
         &zi,
     );
 }
+
+/// The effective user id (`id -u`).
+fn euid() -> String {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Runs a shell script as root, or under fakeroot for an ordinary user (which records the
+/// owners, device nodes and xattrs it fakes into the tarball the script makes).
+fn as_root(script: &str) {
+    let mut command = if euid() == "0" {
+        Command::new("sh")
+    } else {
+        let mut command = Command::new("fakeroot");
+        command.arg("sh");
+        command
+    };
+    let out = command.args(["-e", "-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One `tar -tv --numeric-owner` line: (type, permission bits, uid/gid, size or device,
+/// name, link target).
+fn tar_listing(tar: &Path) -> Vec<(char, u32, String, String, String, Option<String>)> {
+    let out = Command::new("tar")
+        .args(["-tv", "--numeric-owner", "-f", s(tar)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let mode = fields[0].as_bytes();
+            let mut bits = 0u32;
+            for (i, &c) in mode[1..10].iter().enumerate() {
+                let bit = 1 << (8 - i);
+                match c {
+                    b'r' | b'w' | b'x' => bits |= bit,
+                    b's' => bits |= bit | if i == 2 { 0o4000 } else { 0o2000 },
+                    b'S' => bits |= if i == 2 { 0o4000 } else { 0o2000 },
+                    b't' => bits |= bit | 0o1000,
+                    b'T' => bits |= 0o1000,
+                    _ => {}
+                }
+            }
+            let rest = fields[5..].join(" ");
+            let (name, target) = match rest.split_once(" -> ").or(rest.split_once(" link to ")) {
+                Some((name, target)) => (name.to_string(), Some(target.to_string())),
+                None => (rest, None),
+            };
+            let name = format!("/{}", name.trim_start_matches("./").trim_end_matches('/'));
+            (
+                mode[0] as char,
+                bits,
+                fields[1].to_string(),
+                fields[2].to_string(),
+                name,
+                target,
+            )
+        })
+        .collect()
+}
+
+/// `debugfs` on an ext4 image with one request per line; the answers in order.
+fn debugfs_batch(image: &Path, requests: &[String]) -> Vec<String> {
+    let script = image.with_extension("debugfs");
+    fs::write(&script, requests.join("\n") + "\n").unwrap();
+    let out = Command::new("debugfs")
+        .args(["-f", s(&script), s(image)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("debugfs: ")
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+fn field<'t>(stat: &'t str, name: &str) -> &'t str {
+    let at = stat
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {stat}"))
+        + name.len();
+    stat[at..].split_whitespace().next().unwrap()
+}
+
+/// Every member of the tarball, as `tar -tv` lists it, is in the ext4 image with the same
+/// type, permission bits, owner, device numbers and link target.
+fn assert_listing_matches(tar: &Path, root_a: &Path) {
+    let listing = tar_listing(tar);
+    assert!(listing.len() > 20, "{listing:?}");
+    let requests: Vec<String> = listing
+        .iter()
+        .map(|(_, _, _, _, name, _)| format!("stat \"{}\"", if name == "/" { "/" } else { name }))
+        .collect();
+    let answers = debugfs_batch(root_a, &requests);
+    assert_eq!(answers.len(), listing.len());
+    let mut inode_of = std::collections::HashMap::new();
+    for ((kind, bits, owner, size, name, target), stat) in listing.iter().zip(&answers) {
+        let expected_type = match kind {
+            '-' | 'h' => "regular",
+            'd' => "directory",
+            'l' => "symlink",
+            'c' => "character",
+            'b' => "block",
+            'p' => "FIFO",
+            other => panic!("{name}: tar type {other}"),
+        };
+        assert_eq!(field(stat, "Type:"), expected_type, "{name}: {stat}");
+        let mode = u32::from_str_radix(field(stat, "Mode:"), 8).unwrap();
+        assert_eq!(mode & 0o7777, *bits, "{name}: mode");
+        assert_eq!(
+            format!("{}/{}", field(stat, "User:"), field(stat, "Group:")),
+            *owner,
+            "{name}: owner"
+        );
+        if matches!(kind, 'c' | 'b') {
+            let (major, minor) = size.split_once(',').unwrap();
+            let numbers = field(stat, "Device major/minor number:");
+            let (dmaj, dmin) = numbers.split_once(':').unwrap();
+            assert_eq!(
+                (
+                    u32::from_str_radix(dmaj, 16).unwrap(),
+                    u32::from_str_radix(dmin, 16).unwrap()
+                ),
+                (major.parse().unwrap(), minor.parse().unwrap()),
+                "{name}: device"
+            );
+        }
+        if *kind == 'l' {
+            assert!(
+                stat.contains(&format!("Fast link dest: \"{}\"", target.as_ref().unwrap())),
+                "{name}: {stat}"
+            );
+        }
+        inode_of.insert(name.clone(), field(stat, "Inode:").to_string());
+        if *kind == 'h' {
+            let target = format!("/{}", target.as_ref().unwrap().trim_start_matches("./"));
+            assert_eq!(
+                inode_of[name], inode_of[&target],
+                "{name} is a hard link to {target}"
+            );
+        }
+    }
+    assert!(
+        listing.iter().any(|l| l.0 == 'c'),
+        "the listing has device nodes"
+    );
+}
+
+/// `work/root.tar` (GNU tar, as root, with xattrs and ACLs) of `root` with what a Debian
+/// root holds that an ordinary user cannot make by extracting it; `work/boot.tar` of `boot`.
+fn make_metadata_tarballs(work: &Path, boot: &Path, root: &Path) {
+    as_root(&format!(
+        "cd {root}
+         mkdir -p usr/sbin dev run home/pi srv/shared
+         printf x > usr/sbin/unix_chkpwd; chown 0:42 usr/sbin/unix_chkpwd; chmod 2755 usr/sbin/unix_chkpwd
+         printf y > usr/bin/passwd; chmod 4755 usr/bin/passwd
+         cp /bin/true usr/bin/ping; setcap cap_net_raw+ep usr/bin/ping
+         mknod dev/console c 5 1; chmod 600 dev/console
+         mknod dev/sda b 8 0; chown 0:6 dev/sda; chmod 660 dev/sda
+         mkfifo run/initctl
+         ln -s usr/bin bin
+         printf z > usr/bin/a; ln usr/bin/a usr/bin/b
+         chown 1000:1000 home/pi; chmod 750 home/pi; chmod 1777 srv
+         printf acl > srv/acl.txt; setfacl -m u:1000:rw srv/acl.txt
+         setfacl -d -m g:100:rx srv/shared
+         cd {work}
+         tar --xattrs --xattrs-include='*' --acls --numeric-owner -cpf root.tar -C {root} .
+         tar -cf boot.tar -C {boot} .
+         chmod 0755 {work}; chmod 0644 root.tar boot.tar",
+        root = s(root),
+        work = s(work),
+        boot = s(boot),
+    ));
+}
+
+#[test]
+fn a_root_tarball_made_as_root_keeps_every_owner_mode_node_xattr_and_acl_converted_as_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let boot = boot_tree(work, CONFIG);
+    let root = root_tree(work);
+    make_metadata_tarballs(work, &boot, &root);
+    let out_dir = work.join("out");
+    fs::create_dir(&out_dir).unwrap();
+    fs::set_permissions(
+        &out_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let loader = loader(work);
+    let zi = out_dir.join("out.zi");
+    let (boot_tar, root_tar) = (work.join("boot.tar"), work.join("root.tar"));
+    let input = [
+        "-b",
+        s(&boot_tar),
+        "-r",
+        s(&root_tar),
+        "--boot-mib",
+        "64",
+        "--root-mib",
+        "40",
+    ];
+    let args = convert_args(&input, s(&zi), s(&loader));
+    // An ordinary user converts: nobody, when the test runs as root.
+    let mut command = if euid() == "0" {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(env!("CARGO_BIN_EXE_zbctl"));
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_zbctl"))
+    };
+    let out = command.args(&args[..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let disk = work.join("decoded.img");
+    decode_to_disk(&zi, &disk);
+    let (_, parts) = sfdisk(&disk);
+    let bytes = fs::read(&disk).unwrap();
+    let (start, size) = (parts[1].0 as usize * 512, parts[1].1 as usize * 512);
+    let root_a = work.join("root-a.ext4");
+    fs::write(&root_a, &bytes[start..start + size]).unwrap();
+
+    assert_listing_matches(&work.join("root.tar"), &root_a);
+
+    // xattrs and ACLs.
+    let answers = debugfs_batch(
+        &root_a,
+        &[
+            "ea_list /usr/bin/ping".into(),
+            "ea_list /srv/acl.txt".into(),
+            "ea_list /srv/shared".into(),
+        ],
+    );
+    assert!(
+        answers[0].contains("security.capability (20)"),
+        "{}",
+        answers[0]
+    );
+    assert!(
+        answers[1].contains("system.posix_acl_access"),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        answers[2].contains("system.posix_acl_default"),
+        "{}",
+        answers[2]
+    );
+    // ext4's ACL form (a version-1 header, then tag, permissions and, for named entries,
+    // the id, little-endian): user 1000 rw- on the file, group 100 r-x by default on the
+    // directory.
+    assert!(
+        answers[1].contains("02 00 06 00 e8 03 00 00"),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        answers[2].contains("08 00 05 00 64 00 00 00"),
+        "{}",
+        answers[2]
+    );
+    // The fstab rewrite kept its owner and mode.
+    let fstab = debugfs_batch(&root_a, &["cat /etc/fstab".into()]);
+    assert!(fstab[0].contains("/dev/root  /"), "{}", fstab[0]);
+}

@@ -56,10 +56,9 @@ pub struct StockInput {
 /// A stock root file system.
 #[derive(Debug)]
 pub enum RootSource {
-    /// An ext2/3/4 image file (copied out of a dump).
+    /// An ext2/3/4 image file (copied out of a dump, or made from a tarball with every
+    /// member's metadata: `image_tar::ext4_from_tarball`).
     Image(PathBuf),
-    /// An extracted tree.
-    Tree(PathBuf),
 }
 
 /// Options of the stock conversion (from `image convert`'s arguments).
@@ -688,19 +687,6 @@ pub fn fix_root_fstab(
             }
             Ok(changes)
         }
-        RootSource::Tree(dir) => {
-            let path = dir.join("etc/fstab");
-            let Ok(text) = fs::read_to_string(&path) else {
-                return Ok(vec![
-                    "/etc/fstab: none in the root; nothing to rewrite".into(),
-                ]);
-            };
-            let (new, changes) = rewrite_fstab(&text, disk_signature);
-            if new != text && !dry_run {
-                fs::write(&path, new)?;
-            }
-            Ok(changes)
-        }
     }
 }
 
@@ -776,14 +762,6 @@ pub fn build_disk(
             let fs_bytes = ext_size(image)?;
             let file_bytes = fs::metadata(image)?.len();
             (image.clone(), fs_bytes, fs_bytes.max(file_bytes))
-        }
-        RootSource::Tree(dir) => {
-            let bytes = super::image_tar::tree_bytes(dir)?;
-            (
-                dir.clone(),
-                bytes,
-                (bytes * 5 / 4 + 64 * MIB).div_ceil(4 * MIB) * 4 * MIB,
-            )
         }
     };
     let root_bytes = options
