@@ -103,6 +103,18 @@ fn main(boot: BootInfo) -> ! {
     // A stock Raspberry Pi layout (no slot state, no slot directories): boot it as the
     // firmware would have; only if that fails does the usual path (recovery) follow.
     if medium.state_lbas().is_none() && stock::is_stock_layout(medium.partition()) {
+        if manifest.adopt == Some(true) {
+            // `zbctl adopt` asked for the reflash into the zboot layout.
+            let wait = manifest
+                .adopt_wait
+                .unwrap_or(recovery_proto::manifest::DEFAULT_ADOPT_WAIT);
+            log::warn!(
+                "stock layout: adoption requested (zbmanifest.txt adopt=yes): USB recovery \
+                 for up to {wait} s, then the stock system"
+            );
+            let wait = core::time::Duration::from_secs(u64::from(wait));
+            recovery::run_for(&mut peripherals, &disk, &mut area, &manifest, wait);
+        }
         boot_stock(
             &medium,
             &mut area,

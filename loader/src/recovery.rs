@@ -14,7 +14,7 @@ use core::fmt;
 use core::time::Duration;
 
 use hal_bcm2711::dwc2::Dwc2;
-use hal_bcm2711::generic_timer::{self, Instant};
+use hal_bcm2711::generic_timer::{self, Deadline, Instant};
 use hal_bcm2711::gpio::ActLed;
 use hal_bcm2711::usb::mass_storage::{
     Inquiry, MassStorageError, UsbMassStorage, find_first_mass_storage,
@@ -249,6 +249,39 @@ pub fn run(
     let Some(area) = area else {
         wait_forever("recovery: no RAM to work in")
     };
+    recover(peripherals, disk, area, manifest, None);
+    wait_forever("recovery: gave up")
+}
+
+/// Recovers the board from a USB stick if one with a good image comes before `wait` is
+/// over; resets when done. Returns when the time is over and nothing has been written
+/// (the adoption of a stock layout: docs/bring-your-own-image.md). Once a write has
+/// happened it never returns: the journal then holds a reflash to finish.
+pub fn run_for(
+    peripherals: &mut Peripherals,
+    disk: &Disk,
+    area: &mut LoadArea,
+    manifest: &Manifest<'_>,
+    wait: Duration,
+) {
+    recover(
+        peripherals,
+        disk,
+        area,
+        manifest,
+        Some(Deadline::after(wait)),
+    );
+}
+
+/// The recovery loop; returns only at `deadline` with nothing written.
+#[allow(clippy::too_many_lines)] // one loop over the stick's states reads best whole
+fn recover(
+    peripherals: &mut Peripherals,
+    disk: &Disk,
+    area: &mut LoadArea,
+    manifest: &Manifest<'_>,
+    deadline: Option<Deadline>,
+) {
     let name = manifest.recovery_image.unwrap_or(DEFAULT_IMAGE_NAME);
     let key = signing_key(manifest);
     log::warn!(
@@ -260,8 +293,13 @@ pub fn run(
         }
     );
     let Some(mut dwc2) = peripherals.dwc2.take() else {
+        if deadline.is_some() {
+            log::error!("recovery: the USB controller is in use");
+            return;
+        }
         wait_forever("recovery: the USB controller is in use")
     };
+    let mut written = false;
     if let Err(error) = Dwc2::power_on(&mut peripherals.mailbox) {
         log::warn!("recovery: USB power domain: {error}");
     }
@@ -270,6 +308,11 @@ pub fn run(
     let mut must_remove = false;
     let mut quiet = false;
     loop {
+        if !written && deadline.is_some_and(|deadline| deadline.expired()) {
+            log::warn!("recovery: no stick with a good image in time; nothing written");
+            peripherals.dwc2 = Some(dwc2);
+            return;
+        }
         if must_remove {
             let (host, present) = stick_present(dwc2);
             dwc2 = host;
@@ -325,6 +368,7 @@ pub fn run(
             Err((host, Attempt::Interrupted)) => {
                 log::warn!("recovery: interrupted; trying again (it resumes from the journal)");
                 dwc2 = host;
+                written = true;
                 quiet = false;
                 blink(&peripherals.gpio, BlinkCode::WriteFailed);
             }

@@ -46,6 +46,12 @@ pub struct Manifest<'a> {
     pub ca_cert: Option<&'a str>,
     /// `allow_http`: accept a plain `http://` `update_endpoint` (off by default).
     pub allow_http: Option<bool>,
+    /// `adopt`: on a stock Raspberry Pi layout, reflash into the zboot layout from a USB
+    /// stick (`zbctl adopt` sets it; docs/bring-your-own-image.md).
+    pub adopt: Option<bool>,
+    /// `adopt_wait`: seconds the adoption waits for a stick before the stock system boots
+    /// (0–86400; default [`DEFAULT_ADOPT_WAIT`]).
+    pub adopt_wait: Option<u32>,
     /// Unknown keys.
     pub warnings: heapless::Vec<Warning<'a>, MAX_WARNINGS>,
     /// Warnings that did not fit.
@@ -142,7 +148,7 @@ impl fmt::Display for ManifestError {
 }
 
 /// Known keys, in the order of `seen` bookkeeping.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 18] = [
     "new_update_needed",
     "root_dev",
     "root_a",
@@ -159,7 +165,13 @@ const KEYS: [&str; 16] = [
     "safe_slot",
     "ca_cert",
     "allow_http",
+    "adopt",
+    "adopt_wait",
 ];
+
+/// `adopt_wait` when the manifest does not say: ten minutes, time enough to fetch a stick,
+/// short enough that a unit in the field is not down for long without one.
+pub const DEFAULT_ADOPT_WAIT: u32 = 600;
 
 impl<'a> Manifest<'a> {
     /// Parses the file's bytes.
@@ -246,7 +258,9 @@ impl<'a> Manifest<'a> {
             11 => self.recovery_image = Some(value),
             12 => self.public_key = Some(parse_key(value)?),
             14 => self.ca_cert = Some(value),
-            _ => self.allow_http = Some(parse_bool(name, value)?),
+            15 => self.allow_http = Some(parse_bool(name, value)?),
+            16 => self.adopt = Some(parse_bool(name, value)?),
+            _ => self.adopt_wait = Some(parse_number(name, value, 0, 86_400)? as u32),
         }
         Ok(())
     }
@@ -342,6 +356,27 @@ fn parse_key(value: &str) -> Result<[u8; 32], ManifestErrorKind> {
 mod tests {
     use super::*;
     use std::string::ToString;
+
+    #[test]
+    fn adoption_keys() {
+        let manifest = Manifest::parse(b"adopt=yes\nadopt_wait=30\n").unwrap();
+        assert_eq!(
+            (manifest.adopt, manifest.adopt_wait),
+            (Some(true), Some(30))
+        );
+        assert_eq!(
+            Manifest::parse(b"adopt_wait=86401").map(|_| ()),
+            Err(ManifestError {
+                line: 1,
+                kind: ManifestErrorKind::OutOfRange {
+                    key: "adopt_wait",
+                    value: 86_401,
+                    min: 0,
+                    max: 86_400
+                }
+            })
+        );
+    }
 
     #[test]
     fn parses_all_keys_tolerantly() {

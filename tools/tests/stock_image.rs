@@ -875,3 +875,119 @@ fn a_root_tarball_made_as_root_keeps_every_owner_mode_node_xattr_and_acl_convert
     let fstab = debugfs_batch(&root_a, &["cat /etc/fstab".into()]);
     assert!(fstab[0].contains("/dev/root  /"), "{}", fstab[0]);
 }
+
+fn mtype_at(disk: &Path, offset: &str, file: &str) -> Option<Vec<u8>> {
+    let out = Command::new("mtype")
+        .args([
+            "-i",
+            &format!("{}@@{offset}", s(disk)),
+            &format!("::{file}"),
+        ])
+        .output()
+        .unwrap();
+    out.status.success().then_some(out.stdout)
+}
+
+#[test]
+fn adopt_prepares_a_stock_unit_for_its_reflash_and_refuses_what_it_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = stock_dump(dir.path(), "dos", CONFIG, &[]);
+    let loader = loader(dir.path());
+    let zi = dir.path().join("out.zi");
+    ok(&convert_args(
+        &["--from-disk", s(&dump)],
+        s(&zi),
+        s(&loader),
+    ));
+    let unit = dir.path().join("unit.img");
+    fs::copy(&dump, &unit).unwrap();
+
+    // --dry-run writes nothing.
+    let before = fs::read(&unit).unwrap();
+    let report = ok(&["--image", s(&unit), "adopt", "--zi", s(&zi), "--dry-run"]);
+    assert!(report.contains("`otg_mode=1` commented out"), "{report}");
+    assert!(fs::read(&unit).unwrap() == before, "--dry-run wrote");
+
+    let report = ok(&["--image", s(&unit), "adopt", "--zi", s(&zi), "--wait", "30"]);
+    assert!(report.contains("adopt_wait=30"), "{report}");
+    let file = |name: &str| mtype_at(&unit, "4M", name);
+    assert_eq!(
+        file("zboot.img").unwrap(),
+        fs::read(&loader).unwrap(),
+        "the image's loader"
+    );
+    assert_eq!(
+        file("config.stock.txt").unwrap(),
+        CONFIG.as_bytes(),
+        "the stock config kept"
+    );
+    let config = String::from_utf8(file("config.txt").unwrap()).unwrap();
+    assert!(config.contains("[cm4]\n# zboot: otg_mode=1\n"), "{config}");
+    assert!(
+        config.ends_with(
+            "[all]\n# zboot (zbctl adopt): the firmware loads zboot, which boots the slots\n\
+             kernel=zboot.img\narm_64bit=1\nenable_uart=1\n"
+        ),
+        "{config}"
+    );
+    let manifest = String::from_utf8(file("zbmanifest.txt").unwrap()).unwrap();
+    assert!(
+        manifest.contains("adopt=yes\nadopt_wait=30\n"),
+        "{manifest}"
+    );
+    // The stock files are untouched: the unit still boots its system until the stick comes.
+    assert_eq!(
+        file("kernel8.img").unwrap(),
+        fs::read(dir.path().join("boot/kernel8.img")).unwrap()
+    );
+    assert_eq!(file("cmdline.txt").unwrap(), CMDLINE.as_bytes());
+    // The boot partition checks clean after the edit.
+    let boot_part = dir.path().join("boot-part.fat");
+    fs::write(
+        &boot_part,
+        &fs::read(&unit).unwrap()[8192 * 512..(8192 + 131_072) * 512],
+    )
+    .unwrap();
+    let fsck = Command::new("fsck.fat")
+        .args(["-n", s(&boot_part)])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+
+    // A second run rebuilds config.txt from config.stock.txt: the same result.
+    ok(&["--image", s(&unit), "adopt", "--zi", s(&zi), "--wait", "30"]);
+    assert_eq!(
+        String::from_utf8(file("config.txt").unwrap()).unwrap(),
+        config
+    );
+
+    // Refused, with nothing written: a unit already in the zboot layout ...
+    let zboot_unit = dir.path().join("zboot.img.disk");
+    decode_to_disk(&zi, &zboot_unit);
+    let out = zbctl(&["--image", s(&zboot_unit), "adopt", "--zi", s(&zi)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in the zboot layout"));
+    // ... and an image that fails its check.
+    let bad = dir.path().join("bad.zi");
+    let mut bytes = fs::read(&zi).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0xff;
+    fs::write(&bad, bytes).unwrap();
+    let fresh = dir.path().join("fresh.img");
+    fs::copy(&dump, &fresh).unwrap();
+    let out = zbctl(&["--image", s(&fresh), "adopt", "--zi", s(&bad)]);
+    assert!(!out.status.success(), "a corrupt image is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("region"),
+        "the error names the damaged region: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::read(&fresh).unwrap() == fs::read(&dump).unwrap(),
+        "nothing written"
+    );
+}

@@ -40,6 +40,8 @@ pub struct ZbootLayout {
     pub kernel: Option<String>,
     /// The slot directories present (`A`, `B`, `SAFE`).
     pub slots: Vec<&'static str>,
+    /// The image's `zboot.img` (`zbctl adopt` installs it on a stock unit).
+    pub loader: Option<Vec<u8>>,
 }
 
 /// The `zboot_layout` field of `image inspect --json`.
@@ -266,8 +268,16 @@ pub fn check_volume<T: Read + Seek>(mut volume: T) -> Result<ZbootLayout> {
         })
     };
     let mut layout = ZbootLayout::default();
-    if find(LOADER, false).is_none() {
-        layout.problems.push(format!("no {LOADER}"));
+    match find(LOADER, false) {
+        None => layout.problems.push(format!("no {LOADER}")),
+        Some(entry) => {
+            let mut bytes = Vec::new();
+            entry
+                .to_file()
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("reading the boot partition's {LOADER}"))?;
+            layout.loader = Some(bytes);
+        }
     }
     match find(CONFIG, false) {
         None => layout.problems.push(format!("no {CONFIG}")),

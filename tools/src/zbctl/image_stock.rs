@@ -426,7 +426,7 @@ fn read_text(path: &Path) -> Result<String> {
 
 /// Reads `config.txt` and the files it includes, editing each; returns the edited texts
 /// and the settings naming the OS files.
-fn read_configs(
+pub fn read_configs(
     dir: &Path,
     origin: &str,
     changes: &mut Vec<String>,
@@ -472,6 +472,31 @@ fn read_configs(
     }
 
     Ok((config_files, boot))
+}
+
+/// Closes `config.txt` with zboot's own lines under `[all]`, so they win over anything
+/// above them (a later setting replaces an earlier one); `by` names the tool in the
+/// comment. With `os_prefix` the kernel is named `/zboot.img`, which bypasses the prefix
+/// (`boot.adoc`). Returns the change, for the list printed.
+pub fn close_config(
+    config_files: &mut BTreeMap<String, String>,
+    boot: &BootFiles,
+    by: &str,
+) -> String {
+    let kernel_line = if boot.os_prefix.is_empty() {
+        "zboot.img"
+    } else {
+        "/zboot.img"
+    };
+    let main = config_files.entry("config.txt".into()).or_default();
+    let _ = write!(
+        main,
+        "\n[all]\n# zboot ({by}): the firmware loads zboot, which boots the slots\n\
+         kernel={kernel_line}\narm_64bit=1\nenable_uart=1\n"
+    );
+    format!(
+        "config.txt: added under a closing [all]: kernel={kernel_line}, arm_64bit=1, enable_uart=1"
+    )
 }
 
 /// Reads the stock boot tree and decides what the conversion does.
@@ -526,20 +551,10 @@ pub fn plan(input: &StockInput, options: &StockOptions) -> Result<Plan> {
         .map(|name| find("--slot-dtb", name))
         .transpose()?;
 
-    // zboot's own lines close config.txt, so they win over anything above them.
-    let kernel_line = if boot.os_prefix.is_empty() {
-        "zboot.img"
-    } else {
-        "/zboot.img"
-    };
-    let main = config_files.entry("config.txt".into()).or_default();
-    let _ = write!(
-        main,
-        "\n[all]\n# zboot (zbctl image convert): the firmware loads zboot, which boots the slots\n\
-         kernel={kernel_line}\narm_64bit=1\nenable_uart=1\n"
-    );
-    changes.push(format!(
-        "config.txt: added under a closing [all]: kernel={kernel_line}, arm_64bit=1, enable_uart=1"
+    changes.push(close_config(
+        &mut config_files,
+        &boot,
+        "zbctl image convert",
     ));
     let mut moved = vec![kernel.clone(), cmdline_path.clone()];
     moved.extend(initramfs.clone());

@@ -5,6 +5,7 @@
 //! `fdatasync` — or nothing when the state did not change. Only `init-state` touches the file
 //! system, to create the preallocated state file.
 
+pub mod adopt;
 pub mod bench;
 pub mod disk;
 pub mod disk_create;
@@ -175,6 +176,9 @@ pub enum Command {
     /// USB recovery sticks: `usb create` makes a stick image holding a `.zi`.
     #[command(subcommand)]
     Usb(usb::UsbCommand),
+    /// Ask for a running stock Raspberry Pi OS unit to be reflashed into the zboot layout
+    /// from a USB stick at its next boot (it boots as before until the stick comes).
+    Adopt(adopt::AdoptArgs),
     /// The `.zi` benchmark (slow; `cargo xtask bench-image` runs it): prints a table.
     #[command(hide = true)]
     Bench {
@@ -212,6 +216,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 .map(|_| ())
         }
         Command::Update(command) => update::run(&target, command, out),
+        Command::Adopt(args) => adopt::adopt(&target, args, out),
         Command::InitState(args) => init::init_state(&target, args, out),
         Command::Status { json } => {
             let mut opened = target::open(&target)?;
