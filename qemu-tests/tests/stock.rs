@@ -249,6 +249,40 @@ fn linux_confirmed(run: &Run, slot: &str) {
     assert_eq!(run.ending, Ending::GuestReset, "reboot -f resets the board");
 }
 
+/// `image convert` of the stock disk `dump` (with the product's `zbmanifest.txt`, also
+/// returned) and `usb create` of a stick from it: (manifest, `.zi`, stick, convert's report).
+///
+/// The hang guard is off in the manifest: Debian's kernel under TCG on a busy two-core
+/// host can take longer than the watchdog's 16 s to load bcm2835_wdt (the hang guard has
+/// its own scenarios in slots.rs).
+fn convert_to_stick(dir: &Path, dump: &Path) -> (PathBuf, PathBuf, PathBuf, String) {
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    let manifest = dir.join("zbmanifest.txt");
+    std::fs::write(&manifest, "max_boot_failure=3\nwatchdog_timeout=0\n").unwrap();
+    let zi = dir.join("raspios.zi");
+    let report = zbctl(&[
+        "image",
+        "convert",
+        "--manifest",
+        path(&manifest),
+        "--from-disk",
+        path(dump),
+        "-o",
+        path(&zi),
+        "--name",
+        "raspios",
+        "--version",
+        "1",
+        "--loader",
+        path(&loader.image),
+        "--data-size",
+        "16M",
+    ]);
+    let stick = dir.join("stick.img");
+    zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
+    (manifest, zi, stick, report)
+}
+
 /// The eMMC after the reflash: zboot's layout around the stock system.
 fn assert_zboot_layout(emmc: &Path, manifest: &Path) {
     let out = Command::new("sfdisk")
@@ -295,38 +329,12 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
         return;
     };
     require_programs().unwrap();
-    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
     let initramfs = initramfs(&files).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dump = stock_disk(dir.path(), &files, &initramfs);
 
-    // The product's policy, shipped in the image. The hang guard is off: Debian's kernel
-    // under TCG on a busy two-core host can take longer than the watchdog's 16 s to load
-    // bcm2835_wdt (the hang guard has its own scenarios in slots.rs).
-    let manifest = dir.path().join("zbmanifest.txt");
-    std::fs::write(&manifest, "max_boot_failure=3\nwatchdog_timeout=0\n").unwrap();
-    let zi = dir.path().join("raspios.zi");
-    let report = zbctl(&[
-        "image",
-        "convert",
-        "--manifest",
-        path(&manifest),
-        "--from-disk",
-        path(&dump),
-        "-o",
-        path(&zi),
-        "--name",
-        "raspios",
-        "--version",
-        "1",
-        "--loader",
-        path(&loader.image),
-        "--data-size",
-        "16M",
-    ]);
+    let (manifest, _, stick, report) = convert_to_stick(dir.path(), &dump);
     assert!(report.contains("`otg_mode=1` commented out"), "{report}");
-    let stick = dir.path().join("stick.img");
-    zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
 
     // A bricked unit: a blank eMMC.
     let emmc = dir.path().join("emmc.img");
@@ -447,4 +455,66 @@ fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
         std::fs::read(&disk).unwrap() == before,
         "zboot wrote nothing to a stock disk"
     );
+}
+
+#[test]
+fn an_adopted_stock_unit_boots_its_system_until_the_stick_comes_then_is_reflashed() {
+    let Some(files) = LinuxFiles::or_skip(
+        "an_adopted_stock_unit_boots_its_system_until_the_stick_comes_then_is_reflashed",
+    ) else {
+        return;
+    };
+    require_programs().unwrap();
+    let initramfs = initramfs(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let unit = stock_disk(dir.path(), &files, &initramfs);
+    let (manifest, zi, stick, _) = convert_to_stick(dir.path(), &unit);
+    // The unit's eMMC is larger than its stock partitions (QEMU wants a power of two).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&unit)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+
+    // On the running unit: zbctl adopt (here on its disk image).
+    let report = zbctl(&[
+        "--image",
+        path(&unit),
+        "adopt",
+        "--zi",
+        path(&zi),
+        "--wait",
+        "3",
+    ]);
+    assert!(report.contains("adopt_wait=3"), "{report}");
+    let adopted = std::fs::read(&unit).unwrap();
+
+    // No stick: zboot waits 3 s, then boots the stock system as the firmware would.
+    let run = boot(&unit, None, &files.dtb);
+    assert!(run.console_has("stock layout: adoption requested (zbmanifest.txt adopt=yes)"));
+    assert!(run.console_has("recovery: no stick with a good image in time; nothing written"));
+    assert!(run.console_has("stock layout (config.stock.txt): kernel kernel8.img"));
+    assert!(run.console_has("zboot-linux: init started: kernel"));
+    assert!(
+        run.console_has("slot=none attempt=none"),
+        "the stock command line"
+    );
+    assert!(
+        std::fs::read(&unit).unwrap() == adopted,
+        "nothing written without a stick"
+    );
+
+    // With the stick: the reflash into the zboot layout, then Linux from A.
+    let run = boot(&unit, Some(&stick), &files.dtb);
+    assert!(run.console_has("stock layout: adoption requested"));
+    assert!(
+        run.console_has("recovery: image written"),
+        "the reflash completes"
+    );
+    assert_eq!(run.ending, Ending::GuestReset);
+    assert_zboot_layout(&unit, &manifest);
+    let run = boot(&unit, None, &files.dtb);
+    assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-02 zboot.slot=A")));
+    linux_confirmed(&run, "A");
 }

@@ -229,17 +229,7 @@ pub fn build<'o>(
             writer.word(word);
         }
     }
-    let Writer { out, length, max } = writer;
-    if length > max {
-        return Err(CmdlineError::TooLong { length, max });
-    }
-    let bytes = out
-        .get(..length)
-        .ok_or(CmdlineError::TooLong { length, max })?;
-    // Only whole `&str`s were copied in, so the prefix is UTF-8; the error arm is unreachable.
-    core::str::from_utf8(bytes).map_err(|e| CmdlineError::InvalidUtf8 {
-        offset: e.valid_up_to(),
-    })
+    writer.finish()
 }
 
 /// The command line of a stock layout (docs/bring-your-own-image.md): `cmdline.txt` as the
@@ -268,16 +258,7 @@ pub fn build_stock<'o>(
             _ => writer.word(word),
         }
     }
-    let Writer { out, length, max } = writer;
-    if length > max {
-        return Err(CmdlineError::TooLong { length, max });
-    }
-    let bytes = out
-        .get(..length)
-        .ok_or(CmdlineError::TooLong { length, max })?;
-    core::str::from_utf8(bytes).map_err(|e| CmdlineError::InvalidUtf8 {
-        offset: e.valid_up_to(),
-    })
+    writer.finish()
 }
 
 /// Builds the line into a fixed-capacity string (for callers that keep it).
@@ -303,7 +284,23 @@ struct Writer<'o> {
     max: usize,
 }
 
-impl Writer<'_> {
+impl<'o> Writer<'o> {
+    /// The line written, or how long it would have been.
+    fn finish(self) -> Result<&'o str, CmdlineError> {
+        let Writer { out, length, max } = self;
+        if length > max {
+            return Err(CmdlineError::TooLong { length, max });
+        }
+        let bytes = out
+            .get(..length)
+            .ok_or(CmdlineError::TooLong { length, max })?;
+        // Only whole `&str`s were copied in, so the prefix is UTF-8; the error arm is
+        // unreachable.
+        core::str::from_utf8(bytes).map_err(|e| CmdlineError::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        })
+    }
+
     /// Appends a word, with a separating space unless it is the first.
     fn word(&mut self, word: &str) {
         if self.length > 0 {

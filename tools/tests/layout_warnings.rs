@@ -12,38 +12,13 @@ use common::{convert_small_image, create_small_disk, noise, ok, s, tar, zbctl};
 use recovery_proto::image::format::{PartitionEntry, RegionKind, Role, TableKind};
 use recovery_proto::image::writer::{ImageMeta, ImageWriter, PlannedPartition, PlannedRegion};
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::OnceLock;
 
 const ZBOOT_LINE: &str = "layout: zboot (zboot.img, config.txt kernel=zboot.img, slots A B SAFE)";
 const NO_LAYOUT_LINE: &str = "layout: no zboot layout (config.txt loads kernel8.img; no slot \
      directories B/, SAFE/): a unit reflashed from this image would not run zboot";
-
-fn run(program: &str, args: &[&str], input: Option<&str>) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
-    if let Some(text) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A small root tree.
 fn root_tree(dir: &Path) -> PathBuf {
@@ -90,7 +65,7 @@ fn layoutless_image(dir: &Path) -> PathBuf {
     fs::write(boot.join("A/kernel.img"), noise(100_000, 2)).unwrap();
     fs::write(boot.join("A/cmdline.txt"), "console=ttyAMA0 rootwait\n").unwrap();
     let fat = dir.join("boot.fat");
-    run(
+    common::run(
         "mkfs.vfat",
         &["-C", "-F", "32", "-n", "bootfs", s(&fat), "65536"],
         None,
@@ -102,10 +77,10 @@ fn layoutless_image(dir: &Path) -> PathBuf {
     let mut args = vec!["-s", "-i", s(&fat)];
     args.extend(entries.iter().map(|p| s(p)));
     args.push("::");
-    run("mcopy", &args, None);
+    common::run("mcopy", &args, None);
     let root = root_tree(dir);
     let ext4 = dir.join("root.ext4");
-    run(
+    common::run(
         "mke2fs",
         &[
             "-q",
@@ -126,7 +101,7 @@ fn layoutless_image(dir: &Path) -> PathBuf {
         .unwrap()
         .set_len((8192 + 131_072 + 32_768 + 2048) * 512)
         .unwrap();
-    run(
+    common::run(
         "sfdisk",
         &["--quiet", s(&disk)],
         Some("label: dos\nlabel-id: 0x5a5a0010\n8192,131072,c\n139264,32768,83\n"),

@@ -9,9 +9,8 @@ mod common;
 use common::{decode_to_disk, ok, s, zbctl};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const DISK_ID: &str = "5a5a0009";
 
@@ -47,30 +46,6 @@ rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mod
 const FSTAB: &str = "proc            /proc           proc    defaults          0       0\n\
 PARTUUID=5a5a0009-01  /boot/firmware  vfat    defaults          0       2\n\
 PARTUUID=5a5a0009-02  /               ext4    defaults,noatime  0       1\n";
-
-fn run(program: &str, args: &[&str], input: Option<&str>) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
-    if let Some(text) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The boot files of a stock image, in `dir/boot`.
 fn boot_tree(dir: &Path, config: &str) -> PathBuf {
@@ -108,7 +83,7 @@ fn root_tree(dir: &Path) -> PathBuf {
 /// A FAT32 image of `tree` (`mkfs.vfat` + `mcopy`), `kib` long.
 fn fat_image(tree: &Path, out: &Path, kib: u64) {
     let _ = fs::remove_file(out);
-    run(
+    common::run(
         "mkfs.vfat",
         &["-C", "-F", "32", "-n", "bootfs", s(out), &kib.to_string()],
         None,
@@ -121,7 +96,7 @@ fn fat_image(tree: &Path, out: &Path, kib: u64) {
     let names: Vec<&str> = entries.iter().map(|p| s(p)).collect();
     args.extend(names);
     args.push("::");
-    run("mcopy", &args, None);
+    common::run("mcopy", &args, None);
 }
 
 /// A stock dump as Raspberry Pi OS lays it out: boot (FAT32, 64 MiB at sector 8192) and one
@@ -134,7 +109,7 @@ fn stock_dump(dir: &Path, table: &str, config: &str, extra: &[&[u8]]) -> PathBuf
     fat_image(&boot, &boot_img, 64 * 1024);
     let root_img = dir.join("root.ext4");
     let _ = fs::remove_file(&root_img);
-    run(
+    common::run(
         "mke2fs",
         &[
             "-q",
@@ -175,7 +150,7 @@ fn stock_dump(dir: &Path, table: &str, config: &str, extra: &[&[u8]]) -> PathBuf
     for (i, _) in extra.iter().enumerate() {
         writeln!(script, "{},8192,{linux}", 237_568 + 8192 * i).unwrap();
     }
-    run("sfdisk", &["--quiet", s(&disk)], Some(&script));
+    common::run("sfdisk", &["--quiet", s(&disk)], Some(&script));
     let mut image = fs::read(&disk).unwrap();
     let mut place = |start: usize, bytes: &[u8]| {
         image[start * 512..start * 512 + bytes.len()].copy_from_slice(bytes);
@@ -481,7 +456,7 @@ fn bad_stock_inputs_are_named_and_nothing_is_written() {
 
     // Several candidate roots.
     let second = dir.path().join("second.ext4");
-    run(
+    common::run(
         "mke2fs",
         &["-q", "-F", "-t", "ext4", s(&second), "4M"],
         None,
@@ -566,7 +541,7 @@ fn bad_stock_tarballs_are_named_and_nothing_is_written() {
     let outside = dir.path().join("outside.txt");
     fs::write(&outside, "x").unwrap();
     let absolute = sub.join("absolute.tar");
-    run("tar", &["-cPf", s(&absolute), s(&outside)], None);
+    common::run("tar", &["-cPf", s(&absolute), s(&outside)], None);
     let input = ["-b", s(&boot_tar), "-r", s(&absolute)];
     refused(
         &convert_args(&input, s(&zi), s(&loader)),
@@ -577,7 +552,7 @@ fn bad_stock_tarballs_are_named_and_nothing_is_written() {
         &zi,
     );
     let dotdot = sub.join("dotdot.tar");
-    run(
+    common::run(
         "tar",
         &[
             "-cf",
