@@ -422,13 +422,16 @@ fn stock_tarballs_become_an_image() {
     let (boot_tar, root_tar) = (dir.path().join("boot.tar"), dir.path().join("root.tar"));
     common::tar(&boot, &boot_tar);
     common::tar(&root, &root_tar);
+    // The root compressed, as tarballs often travel: decompressed before mke2fs reads it.
+    common::run("gzip", &["-n", s(&root_tar)], None);
+    let root_tgz = dir.path().join("root.tar.gz");
     let zi = dir.path().join("out.zi");
     let loader = loader(dir.path());
     let input = [
         "-b",
         s(&boot_tar),
         "-r",
-        s(&root_tar),
+        s(&root_tgz),
         "--boot-mib",
         "64",
         "--root-mib",

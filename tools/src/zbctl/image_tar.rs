@@ -292,28 +292,46 @@ fn pax_records(data: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
 /// which the tarball's header carries and the file system must keep.
 type Acl = (String, String, Vec<u8>, Option<u32>);
 
-/// The POSIX ACLs of a (plain) tarball's members, from their PAX records: the binary
-/// `SCHILY.xattr.system.posix_acl_*` that `tar --xattrs` stores, else the text
-/// `SCHILY.acl.access`/`.default` of `tar --acls`.
-fn tarball_acls(tar: &Path) -> Result<Vec<Acl>> {
+/// A plain tar of `tar`: itself, or decompressed into `scratch` when it is gzip, xz, zstd
+/// or bzip2 (by its magic number), with the matching tool.
+fn plain_tarball(tar: &Path, scratch: &Path) -> Result<PathBuf> {
     let mut file = File::open(tar).with_context(|| format!("opening {}", tar.display()))?;
     let mut magic = [0u8; 6];
     let read = file.read(&mut magic)?;
-    let compressed = [
-        &[0x1f, 0x8b][..],
-        &[0xfd, b'7', b'z', b'X', b'Z', 0],
-        &[0x28, 0xb5, 0x2f, 0xfd],
-        b"BZh",
+    let head = magic.get(..read).unwrap_or_default();
+    let tool = [
+        (&[0x1f, 0x8b][..], "gzip"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0][..], "xz"),
+        (&[0x28, 0xb5, 0x2f, 0xfd][..], "zstd"),
+        (&b"BZh"[..], "bzip2"),
     ]
     .iter()
-    .any(|m| magic.get(..read).is_some_and(|head| head.starts_with(m)));
+    .find(|(m, _)| head.starts_with(m))
+    .map(|(_, tool)| *tool);
+    let Some(tool) = tool else {
+        return Ok(tar.to_path_buf());
+    };
+    let plain = scratch.join("root-plain.tar");
+    let output = File::create(&plain)?;
+    let status = Command::new(tool)
+        .arg("-dc")
+        .arg(tar)
+        .stdout(output)
+        .status()
+        .with_context(|| format!("{}: running {tool} to decompress it", tar.display()))?;
     ensure!(
-        !compressed,
-        "{}: a compressed tarball; give the root as a plain tar (decompress it first, or make \
-         it with tar cf)",
+        status.success(),
+        "{}: {tool} -dc failed ({status})",
         tar.display()
     );
-    let file = File::open(tar)?;
+    Ok(plain)
+}
+
+/// The POSIX ACLs of a plain tarball's members (`tar` names it in messages), from their PAX records: the binary
+/// `SCHILY.xattr.system.posix_acl_*` that `tar --xattrs` stores, else the text
+/// `SCHILY.acl.access`/`.default` of `tar --acls`.
+fn tarball_acls(plain: &Path, tar: &Path) -> Result<Vec<Acl>> {
+    let file = File::open(plain)?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut acls = Vec::new();
     // Raw: the PAX headers ('x') come as entries of their own, parsed here by their record
@@ -433,8 +451,8 @@ fn apply_acls(image: &Path, acls: &[Acl], scratch: &Path) -> Result<()> {
 ///
 /// mke2fs from e2fsprogs 1.47.1 on reads the tarball itself (`-d root.tar`, through
 /// libarchive), whoever runs it; the POSIX ACLs, which libarchive keeps apart from the
-/// xattrs, are then set from the members' PAX records with debugfs. The tarball must be
-/// uncompressed (`tar cf`). An older mke2fs needs the tree extracted, which keeps
+/// xattrs, are then set from the members' PAX records with debugfs. A compressed tarball
+/// is decompressed into `scratch` first. An older mke2fs needs the tree extracted, which keeps
 /// owners and device nodes only when run as root: then tar extracts with
 /// `--same-owner --xattrs --acls` and `mke2fs -d` copies the tree. Without either,
 /// converting is refused rather than losing metadata.
@@ -442,13 +460,10 @@ pub fn ext4_from_tarball(tar: &Path, image: &Path, size: u64, scratch: &Path) ->
     check_members(tar)?;
     let _ = fs::remove_file(image);
     let reads_tarballs = mke2fs_version().is_some_and(|v| v >= (1, 47, 1));
-    let acls = if reads_tarballs {
-        tarball_acls(tar)?
-    } else {
-        Vec::new()
-    };
-    let source = if reads_tarballs {
-        tar.to_path_buf()
+    let (source, acls) = if reads_tarballs {
+        let plain = plain_tarball(tar, scratch)?;
+        let acls = tarball_acls(&plain, tar)?;
+        (plain, acls)
     } else {
         // The effective user, from `id -u` (the tools crate binds no libc).
         let euid = Command::new("id")
@@ -486,7 +501,7 @@ pub fn ext4_from_tarball(tar: &Path, image: &Path, size: u64, scratch: &Path) ->
                 ]),
         )
         .with_context(|| format!("extracting {}", tar.display()))?;
-        tree
+        (tree, Vec::new())
     };
     let result = run_tool(
         Command::new("mke2fs")
@@ -495,7 +510,11 @@ pub fn ext4_from_tarball(tar: &Path, image: &Path, size: u64, scratch: &Path) ->
             .arg(image)
             .arg(format!("{}k", size / 1024)),
     );
-    if !reads_tarballs {
+    if reads_tarballs {
+        if source != tar {
+            let _ = fs::remove_file(&source);
+        }
+    } else {
         let _ = fs::remove_dir_all(&source);
     }
     result.with_context(|| format!("{}: building the root file system", tar.display()))?;
