@@ -969,3 +969,71 @@ fn adopt_prepares_a_stock_unit_for_its_reflash_and_refuses_what_it_must() {
         "nothing written"
     );
 }
+
+#[test]
+fn capture_makes_an_image_of_a_running_unit_and_its_recovery_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = boot_tree(dir.path(), CONFIG);
+    let root = root_tree(dir.path());
+    // What a running root holds that must not go into the image.
+    fs::create_dir_all(root.join("proc/1")).unwrap();
+    fs::write(root.join("proc/cpuinfo"), "processor: 0\n").unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    fs::write(root.join("tmp/scratch"), "x").unwrap();
+    let loader = loader(dir.path());
+    let zi = dir.path().join("golden.zi");
+    let stick = dir.path().join("stick.img");
+    let report = ok(&[
+        "image",
+        "capture",
+        "-o",
+        s(&zi),
+        "--usb",
+        s(&stick),
+        "--name",
+        "raspios",
+        "--version",
+        "3",
+        "--boot-files",
+        s(&boot),
+        "--root",
+        s(&root),
+        "--loader",
+        s(&loader),
+        "--root-mib",
+        "40",
+        "--data-size",
+        "8M",
+    ]);
+    assert!(report.contains("captured"), "{report}");
+    assert!(report.contains("recovery stick"), "{report}");
+    check_converted(dir.path(), &zi, &boot, true);
+    // The stick holds the image, byte for byte.
+    let on_stick = Command::new("mtype")
+        .args(["-i", &format!("{}@@1M", s(&stick)), "::ZBOOT.ZI"])
+        .output()
+        .unwrap();
+    assert!(
+        on_stick.stdout == fs::read(&zi).unwrap(),
+        "the stick's ZBOOT.ZI"
+    );
+    // /proc and /tmp are kept as empty directories.
+    let disk = dir.path().join("decoded.img");
+    let (_, parts) = sfdisk(&disk);
+    let bytes = fs::read(&disk).unwrap();
+    let root_a = dir.path().join("root-a.ext4");
+    let (start, size) = (parts[1].0 as usize * 512, parts[1].1 as usize * 512);
+    fs::write(&root_a, &bytes[start..start + size]).unwrap();
+    let listing = debugfs_batch(&root_a, &["ls -p /proc".into(), "ls -p /tmp".into()]);
+    assert!(
+        !listing[0].contains("cpuinfo") && !listing[0].contains("/1/"),
+        "{}",
+        listing[0]
+    );
+    assert!(!listing[1].contains("scratch"), "{}", listing[1]);
+    assert!(
+        listing[0].contains("/.."),
+        "/proc itself is there: {}",
+        listing[0]
+    );
+}

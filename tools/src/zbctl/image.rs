@@ -25,6 +25,9 @@ use super::status::hex;
 pub enum ImageCommand {
     /// Make a `.zi` from a raw disk dump (`--from-disk`) or boot/root tarballs (`-b`, `-r`).
     Convert(ConvertArgs),
+    /// Make a `.zi` of the running unit (its boot partition and its root), and optionally a
+    /// recovery stick of it: the golden image to replicate it from.
+    Capture(Box<super::capture::CaptureArgs>),
     /// Show header, layout and regions.
     Inspect {
         /// The `.zi` file.
@@ -200,6 +203,7 @@ impl Opened {
 pub fn run(command: &ImageCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         ImageCommand::Convert(args) => image_convert::convert(args, out),
+        ImageCommand::Capture(args) => super::capture::capture(args, out),
         ImageCommand::Inspect {
             file,
             json,

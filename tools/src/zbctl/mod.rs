@@ -7,6 +7,7 @@
 
 pub mod adopt;
 pub mod bench;
+pub mod capture;
 pub mod disk;
 pub mod disk_create;
 pub mod fat_fixup;

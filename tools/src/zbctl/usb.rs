@@ -214,14 +214,33 @@ pub fn create(args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
     }
     super::fat_fixup::fix_fatfs_volume(&mut volume)?;
 
-    let partial = args.output.with_extension("img.partial");
+    // A stick itself (/dev/sdX): the image is made beside, then written to its start (the
+    // partition covers the image's size, not the whole stick).
+    let device = fs::metadata(&args.output)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let scratch = tempfile::tempdir()?;
+    let partial = if device {
+        scratch.path().join("stick.img")
+    } else {
+        args.output.with_extension("img.partial")
+    };
     let result = write_stick(&partial, size, volume_id, &volume, &name);
     if let Err(error) = result {
         let _ = fs::remove_file(&partial);
         return Err(error);
     }
-    fs::rename(&partial, &args.output)
-        .with_context(|| format!("renaming to {}", args.output.display()))?;
+    if device {
+        let mut target = fs::OpenOptions::new()
+            .write(true)
+            .open(&args.output)
+            .with_context(|| format!("opening {} for writing", args.output.display()))?;
+        std::io::copy(&mut File::open(&partial)?, &mut target)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        target.sync_all()?;
+    } else {
+        fs::rename(&partial, &args.output)
+            .with_context(|| format!("renaming to {}", args.output.display()))?;
+    }
     writeln!(
         out,
         "{}: recovery stick, {} ({size} bytes): MBR, partition 1 FAT32 at LBA {FIRST_LBA} \
