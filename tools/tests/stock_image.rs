@@ -1037,3 +1037,49 @@ fn capture_makes_an_image_of_a_running_unit_and_its_recovery_stick() {
         listing[0]
     );
 }
+
+#[test]
+fn safe_can_come_from_a_second_stock_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = stock_dump(dir.path(), "dos", CONFIG, &[]);
+    let safe_dir = dir.path().join("safe");
+    fs::create_dir(&safe_dir).unwrap();
+    let safe = stock_dump(&safe_dir, "dos", CONFIG, &[]);
+    // SAFE's own kernel.
+    let safe_kernel = safe_dir.join("safe-kernel");
+    fs::write(&safe_kernel, common::noise(123_456, 42)).unwrap();
+    common::run(
+        "mcopy",
+        &[
+            "-o",
+            "-i",
+            &format!("{}@@4M", s(&safe)),
+            s(&safe_kernel),
+            "::kernel8.img",
+        ],
+        None,
+    );
+    let zi = dir.path().join("out.zi");
+    let loader = loader(dir.path());
+    let report = ok(&convert_args(
+        &["--from-disk", s(&dump), "--safe", s(&safe)],
+        s(&zi),
+        s(&loader),
+    ));
+    assert!(report.contains("5 SAFE = "), "{report}");
+    assert!(report.contains("SAFE: /etc/fstab"), "{report}");
+    let disk = dir.path().join("decoded.img");
+    decode_to_disk(&zi, &disk);
+    assert_eq!(
+        common::mtype(&disk, "SAFE/kernel.img"),
+        fs::read(&safe_kernel).unwrap(),
+        "SAFE boots its own kernel"
+    );
+    assert_eq!(
+        common::mtype(&disk, "A/kernel.img"),
+        fs::read(dir.path().join("boot/kernel8.img")).unwrap()
+    );
+    let (_, parts) = sfdisk(&disk);
+    let fstab = debugfs_cat(&disk, parts[4].0, parts[4].1, "/etc/fstab");
+    assert!(fstab.contains("/dev/root  /"), "{fstab}");
+}

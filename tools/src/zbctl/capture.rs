@@ -210,6 +210,9 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<()> {
         slot_dtb: None,
         data_size: args.data_size,
         loader: args.loader.clone(),
+        safe: None,
+        safe_boot: None,
+        safe_root: None,
         manifest: None,
         dry_run: false,
     };

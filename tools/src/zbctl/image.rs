@@ -24,7 +24,7 @@ use super::status::hex;
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Make a `.zi` from a raw disk dump (`--from-disk`) or boot/root tarballs (`-b`, `-r`).
-    Convert(ConvertArgs),
+    Convert(Box<ConvertArgs>),
     /// Make a `.zi` of the running unit (its boot partition and its root), and optionally a
     /// recovery stick of it: the golden image to replicate it from.
     Capture(Box<super::capture::CaptureArgs>),

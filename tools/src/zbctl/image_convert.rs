@@ -82,6 +82,15 @@ pub struct ConvertArgs {
     /// Stock images: the zboot.img to embed (default: the workspace's release build).
     #[arg(long, value_name = "FILE")]
     pub loader: Option<PathBuf>,
+    /// Stock images: SAFE's system from a second stock dump (default: the same system as A).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["safe_boot", "safe_root"])]
+    pub safe: Option<PathBuf>,
+    /// Stock images: SAFE's boot files from a tarball (with --safe-root).
+    #[arg(long, value_name = "TAR", requires = "safe_root")]
+    pub safe_boot: Option<PathBuf>,
+    /// Stock images: SAFE's root from a tarball (with --safe-boot).
+    #[arg(long, value_name = "TAR", requires = "safe_boot")]
+    pub safe_root: Option<PathBuf>,
     /// Stock images: the zbmanifest.txt to ship (policy and update settings, checked with the
     /// loader's parser; default: the one disk create generates).
     #[arg(long, value_name = "FILE")]
@@ -530,9 +539,12 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         (Some(disk), None, None) => {
             image_stock::from_disk(disk, scratch.path(), args.root_partition)?
         }
-        (None, Some(boot), Some(root)) => {
-            super::image_tar::stock_from_tarballs(boot, root, args, scratch.path())?
-        }
+        (None, Some(boot), Some(root)) => super::image_tar::stock_from_tarballs(
+            boot,
+            root,
+            (args.boot_mib, args.root_mib),
+            scratch.path(),
+        )?,
         _ => bail!("give --from-disk dd.img, or -b boot.tar -r root.tar"),
     };
     let (partitions, disk_signature, disk_size) = match stock {
@@ -637,6 +649,28 @@ fn convert_stock(
         manifest: args.manifest.clone(),
     };
     let plan = image_stock::plan(input, &options)?;
+    // SAFE: a system of its own (--safe, --safe-boot/--safe-root), else the same one.
+    let safe_scratch = scratch.join("safe");
+    fs::create_dir_all(&safe_scratch)?;
+    let safe_input = match (&args.safe, &args.safe_boot, &args.safe_root) {
+        (Some(dump), None, None) => Some(image_stock::from_disk(dump, &safe_scratch, None)?),
+        (None, Some(boot), Some(root)) => Some(super::image_tar::stock_from_tarballs(
+            boot,
+            root,
+            (args.boot_mib, None),
+            &safe_scratch,
+        )?),
+        _ => None,
+    };
+    let safe_input = match safe_input {
+        Some(Some(safe)) => Some(safe),
+        Some(None) => bail!("--safe: not a stock image (it is in the zboot layout already)"),
+        None => None,
+    };
+    let safe_plan = match &safe_input {
+        Some(safe) => Some(image_stock::plan(safe, &options)?),
+        None => None,
+    };
     let signature = if let Some(signature) = input.disk_signature {
         signature
     } else {
@@ -646,19 +680,37 @@ fn convert_stock(
     };
     let fstab = image_stock::fix_root_fstab(&input.root, signature, scratch, args.dry_run)?;
     let mut layout = vec![format!(
-        "layout: 1 boot (FAT32), 2 root A = {}, 3 root B = {}, 5 SAFE = the same system, \
-         6 DATA ({} MiB, empty ext4); MBR disk signature {signature:08x}",
+        "layout: 1 boot (FAT32), 2 root A = {}, 3 root B = {}, 5 SAFE = {}, 6 DATA ({} MiB, \
+         empty ext4); MBR disk signature {signature:08x}",
         input.root_origin,
         if args.b_empty { "empty" } else { "a copy of A" },
+        safe_input
+            .as_ref()
+            .map_or("the same system".to_string(), |safe| safe
+                .root_origin
+                .clone()),
         args.data_size >> 20
     )];
     layout.extend(fstab);
+    if let (Some(safe), Some(safe_plan)) = (&safe_input, &safe_plan) {
+        for change in
+            image_stock::fix_root_fstab(&safe.root, signature, &safe_scratch, args.dry_run)?
+        {
+            layout.push(format!("SAFE: {change}"));
+        }
+        layout.push(format!(
+            "SAFE: kernel {}, command line: {}",
+            safe_plan.kernel.display(),
+            safe_plan.cmdline
+        ));
+    }
     image_stock::print_plan(&plan, &layout, out)?;
     if args.dry_run {
         writeln!(out, "--dry-run: nothing written")?;
         return Ok(None);
     }
-    image_stock::build_disk(input, &plan, &options, signature, scratch).map(Some)
+    let safe = safe_input.as_ref().zip(safe_plan.as_ref());
+    image_stock::build_disk(input, &plan, safe, &options, signature, scratch).map(Some)
 }
 
 /// Runs a command, failing with its stderr.

@@ -745,30 +745,57 @@ fn stage_boot_files(input: &StockInput, plan: &Plan, scratch: &Path) -> Result<(
     Ok((firmware, config))
 }
 
+/// The boot partition's size: the stock one, grown when the slots' copies of the kernel
+/// and initramfs would not fit beside the firmware's files (a third of the volume kept free
+/// for updates).
+fn boot_partition_bytes(input: &StockInput, plan: &Plan, safe_plan: &Plan) -> Result<u64> {
+    let slot_files = |plan: &Plan| -> u64 {
+        [
+            Some(&plan.kernel),
+            plan.initramfs.as_ref(),
+            plan.dtb.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|path| fs::metadata(path).map_or(0, |m| m.len()))
+        .sum()
+    };
+    let needed = (super::image_tar::tree_bytes(&input.boot_dir)?
+        + 2 * slot_files(plan)
+        + slot_files(safe_plan))
+        * 3
+        / 2;
+    Ok(input.boot_bytes.max(needed).max(64 * MIB).div_ceil(MIB) * MIB)
+}
+
 /// Lays out the zboot disk in `scratch` and returns its path.
 pub fn build_disk(
     input: &StockInput,
     plan: &Plan,
+    safe: Option<(&StockInput, &Plan)>,
     options: &StockOptions,
     disk_signature: u32,
     scratch: &Path,
 ) -> Result<PathBuf> {
     let (firmware, config) = stage_boot_files(input, plan, scratch)?;
-    let slot_dir = scratch.join("slot");
-    fs::create_dir_all(&slot_dir)?;
-    let cmdline_file = slot_dir.join("cmdline.txt");
-    fs::write(&cmdline_file, format!("{}\n", plan.cmdline))?;
-    let spec = |slot| SlotSpec {
-        slot,
-        kernel: plan.kernel.clone(),
-        initrd: plan.initramfs.clone(),
-        dtb: plan.dtb.clone(),
-        cmdline_file: Some(cmdline_file.clone()),
-        version: options.version,
+    let spec = |slot: Slot, plan: &Plan| -> Result<SlotSpec> {
+        let slot_dir = scratch.join(format!("slot-{}", slot.name()));
+        fs::create_dir_all(&slot_dir)?;
+        let cmdline_file = slot_dir.join("cmdline.txt");
+        fs::write(&cmdline_file, format!("{}\n", plan.cmdline))?;
+        Ok(SlotSpec {
+            slot,
+            kernel: plan.kernel.clone(),
+            initrd: plan.initramfs.clone(),
+            dtb: plan.dtb.clone(),
+            cmdline_file: Some(cmdline_file),
+            version: options.version,
+        })
     };
-    let mut slots = vec![spec(Slot::A), spec(Slot::Safe)];
+    let safe_plan = safe.map_or(plan, |(_, plan)| plan);
+    let mut slots = vec![spec(Slot::A, plan)?, spec(Slot::Safe, safe_plan)?];
     if !options.b_empty {
-        slots.push(spec(Slot::B));
+        slots.push(spec(Slot::B, plan)?);
     }
 
     // (the smallest slot that holds the root, the default slot size)
@@ -798,26 +825,20 @@ pub fn build_disk(
             .open(image)?
             .set_len(root_bytes)?;
     }
-    // The stock size, grown when the slots' copies of the kernel and initramfs would not
-    // fit beside the firmware's files (a third of the volume kept free for updates).
-    let slot_files: u64 = [
-        Some(&plan.kernel),
-        plan.initramfs.as_ref(),
-        plan.dtb.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|path| fs::metadata(path).map_or(0, |m| m.len()))
-    .sum();
-    let needed = (super::image_tar::tree_bytes(&input.boot_dir)? + 3 * slot_files) * 3 / 2;
-    let boot_bytes = input.boot_bytes.max(needed).max(64 * MIB).div_ceil(MIB) * MIB;
+    let boot_bytes = boot_partition_bytes(input, plan, safe_plan)?;
+    // SAFE's root: its own system's, at its own size; else A's again.
+    let (safe_image, safe_bytes) = match safe {
+        Some((safe, _)) => {
+            let RootSource::Image(image) = &safe.root;
+            let bytes = ext_size(image)?.max(fs::metadata(image)?.len());
+            (image.clone(), bytes.div_ceil(MIB) * MIB)
+        }
+        None => (root_image.clone(), root_bytes),
+    };
     // 1 MiB before boot, the extended container's two EBRs with 1 MiB each, then DATA.
-    let size = MIB + boot_bytes + 2 * root_bytes + MIB + root_bytes + MIB + options.data_bytes;
+    let size = MIB + boot_bytes + 2 * root_bytes + MIB + safe_bytes + MIB + options.data_bytes;
     let disk = scratch.join("zboot-disk.img");
-    let mut roots = vec![
-        (Slot::A, root_image.clone()),
-        (Slot::Safe, root_image.clone()),
-    ];
+    let mut roots = vec![(Slot::A, root_image.clone()), (Slot::Safe, safe_image)];
     if !options.b_empty {
         roots.push((Slot::B, root_image));
     }
@@ -829,7 +850,7 @@ pub fn build_disk(
         gpt: false,
         boot_size: boot_bytes,
         root_size: root_bytes,
-        safe_size: root_bytes,
+        safe_size: safe_bytes,
         loader: options.loader.clone(),
         config_extra: None,
         config_text: Some(config),

@@ -558,7 +558,7 @@ fn mbr(signature: u32, entries: &[(u8, u8, u64, u64)]) -> [u8; 512] {
 pub fn stock_from_tarballs(
     boot_tar: &Path,
     root_tar: &Path,
-    args: &ConvertArgs,
+    (boot_mib, root_mib): (u64, Option<u64>),
     scratch: &Path,
 ) -> Result<Option<super::image_stock::StockInput>> {
     let boot_dir = scratch.join("stock-boot");
@@ -586,7 +586,7 @@ pub fn stock_from_tarballs(
         );
     };
     let root_image = scratch.join("stock-root.ext4");
-    let root_size = match args.root_mib {
+    let root_size = match root_mib {
         Some(mib) => mib * MIB,
         None => default_root_bytes(root_tar)?,
     };
@@ -605,7 +605,7 @@ pub fn stock_from_tarballs(
         root: super::image_stock::RootSource::Image(root_image),
         root_origin: root_tar.display().to_string(),
         disk_signature: None,
-        boot_bytes: args.boot_mib.max(40) * MIB,
+        boot_bytes: boot_mib.max(40) * MIB,
     }))
 }
 
