@@ -396,24 +396,7 @@ fn data_extent(disk: &[u8]) -> (u64, u64) {
 /// `sfdisk` with a FAT32 boot partition at 4 MiB (`mkfs.vfat`, holding `config.txt`,
 /// `cmdline.txt` and a kernel) and one ext4 root (`mke2fs`) to the end; `bytes` long.
 fn stock_unit(dir: &Path, bytes: usize) -> Vec<u8> {
-    let run = |program: &str, args: &[&str], input: Option<&str>| {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
-        if let Some(text) = input {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        assert!(child.wait().unwrap().success(), "{program} {args:?}");
-    };
+    let run = common::run;
     let disk = dir.join("stock.img");
     std::fs::File::create(&disk)
         .unwrap()
