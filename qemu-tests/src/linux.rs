@@ -39,6 +39,13 @@ pub struct LinuxFiles {
     pub modules: PathBuf,
     /// Module names `/init` loads, in order.
     pub modules_to_load: PathBuf,
+    /// A Debian arm64 root (`debootstrap --foreign --variant=minbase`), archived with
+    /// GNU tar as root with owners, device nodes, xattrs and ACLs
+    /// (`scripts/fetch-debian-root`).
+    pub debian_root: PathBuf,
+    /// `raspi-firmware`'s BCM2711 firmware files (`start4.elf`, `fixup4.dat`, ...), as a
+    /// stock boot partition carries them.
+    pub firmware: PathBuf,
 }
 
 /// Why the Linux files are not there.
@@ -86,7 +93,10 @@ impl LinuxFiles {
     fn fetch() -> Result<Self> {
         let root = workspace_root();
         let dir = root.join("target").join("linux");
-        if !dir.join("READY").is_file() {
+        if !dir.join("READY").is_file()
+            || !dir.join("debian-root.tar").is_file()
+            || !dir.join("firmware/start4.elf").is_file()
+        {
             let output = Command::new(root.join("scripts").join("fetch-linux"))
                 .output()
                 .context("running scripts/fetch-linux")?;
@@ -111,9 +121,18 @@ impl LinuxFiles {
             busybox: dir.join("busybox"),
             modules_to_load: dir.join("modules.load"),
             modules,
+            debian_root: dir.join("debian-root.tar"),
+            firmware: dir.join("firmware"),
             dir,
         };
-        for file in [&files.kernel, &files.dtb, &files.u_boot, &files.busybox] {
+        for file in [
+            &files.kernel,
+            &files.dtb,
+            &files.u_boot,
+            &files.busybox,
+            &files.debian_root,
+            &files.firmware.join("start4.elf"),
+        ] {
             ensure!(
                 file.is_file(),
                 "{} is missing: run scripts/fetch-linux --force",

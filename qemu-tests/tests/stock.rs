@@ -1,16 +1,27 @@
 //! Bring your own image, end to end on QEMU raspi4b (docs/bring-your-own-image.md): a
 //! stock Raspberry Pi OS-style disk made with the standard tools (`sfdisk`, `mkfs.vfat`,
-//! `mcopy`, `mke2fs`) holding Debian's arm64 kernel as `kernel8.img` and the test
-//! initramfs as `initramfs8`, with the `config.txt` and `cmdline.txt` Raspberry Pi OS
-//! writes (`console=serial0`, `root=PARTUUID=…-02`, `[cm4] otg_mode=1`), converted by
-//! `zbctl image convert`, put on a stick by `zbctl usb create`; a blank unit recovers
-//! from it and boots Linux from A, then B, then SAFE. Asserts on the console and on the
-//! eMMC afterwards (partition table, `config.txt`, the roots' `/etc/fstab`, the state).
+//! `mcopy`, `mke2fs`): a FAT boot partition with Debian's `raspi-firmware` files, Debian's
+//! arm64 kernel as `kernel8.img`, the test initramfs as `initramfs8`, and the `config.txt`
+//! and `cmdline.txt` Raspberry Pi OS writes (`console=serial0`, `root=PARTUUID=…-02`,
+//! `[cm4] otg_mode=1`); and a real Debian root made by `debootstrap` (archived with GNU
+//! tar as root). Scenarios:
+//! - (a) the disk's dump converted by `zbctl image convert`, put on a stick by
+//!   `zbctl usb create`; a blank unit recovers from it and boots Linux from A, then B,
+//!   then SAFE;
+//! - (b) the partitions' tarballs, converted by an ordinary user: every owner, mode,
+//!   device node, link, capability and ACL reaches the eMMC;
+//! - (c) `zbctl adopt` on the stock unit, then the reflash from the stick;
+//! - (d) zboot on the stock disk boots the stock kernel, as the firmware would.
+//!
+//! Each asserts on the console and on the eMMC afterwards (partition table, firmware
+//! files, `config.txt`, the roots' `/etc/fstab` and metadata, the state).
 
 // Test helpers outside `#[test]` fns may unwrap too (clippy.toml covers only the fns).
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../../tools/tests/common/metadata.rs"]
+mod metadata;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,11 +29,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::zbctl;
+use metadata::as_root;
 use serde_json::Value;
 use zboot_qemu_tests::linux::{KERNEL_COMMAND_LINE, LinuxFiles, initramfs, require_programs};
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run};
 
 const DISK_ID: &str = "5a5a0009";
+/// The stock root partition: Debian's slimmed minbase root takes about 150 MiB of it.
+const ROOT_MIB: u64 = 256;
 
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -52,7 +66,8 @@ fn run_tool(program: &str, args: &[&str], input: Option<&str>) {
     );
 }
 
-/// The stock disk: boot (FAT32, 192 MiB at sector 8192) and an ext4 root (16 MiB).
+/// The stock disk: boot (FAT32, 192 MiB at sector 8192) and an ext4 root ([`ROOT_MIB`]);
+/// beside it, `boot.tar` and `root.tar` of the same partitions, made with GNU tar as root.
 fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
     let boot = dir.join("boot");
     std::fs::create_dir_all(boot.join("overlays")).unwrap();
@@ -87,6 +102,10 @@ fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
     std::fs::copy(initramfs, boot.join("initramfs8")).unwrap();
     std::fs::copy(&files.dtb, boot.join("bcm2711-rpi-4-b.dtb")).unwrap();
     std::fs::write(boot.join("overlays/README"), "overlays\n").unwrap();
+    for entry in std::fs::read_dir(&files.firmware).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), boot.join(entry.file_name())).unwrap();
+    }
     let fat = dir.join("boot.fat");
     run_tool(
         "mkfs.vfat",
@@ -102,46 +121,49 @@ fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
     args.push("::");
     run_tool("mcopy", &args, None);
 
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(
-        root.join("etc/fstab"),
-        format!(
-            "proc            /proc           proc    defaults          0       0\n\
-             PARTUUID={DISK_ID}-01  /boot/firmware  vfat    defaults          0       2\n\
-             PARTUUID={DISK_ID}-02  /               ext4    defaults,noatime  0       1\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/hostname"), "raspberrypi\n").unwrap();
-    let ext4 = dir.join("root.ext4");
-    run_tool(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            "rootfs",
-            "-d",
-            path(&root),
-            path(&ext4),
-            "16M",
-        ],
-        None,
+    // The root: Debian's, as debootstrap made it (scripts/fetch-debian-root), with what
+    // Raspberry Pi OS adds that matters here: its fstab and hostname, a `pi` home,
+    // iputils-ping's file capability (a stand-in binary, as setcap in its postinst) and
+    // systemd-tmpfiles' ACLs on the journal directory. Extracted, edited and archived
+    // again with GNU tar as root (`root.tar`, scenario (b)), and made into the dump's
+    // ext4 by `mke2fs -d` from the tree.
+    let fstab = format!(
+        "proc            /proc           proc    defaults          0       0\n\
+         PARTUUID={DISK_ID}-01  /boot/firmware  vfat    defaults          0       2\n\
+         PARTUUID={DISK_ID}-02  /               ext4    defaults,noatime  0       1\n"
     );
+    std::fs::write(dir.join("fstab"), fstab).unwrap();
+    as_root(&format!(
+        "cd {dir}
+         mkdir root; cd root
+         tar -xp --xattrs --xattrs-include='*' --acls --numeric-owner -f {debian}
+         cp ../fstab etc/fstab
+         echo raspberrypi > etc/hostname
+         mkdir -p home/pi; chown 1000:1000 home/pi; chmod 750 home/pi
+         cp usr/bin/true usr/bin/ping; setcap cap_net_raw+ep usr/bin/ping
+         mkdir -p var/log/journal; setfacl -m g:adm:r-x -m d:g:adm:r-x var/log/journal
+         cd ..
+         tar --xattrs --xattrs-include='*' --acls --numeric-owner -cpf root.tar -C root .
+         tar -cf boot.tar -C boot .
+         mke2fs -q -F -t ext4 -L rootfs -d root root.ext4 {ROOT_MIB}M
+         rm -rf root
+         chmod 0644 root.tar boot.tar root.ext4",
+        dir = path(dir),
+        debian = path(&files.debian_root),
+    ));
+    let ext4 = dir.join("root.ext4");
 
     let disk = dir.join("stock.img");
+    let root_sectors = ROOT_MIB << 11;
     std::fs::File::create(&disk)
         .unwrap()
-        .set_len((8192 + 393_216 + 32_768) * 512)
+        .set_len((8192 + 393_216 + root_sectors) * 512)
         .unwrap();
     run_tool(
         "sfdisk",
         &["--quiet", path(&disk)],
         Some(&format!(
-            "label: dos\nlabel-id: 0x{DISK_ID}\n8192,393216,c\n401408,32768,83\n"
+            "label: dos\nlabel-id: 0x{DISK_ID}\n8192,393216,c\n401408,{root_sectors},83\n"
         )),
     );
     let mut image = std::fs::read(&disk).unwrap();
@@ -158,7 +180,9 @@ fn boot(emmc: &Path, stick: Option<&Path>, dtb: &Path) -> Run {
     let mut qemu = Qemu::new(&loader.image)
         .dtb(dtb)
         .emmc(emmc)
-        .timeout(Duration::from_mins(4));
+        // A guard, not a measure: a reflash writes the Debian root three times through
+        // PIO, about three minutes of emulation on a loaded two-core host.
+        .timeout(Duration::from_mins(8));
     if let Some(stick) = stick {
         qemu = qemu.usb_stick(stick);
     }
@@ -181,17 +205,21 @@ fn slot_field(status: &Value, slot: &str, field: &str) -> Value {
         .clone()
 }
 
-fn mtype(emmc: &Path, file: &str) -> String {
+fn mtype_bytes(emmc: &Path, file: &str) -> Vec<u8> {
     let out = Command::new("mtype")
         .args(["-i", &format!("{}@@1M", path(emmc)), &format!("::{file}")])
         .output()
         .unwrap();
     assert!(out.status.success(), "mtype {file}");
-    String::from_utf8(out.stdout).unwrap()
+    out.stdout
 }
 
-/// A file of the ext4 partition `number`, read with debugfs.
-fn root_file(emmc: &Path, number: u64, file: &str) -> String {
+fn mtype(emmc: &Path, file: &str) -> String {
+    String::from_utf8(mtype_bytes(emmc, file)).unwrap()
+}
+
+/// Partition `number` of `emmc`, copied out to a file of its own (removed by the caller).
+fn partition_image(emmc: &Path, number: u64) -> PathBuf {
     let out = Command::new("sfdisk")
         .args(["--json", path(emmc)])
         .output()
@@ -210,12 +238,34 @@ fn root_file(emmc: &Path, number: u64, file: &str) -> String {
             [usize::try_from(start * 512).unwrap()..usize::try_from((start + size) * 512).unwrap()],
     )
     .unwrap();
+    scratch
+}
+
+/// A file of the ext4 partition `number`, read with debugfs.
+fn root_file(emmc: &Path, number: u64, file: &str) -> String {
+    let scratch = partition_image(emmc, number);
     let out = Command::new("debugfs")
         .args(["-R", &format!("cat {file}"), path(&scratch)])
         .output()
         .unwrap();
     std::fs::remove_file(&scratch).unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `PRETTY_NAME` of the Debian root's os-release, as Linux's /init prints it from the
+/// mounted slot root.
+fn root_system(files: &LinuxFiles) -> String {
+    let out = Command::new("tar")
+        .args(["-xOf", path(&files.debian_root), "./usr/lib/os-release"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("PRETTY_NAME="))
+        .unwrap();
+    format!("zboot-linux: root system: {}", line.trim_matches('"'))
 }
 
 /// Replaces a slot's kernel with bytes whose hash no longer matches its slot.txt.
@@ -283,8 +333,19 @@ fn convert_to_stick(dir: &Path, dump: &Path) -> (PathBuf, PathBuf, PathBuf, Stri
     (manifest, zi, stick, report)
 }
 
-/// The eMMC after the reflash: zboot's layout around the stock system.
-fn assert_zboot_layout(emmc: &Path, manifest: &Path) {
+/// The disk signature in the MBR (bytes 440-443, little-endian), as PARTUUIDs spell it.
+fn disk_id(emmc: &Path) -> String {
+    let mut mbr = [0u8; 512];
+    std::io::Read::read_exact(&mut std::fs::File::open(emmc).unwrap(), &mut mbr).unwrap();
+    format!(
+        "{:08x}",
+        u32::from_le_bytes(mbr[440..444].try_into().unwrap())
+    )
+}
+
+/// The eMMC after the reflash: zboot's layout around the stock system, whose disk
+/// signature is `disk_id`.
+fn assert_zboot_layout(emmc: &Path, manifest: &Path, files: &LinuxFiles, disk_id: &str) {
     let out = Command::new("sfdisk")
         .args(["--json", path(emmc)])
         .output()
@@ -302,6 +363,12 @@ fn assert_zboot_layout(emmc: &Path, manifest: &Path) {
         std::fs::read_to_string(manifest).unwrap(),
         "the shipped manifest"
     );
+    for firmware in ["start4.elf", "fixup4.dat"] {
+        assert!(
+            mtype_bytes(emmc, firmware) == std::fs::read(files.firmware.join(firmware)).unwrap(),
+            "{firmware} kept for the firmware"
+        );
+    }
     let config = mtype(emmc, "config.txt");
     assert!(config.contains("[cm4]\n# zboot: otg_mode=1\n"), "{config}");
     assert!(
@@ -315,7 +382,7 @@ fn assert_zboot_layout(emmc: &Path, manifest: &Path) {
             "partition {number}: {fstab}"
         );
         assert!(
-            fstab.contains(&format!("PARTUUID={DISK_ID}-01  /boot/firmware")),
+            fstab.contains(&format!("PARTUUID={disk_id}-01  /boot/firmware")),
             "{fstab}"
         );
     }
@@ -340,7 +407,7 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
     let emmc = dir.path().join("emmc.img");
     std::fs::File::create(&emmc)
         .unwrap()
-        .set_len(512 << 20)
+        .set_len(1 << 30)
         .unwrap();
     let run = boot(&emmc, Some(&stick), &files.dtb);
     assert!(
@@ -349,7 +416,7 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
     );
     assert_eq!(run.ending, Ending::GuestReset);
 
-    assert_zboot_layout(&emmc, &manifest);
+    assert_zboot_layout(&emmc, &manifest, &files, DISK_ID);
 
     // A boots the stock kernel and initramfs, with the stock command line: serial0 is
     // the PL011 on QEMU's tree, ttyAMA0.
@@ -363,6 +430,10 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
         "console=serial0 translated, root= replaced"
     );
     assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-02 zboot.slot=A")));
+    assert!(
+        run.console_has(&root_system(&files)),
+        "the Debian root, mounted"
+    );
     linux_confirmed(&run, "A");
     assert_eq!(slot_field(&status(&emmc), "A", "failed_boots"), 0);
 
@@ -376,6 +447,10 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
     break_kernel(&emmc, "B", dir.path());
     let run = boot(&emmc, None, &files.dtb);
     assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-05 zboot.slot=SAFE")));
+    assert!(
+        run.console_has(&root_system(&files)),
+        "SAFE's copy of the root"
+    );
     linux_confirmed(&run, "SAFE");
     let status = status(&emmc);
     assert_eq!(slot_field(&status, "A", "failed_boots"), 2, "{status}");
@@ -427,7 +502,7 @@ fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
         .write(true)
         .open(&disk)
         .unwrap()
-        .set_len(256 << 20)
+        .set_len(512 << 20)
         .unwrap();
     let before = std::fs::read(&disk).unwrap();
 
@@ -450,6 +525,10 @@ fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
         "zboot-linux: init started: kernel {}, slot=none attempt=none root=PARTUUID={DISK_ID}-02",
         files.release()
     )));
+    assert!(
+        run.console_has(&root_system(&files)),
+        "the stock root, mounted"
+    );
     assert!(!run.console_has("USB recovery"), "no recovery wait");
     assert!(
         std::fs::read(&disk).unwrap() == before,
@@ -474,7 +553,7 @@ fn an_adopted_stock_unit_boots_its_system_until_the_stick_comes_then_is_reflashe
         .write(true)
         .open(&unit)
         .unwrap()
-        .set_len(512 << 20)
+        .set_len(1 << 30)
         .unwrap();
 
     // On the running unit: zbctl adopt (here on its disk image).
@@ -513,8 +592,148 @@ fn an_adopted_stock_unit_boots_its_system_until_the_stick_comes_then_is_reflashe
         "the reflash completes"
     );
     assert_eq!(run.ending, Ending::GuestReset);
-    assert_zboot_layout(&unit, &manifest);
+    assert_zboot_layout(&unit, &manifest, &files, DISK_ID);
     let run = boot(&unit, None, &files.dtb);
     assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-02 zboot.slot=A")));
     linux_confirmed(&run, "A");
+}
+
+/// The host `zbctl` binary, built beside this test by `cargo test` (the workspace's
+/// default members include zboot-tools): scenario (b) runs it as another user.
+fn zbctl_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("zbctl");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run the suite with `cargo xtask test` (or `cargo build -p zboot-tools`)",
+        binary.display()
+    );
+    binary
+}
+
+/// `tar -tv` of `tar`'s `member`: "<type> <permission bits, octal> <uid>:<gid>", as the
+/// test's /init prints it with `stat -c '%F %a %u:%g'`.
+fn listed(tar: &Path, member: &str) -> String {
+    let (kind, bits, owner, ..) = metadata::tar_listing(tar)
+        .into_iter()
+        .find(|entry| entry.4 == member)
+        .unwrap_or_else(|| panic!("{member} is not in {}", tar.display()));
+    let kind = match kind {
+        '-' => "regular file",
+        'c' => "character special file",
+        other => panic!("{member}: tar type {other}"),
+    };
+    format!("{kind} {bits:o} {}", owner.replace('/', ":"))
+}
+
+#[test]
+fn stock_tarballs_made_as_root_and_converted_by_a_user_keep_every_owner_mode_and_node() {
+    let Some(files) = LinuxFiles::or_skip(
+        "stock_tarballs_made_as_root_and_converted_by_a_user_keep_every_owner_mode_and_node",
+    ) else {
+        return;
+    };
+    require_programs().unwrap();
+    let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
+    let initramfs = initramfs(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The stock disk's partitions as tarballs, made with GNU tar as root.
+    stock_disk(dir.path(), &files, &initramfs);
+    let (boot_tar, root_tar) = (dir.path().join("boot.tar"), dir.path().join("root.tar"));
+
+    // An ordinary user converts them: nobody, when the test runs as root.
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for (folder, mode) in [(dir.path(), 0o755), (out_dir.as_path(), 0o777)] {
+        std::fs::set_permissions(folder, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+    }
+    let manifest = dir.path().join("zbmanifest.txt");
+    std::fs::write(&manifest, "max_boot_failure=3\nwatchdog_timeout=0\n").unwrap();
+    let zi = out_dir.join("raspios.zi");
+    let mut command = if metadata::euid() == "0" {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(zbctl_binary());
+        command
+    } else {
+        Command::new(zbctl_binary())
+    };
+    let out = command
+        .args([
+            "image",
+            "convert",
+            "-b",
+            path(&boot_tar),
+            "-r",
+            path(&root_tar),
+        ])
+        .args(["--root-mib", &ROOT_MIB.to_string(), "--boot-mib", "192"])
+        .args([
+            "--manifest",
+            path(&manifest),
+            "--loader",
+            path(&loader.image),
+        ])
+        .args(["--name", "raspios", "--version", "1", "--data-size", "16M"])
+        .args(["-o", path(&zi)])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("`otg_mode=1` commented out"), "{report}");
+    let stick = dir.path().join("stick.img");
+    zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
+
+    // A blank unit recovers from the stick, then boots A.
+    let emmc = dir.path().join("emmc.img");
+    std::fs::File::create(&emmc)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let run = boot(&emmc, Some(&stick), &files.dtb);
+    assert!(
+        run.console_has("recovery: image written"),
+        "the reflash completes"
+    );
+    // Tarballs carry no disk signature: the converter made one.
+    let disk_id = disk_id(&emmc);
+    assert_ne!(disk_id, DISK_ID);
+    assert_zboot_layout(&emmc, &manifest, &files, &disk_id);
+    let run = boot(&emmc, None, &files.dtb);
+    assert!(run.console_has(&format!("root=PARTUUID={disk_id}-02 zboot.slot=A")));
+    assert!(run.console_has(&root_system(&files)));
+    // Linux reads the tarball's owner and mode of a setgid file and a device node.
+    for member in ["/usr/sbin/unix_chkpwd", "/dev/console"] {
+        let line = format!("zboot-linux: root: {member} {}", listed(&root_tar, member));
+        assert!(run.console_has(&line), "{line}");
+    }
+    linux_confirmed(&run, "A");
+
+    // On the eMMC, A and B hold every member with the tarball's type, mode, owner,
+    // device numbers and links; the capability and the ACLs are there too.
+    for number in [2, 3] {
+        let image = partition_image(&emmc, number);
+        metadata::assert_listing_matches(&root_tar, &image);
+        let answers = metadata::debugfs_batch(
+            &image,
+            &[
+                "ea_list /usr/bin/ping".into(),
+                "ea_list /var/log/journal".into(),
+            ],
+        );
+        assert!(
+            answers[0].contains("security.capability (20)"),
+            "{}",
+            answers[0]
+        );
+        for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
+            assert!(answers[1].contains(acl), "{}", answers[1]);
+        }
+        std::fs::remove_file(&image).unwrap();
+    }
 }

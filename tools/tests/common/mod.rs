@@ -1,6 +1,8 @@
 //! Helpers shared by the `zbctl` integration tests that run the real binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod metadata;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
