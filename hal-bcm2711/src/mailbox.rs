@@ -135,6 +135,10 @@ pub enum Tag {
     GetClockRate = 0x0003_0002,
     /// Get max clock rate: request clock id; response clock id, rate in Hz.
     GetMaxClockRate = 0x0003_0004,
+    /// Set clock rate: request clock id, rate in Hz, "skip setting turbo";
+    /// response clock id, the rate set (firmware wiki "Mailbox property
+    /// interface", Clocks).
+    SetClockRate = 0x0003_8002,
 }
 
 /// Firmware clock ids (firmware wiki "Clocks"; Linux `rpi_firmware_clk_id`).
@@ -182,7 +186,8 @@ pub enum PowerDevice {
     Uart0 = 1,
     /// UART1.
     Uart1 = 2,
-    /// USB HCD: the DWC2 controller's power domain.
+    /// USB HCD: the DWC2 controller's power domain (Linux raspberrypi-power.c
+    /// `RPI_OLD_POWER_DOMAIN_USB` = 3; not the DT binding's `RPI_POWER_DOMAIN_USB`).
     UsbHcd = 3,
     /// I2C0.
     I2c0 = 4,
@@ -507,6 +512,22 @@ impl Mailbox {
     /// The current rate of `clock` in Hz.
     pub fn clock_rate(&mut self, clock: ClockId) -> Result<u32, MailboxError> {
         let value = self.call(Tag::GetClockRate, &[clock as u32], 2)?;
+        decode_clock_rate(clock, value)
+    }
+
+    /// The highest rate `clock` may run at, in Hz (`arm_freq` for the ARM clock).
+    pub fn max_clock_rate(&mut self, clock: ClockId) -> Result<u32, MailboxError> {
+        let value = self.call(Tag::GetMaxClockRate, &[clock as u32], 2)?;
+        decode_clock_rate(clock, value)
+    }
+
+    /// Asks the firmware to run `clock` at `rate` Hz and returns the rate it set.
+    /// "Skip setting turbo" is 1: only this clock changes, not the core, V3D or
+    /// SDRAM clocks the firmware's turbo mode would raise with it (firmware wiki
+    /// "Mailbox property interface"), so the UART and EMMC2 base clocks stay as the
+    /// firmware set them. The firmware keeps the voltage and thermal limits.
+    pub fn set_clock_rate(&mut self, clock: ClockId, rate: u32) -> Result<u32, MailboxError> {
+        let value = self.call(Tag::SetClockRate, &[clock as u32, rate, 1], 2)?;
         decode_clock_rate(clock, value)
     }
 

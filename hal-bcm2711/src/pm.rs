@@ -179,6 +179,19 @@ impl ResetReason {
     }
 }
 
+/// The `PM_RSTS` bits that hold the boot partition: 0, 2, 4, 6, 8 and 10 (the
+/// complement of Linux's `PM_RSTS_PARTITION_CLR`, `0xffff_faaa`).
+pub const RSTS_PARTITION_MASK: u32 = 0x0000_0555;
+
+/// The `PM_RSTS` value to write before a reset: the live value with the partition
+/// field cleared (partition 0, the normal boot) and the password in the top byte.
+/// Linux `__bcm2835_restart` does the same, so stale partition bits left by an
+/// earlier writer never send the firmware to another partition, or to halt
+/// (partition 63, `0x555`).
+pub const fn rsts_for_normal_boot(rsts: u32) -> u32 {
+    (rsts & !RSTS_PARTITION_MASK & 0x00ff_ffff) | PASSWORD
+}
+
 /// The boot partition number the firmware reads from `PM_RSTS`: bits 0, 2, 4,
 /// 6, 8, 10 hold partition bits 0..5 (Linux `bcm2835_wdt.c`; partition 63,
 /// `0x555`, tells the firmware to halt). Not used by zboot yet; kept for a
@@ -273,9 +286,13 @@ impl Watchdog {
         watchdog_ticks_to_duration(self.registers.wdog.read(WDOG::TIME))
     }
 
-    /// Resets the whole chip now: a 10-tick countdown with full reset, then
-    /// wait (about 150 µs; Linux `__bcm2835_restart` does the same).
+    /// Resets the whole chip now into the normal boot: the partition field of
+    /// `PM_RSTS` cleared ([`rsts_for_normal_boot`]), then a 10-tick countdown with
+    /// full reset, then wait (about 150 µs). Linux `__bcm2835_restart` does the same
+    /// three writes in this order.
     pub fn reset_now(&self) -> ! {
+        let rsts = self.registers.rsts.get();
+        self.registers.rsts.set(rsts_for_normal_boot(rsts));
         self.registers
             .wdog
             .write(WDOG::PASSWD::Password + WDOG::TIME.val(RESET_NOW_TICKS));
@@ -360,6 +377,20 @@ mod tests {
         assert_eq!(ResetReason::from_rsts(0), ResetReason::Unknown);
         // Password bits are not causes.
         assert_eq!(ResetReason::from_rsts(0x5a00_0000), ResetReason::Unknown);
+    }
+
+    #[test]
+    fn a_reset_clears_the_partition_field_and_keeps_the_rest() {
+        // Halt (partition 63) with HADPOR set: only HADPOR stays.
+        assert_eq!(rsts_for_normal_boot(0x0000_1555), 0x5a00_1000);
+        // Partition 5 with HADWRF (bit 5) and HADPOR: those stay. (The partition bits
+        // are the even HAD*Q/HAD*H bits, which the firmware reuses.)
+        let rsts = boot_partition_bits(5) | 0x1020;
+        assert_eq!(boot_partition(rsts), 5);
+        assert_eq!(rsts_for_normal_boot(rsts), 0x5a00_1020);
+        assert_eq!(boot_partition(rsts_for_normal_boot(rsts)), 0);
+        // A read that carries something in the password byte cannot spoil the password.
+        assert_eq!(rsts_for_normal_boot(0xff00_0002), 0x5a00_0002);
     }
 
     #[test]

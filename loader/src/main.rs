@@ -57,6 +57,8 @@ fn main(boot: BootInfo) -> ! {
     test_hooks::run(&boot, &device_tree);
 
     arch::zboot_bench_marker();
+    // Before any hashing, inflating or PIO.
+    board::raise_arm_clock(&mut peripherals.mailbox);
     let recovery_button = board::recovery_button_held(&peripherals.gpio);
     // `console=serial0`/`serial1` in a cmdline.txt name these (docs/linux.md).
     let serial_ttys = device_tree.serial_ttys();

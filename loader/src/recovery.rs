@@ -428,6 +428,16 @@ fn attempt(
         Err(error) => {
             if !quiet {
                 log::warn!("recovery: no USB stick ({error})");
+                if matches!(error, hal_bcm2711::dwc2::Dwc2Error::NoDeviceConnected) {
+                    // Raspberry Pi OS sets `otg_mode=1` under [cm4]: the firmware then
+                    // routes the CM4's USB 2.0 port to the XHCI controller, and the DWC2
+                    // root port stays empty (config.txt documentation, otg_mode).
+                    log::warn!(
+                        "recovery: if a stick is plugged in, check config.txt for \
+                         `otg_mode=1`: it gives the USB port to the XHCI controller, which \
+                         zboot does not drive (zbctl image convert removes it)"
+                    );
+                }
             }
             return Err((dwc2, refused(BlinkCode::NoStick)));
         }

@@ -97,6 +97,12 @@ fn banner_reports_version_level_board_memory_and_model() {
         run.console_has("MMU on"),
         "the MMU and caches are reported on"
     );
+    // QEMU's property channel answers 700 MHz for the ARM clock's rate and maximum
+    // alike (bcm2835_property.c), so zboot leaves it: the raise itself needs a board.
+    assert!(
+        run.console_has("ARM clock 700 MHz, its maximum"),
+        "the ARM clock and its maximum are asked for"
+    );
 }
 
 #[test]

@@ -43,9 +43,12 @@
 //!
 //! **Real CM4 facts QEMU ignores.** The USB power domain must be on before
 //! the registers answer: [`Dwc2::power_on`] (mailbox SET_POWER_STATE,
-//! device 3 — Linux `include/soc/bcm2835/raspberrypi-firmware.h`
-//! `RPI_POWER_DOMAIN_USB` = 3, used by bcm2711-rpi.dtsi's
-//! `power-domains = <&power RPI_POWER_DOMAIN_USB>`). Split transactions
+//! device 3). The id is Linux `drivers/pmdomain/bcm/raspberrypi-power.c`'s
+//! `RPI_OLD_POWER_DOMAIN_USB` = 3, which that driver sends with
+//! SET_POWER_STATE for the USB domain; the DT binding's
+//! `RPI_POWER_DOMAIN_USB` (`dt-bindings/power/raspberrypi-power.h`, used by
+//! bcm2711-rpi.dtsi's `power-domains = <&power RPI_POWER_DOMAIN_USB>`) is 6,
+//! an index into the driver's table, not a firmware id. Split transactions
 //! (a full/low-speed device behind a high-speed hub) are not implemented:
 //! they need HCSPLT (SpltEna, HubAddr, PrtAddr), a start-split and a
 //! complete-split per transaction with NYET retries (Linux
@@ -295,6 +298,49 @@ pub struct ControllerInfo {
     pub max_packet_count: u32,
 }
 
+/// The transfer-size cap Linux applies on the BCM283x/BCM2711 DWC2
+/// (`dwc2_set_bcm_params` in drivers/usb/dwc2/params.c: `max_transfer_size =
+/// 65535`), whatever GHWCFG3 advertises.
+pub const BCM_MAX_TRANSFER_SIZE: u32 = 65_535;
+
+/// The packet-count cap of the same function (`max_packet_count = 511`).
+pub const BCM_MAX_PACKET_COUNT: u32 = 511;
+
+impl ControllerInfo {
+    /// What the core can do by GHWCFG3's counter widths (`XferSizeCntrWidth` + 11 and
+    /// `PktSizeCntrWidth` + 4 bits; the register is read as Linux `dwc2_get_hwparams`
+    /// reads it), within the BCM caps above. Pure.
+    pub const fn from_counter_widths(
+        snpsid: u32,
+        channels: u32,
+        transfer_width: u32,
+        packet_width: u32,
+    ) -> Self {
+        let transfer = (1u32
+            << if transfer_width < 19 {
+                transfer_width
+            } else {
+                19
+            })
+            - 1;
+        let packets = (1u32 << if packet_width < 10 { packet_width } else { 10 }) - 1;
+        Self {
+            snpsid,
+            channels,
+            max_transfer_size: if transfer < BCM_MAX_TRANSFER_SIZE {
+                transfer
+            } else {
+                BCM_MAX_TRANSFER_SIZE
+            },
+            max_packet_count: if packets < BCM_MAX_PACKET_COUNT {
+                packets
+            } else {
+                BCM_MAX_PACKET_COUNT
+            },
+        }
+    }
+}
+
 /// The largest bytes one channel transfer may carry at `max_packet_size`:
 /// within the transfer-size counter, the packet counter and the DMA
 /// buffer, and a whole number of packets so only the last chunk of a bulk
@@ -504,14 +550,12 @@ impl Dwc2 {
         let hprt = hprt_preserving(regs.hprt.get());
         regs.hprt.set(hprt | HPRT::POWER::SET.value);
 
-        let transfer_width = regs.ghwcfg3.read(GHWCFG3::TRANSFER_SIZE_WIDTH) + 11;
-        let packet_width = regs.ghwcfg3.read(GHWCFG3::PACKET_COUNT_WIDTH) + 4;
-        let info = ControllerInfo {
+        let info = ControllerInfo::from_counter_widths(
             snpsid,
-            channels: regs.ghwcfg2.read(GHWCFG2::HOST_CHANNELS_MINUS_ONE) + 1,
-            max_transfer_size: (1u32 << transfer_width.min(19)) - 1,
-            max_packet_count: (1u32 << packet_width.min(10)) - 1,
-        };
+            regs.ghwcfg2.read(GHWCFG2::HOST_CHANNELS_MINUS_ONE) + 1,
+            regs.ghwcfg3.read(GHWCFG3::TRANSFER_SIZE_WIDTH) + 11,
+            regs.ghwcfg3.read(GHWCFG3::PACKET_COUNT_WIDTH) + 4,
+        );
         self.info = Some(info);
         Ok(info)
     }
@@ -988,18 +1032,18 @@ fn wait_until(
 mod tests {
     use super::*;
 
-    const QEMU: ControllerInfo = ControllerInfo {
-        snpsid: 0x4f54_294a,
-        channels: 8,
-        max_transfer_size: (1 << 15) - 1,
-        max_packet_count: (1 << 8) - 1,
-    };
-    const BCM2711: ControllerInfo = ControllerInfo {
-        snpsid: 0x4f54_280a,
-        channels: 8,
-        max_transfer_size: (1 << 19) - 1,
-        max_packet_count: (1 << 10) - 1,
-    };
+    // QEMU's GHWCFG3 (hcd-dwc2.c): 15-bit size and 8-bit packet counters.
+    const QEMU: ControllerInfo = ControllerInfo::from_counter_widths(0x4f54_294a, 8, 15, 8);
+    // The widest counters GHWCFG3 can encode: 19 and 10 bits.
+    const BCM2711: ControllerInfo = ControllerInfo::from_counter_widths(0x4f54_280a, 8, 19, 10);
+
+    #[test]
+    fn the_counters_are_capped_as_linux_caps_them_on_bcm() {
+        assert_eq!(QEMU.max_transfer_size, (1 << 15) - 1);
+        assert_eq!(QEMU.max_packet_count, 255);
+        assert_eq!(BCM2711.max_transfer_size, 65_535);
+        assert_eq!(BCM2711.max_packet_count, 511);
+    }
 
     #[test]
     fn chunks_are_whole_packets_within_every_counter() {
@@ -1007,10 +1051,14 @@ mod tests {
         assert_eq!(chunk_limit(&QEMU, 64), 255 * 64);
         // 15-bit size counter at HS: 32767 rounded down to 512s.
         assert_eq!(chunk_limit(&QEMU, 512), 32_256);
-        // Wide counters: the DMA buffer bounds it.
-        assert_eq!(chunk_limit(&BCM2711, 512), DMA_BUFFER_SIZE);
+        // The BCM cap: 65,535 bytes rounded down to whole 512-byte packets, never
+        // the 65,536 of the DMA buffer.
+        assert_eq!(chunk_limit(&BCM2711, 512), 65_024);
+        assert!(chunk_limit(&BCM2711, 512) < DMA_BUFFER_SIZE);
+        // Full speed: 511 packets of 64 bytes bound it.
+        assert_eq!(chunk_limit(&BCM2711, 64), 511 * 64);
         // A zero max packet size counts as 1: the packet counter bounds it.
-        assert_eq!(chunk_limit(&BCM2711, 0), 1023);
+        assert_eq!(chunk_limit(&BCM2711, 0), 511);
     }
 
     #[test]

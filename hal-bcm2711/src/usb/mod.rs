@@ -350,7 +350,8 @@ mod tests {
         assert_eq!(packet_count(1, 64), 1);
         assert_eq!(packet_count(64, 64), 1);
         assert_eq!(packet_count(65, 64), 2);
-        assert_eq!(packet_count(65_536, 512), 128);
+        assert_eq!(packet_count(65_024, 512), 127);
+        assert_eq!(packet_count(65_535, 512), 128);
         assert_eq!(packet_count(3, 0), 3);
     }
 

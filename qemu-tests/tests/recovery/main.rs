@@ -89,6 +89,10 @@ fn without_a_stick_the_loader_waits_and_a_later_stick_recovers() {
         "it waits instead of resetting"
     );
     assert!(run.console_has("recovery: no USB"), "and says why");
+    assert!(
+        run.console_has("check config.txt for `otg_mode=1`"),
+        "an empty root port names the CM4 setting that hides it"
+    );
     assert_eq!(std::fs::read(&emmc).unwrap(), before, "nothing written");
     let run = boot(&emmc, Some(&kit.stick), None);
     assert!(run.console_has("recovery: image written"));
