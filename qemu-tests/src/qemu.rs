@@ -87,6 +87,7 @@ pub struct Qemu {
     dtb: Option<PathBuf>,
     append: Option<String>,
     emmc: Option<PathBuf>,
+    emmc_model: bool,
     usb_stick: Option<PathBuf>,
     extra_args: Vec<String>,
     blobs: Vec<(PathBuf, u64)>,
@@ -107,6 +108,7 @@ impl Qemu {
             dtb: None,
             append: None,
             emmc: None,
+            emmc_model: false,
             usb_stick: None,
             extra_args: Vec::new(),
             blobs: Vec::new(),
@@ -138,6 +140,15 @@ impl Qemu {
     #[must_use]
     pub fn emmc(mut self, image: &Path) -> Self {
         self.emmc = Some(image.to_path_buf());
+        self
+    }
+
+    /// Model the card as QEMU's soldered eMMC (`-device emmc`, user-creatable in
+    /// the patched QEMU, whose EXT_CSD also offers DDR52: `scripts/build-qemu`)
+    /// instead of an SD card: the CM4's eMMC path, CMD1, EXT_CSD and the 8-bit bus.
+    #[must_use]
+    pub fn emmc_model(mut self) -> Self {
+        self.emmc_model = true;
         self
     }
 
@@ -248,7 +259,11 @@ impl Qemu {
                 "if=none,id=card,format=raw,file={}",
                 emmc.display()
             ));
-            command.args(["-device", "sd-card,drive=card,bus=/generic-sdhci/sd-bus"]);
+            let model = if self.emmc_model { "emmc" } else { "sd-card" };
+            command.args([
+                "-device",
+                &format!("{model},drive=card,bus=/generic-sdhci/sd-bus"),
+            ]);
         }
         command.args(&self.extra_args);
         if let Some(stick) = &self.usb_stick {

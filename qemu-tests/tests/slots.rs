@@ -121,12 +121,16 @@ impl Disk {
     }
 
     fn boot(&self) -> Run {
+        self.boot_on(|qemu| qemu)
+    }
+
+    /// A boot with the harness adjusted by `adjust` (the card model, say).
+    fn boot_on(&self, adjust: impl FnOnce(Qemu) -> Qemu) -> Run {
         let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
-        let run = Qemu::new(&loader.image)
+        let qemu = Qemu::new(&loader.image)
             .dtb(&minimal_dtb().unwrap())
-            .emmc(&self.image)
-            .run()
-            .expect("running QEMU");
+            .emmc(&self.image);
+        let run = adjust(qemu).run().expect("running QEMU");
         println!("{run}");
         run
     }
@@ -158,8 +162,17 @@ fn disk(slots: &[SlotSetup<'_>]) -> Disk {
     disk_with(slots, &[])
 }
 
+/// [`disk`] of `size` (`zbctl disk create --size`).
+fn disk_sized(slots: &[SlotSetup<'_>], size: &str) -> Disk {
+    disk_built(slots, &[], size)
+}
+
 /// [`disk`] with more `zbctl disk create` arguments.
 fn disk_with(slots: &[SlotSetup<'_>], extra: &[&str]) -> Disk {
+    disk_built(slots, extra, "256M")
+}
+
+fn disk_built(slots: &[SlotSetup<'_>], extra: &[&str], size: &str) -> Disk {
     let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
     let kernel = LoaderImage::get(LoaderBuild::TestKernel).expect("building the test kernel");
     let dir = tempfile::tempdir().unwrap();
@@ -170,7 +183,7 @@ fn disk_with(slots: &[SlotSetup<'_>], extra: &[&str]) -> Disk {
         "--output".into(),
         image.display().to_string(),
         "--size".into(),
-        "256M".into(),
+        size.into(),
         "--disk-id".into(),
         DISK_ID.into(),
         "--loader".into(),
@@ -255,6 +268,37 @@ fn slot_a_boots_with_its_root_and_attempt_and_mark_good_clears_the_counter() {
     // The next boot is attempt 1 again.
     let run = disk.boot();
     assert_eq!(booted(&run), ("A".into(), 1));
+}
+
+/// The CM4's card: QEMU's eMMC model, whose EXT_CSD (patched) offers DDR52. zboot
+/// runs CMD1, reads the EXT_CSD, switches high speed (the host's timing before CMD13),
+/// the 8-bit bus (tested by reading the EXT_CSD again) and DDR52, then boots A.
+#[test]
+fn on_the_emmc_model_a_boots_over_an_8_bit_ddr52_bus_in_byte_and_block_addressing() {
+    for (size, addressing) in [("256M", "byte"), ("4G", "block")] {
+        let disk = disk_sized(
+            &[
+                SlotSetup::new("A", "good"),
+                SlotSetup::new("B", "good"),
+                SlotSetup::new("SAFE", "good"),
+            ],
+            size,
+        );
+        let before = disk.snapshot();
+        let run = disk.boot_on(Qemu::emmc_model);
+        assert!(run.console_has("EMMC2: eMMC card"), "the eMMC path ran");
+        assert!(
+            run.console_has(&format!(
+                "{addressing} addressing, 8-bit bus, 50000000 Hz DDR52"
+            )),
+            "{size}: 8-bit DDR52 at the 50 MHz the 700 MHz base clock allows"
+        );
+        assert_eq!(run.ending, Ending::GuestReset, "the test kernel resets");
+        assert_eq!(booted(&run), ("A".into(), 1));
+        // Over the DDR bus: the attempt was counted on the card, nothing else written.
+        disk.assert_only_state_written(&before);
+        assert_eq!(disk.failed_boots("A"), 1);
+    }
 }
 
 #[test]

@@ -73,6 +73,8 @@ pub struct CardInfo {
     pub bus_width: BusWidth,
     /// High-speed timing in use.
     pub high_speed: bool,
+    /// eMMC dual data rate at 52 MHz (DDR52) in use: two transfers per clock.
+    pub ddr52: bool,
     /// The SD clock the controller produces, in Hz.
     pub clock_hz: u32,
     /// The CID register (manufacturer, product name, serial), bits 127..8
@@ -128,7 +130,13 @@ impl fmt::Display for CardInfo {
             },
             self.bus_width as u8,
             self.clock_hz,
-            if self.high_speed { " high speed" } else { "" },
+            if self.ddr52 {
+                " DDR52"
+            } else if self.high_speed {
+                " high speed"
+            } else {
+                ""
+            },
         )
     }
 }
@@ -236,13 +244,32 @@ fn csd_v1_blocks(csd: u128) -> u64 {
 /// EXT_CSD byte offsets (JESD84-B51 §7.4, Table 49).
 pub mod ext_csd {
     /// BUS_WIDTH [183] (write-only through CMD6): 0 1-bit, 1 4-bit, 2
-    /// 8-bit (SDR).
+    /// 8-bit (SDR); 5 4-bit, 6 8-bit (DDR).
     pub const BUS_WIDTH: u8 = 183;
+
+    /// The BUS_WIDTH value for `width` at single data rate.
+    pub const fn bus_width_sdr(width: super::BusWidth) -> u8 {
+        match width {
+            super::BusWidth::One => 0,
+            super::BusWidth::Four => 1,
+            super::BusWidth::Eight => 2,
+        }
+    }
+
+    /// The BUS_WIDTH value for `width` at dual data rate (1-bit has none: 0).
+    pub const fn bus_width_ddr(width: super::BusWidth) -> u8 {
+        match width {
+            super::BusWidth::One => 0,
+            super::BusWidth::Four => 5,
+            super::BusWidth::Eight => 6,
+        }
+    }
     /// HS_TIMING [185]: 0 backwards compatible, 1 high speed.
     pub const HS_TIMING: u8 = 185;
     /// EXT_CSD_REV [192].
     pub const EXT_CSD_REV: usize = 192;
-    /// DEVICE_TYPE [196]: bit 0 HS 26 MHz, bit 1 HS 52 MHz.
+    /// DEVICE_TYPE [196]: bit 0 HS 26 MHz, bit 1 HS 52 MHz, bit 2 DDR 52 MHz
+    /// at 1.8 V or 3 V I/O.
     pub const DEVICE_TYPE: usize = 196;
     /// SEC_COUNT [215:212], little-endian: capacity in 512-byte sectors.
     pub const SEC_COUNT: usize = 212;
@@ -259,6 +286,8 @@ pub struct ExtCsd {
     pub high_speed_52: bool,
     /// DEVICE_TYPE bit 0: high-speed SDR at 26 MHz.
     pub high_speed_26: bool,
+    /// DEVICE_TYPE bit 2: high-speed DDR at 52 MHz, 1.8 V or 3 V I/O.
+    pub ddr_52: bool,
     /// GENERIC_CMD6_TIME in milliseconds (0: not given).
     pub cmd6_time_ms: u32,
     /// EXT_CSD_REV.
@@ -274,6 +303,7 @@ pub fn decode_ext_csd(bytes: &[u8]) -> Option<ExtCsd> {
         sector_count: u32::from_le_bytes([sec_count[0], sec_count[1], sec_count[2], sec_count[3]]),
         high_speed_52: device_type & 0b10 != 0,
         high_speed_26: device_type & 0b01 != 0,
+        ddr_52: device_type & 0b100 != 0,
         cmd6_time_ms: u32::from(bytes[ext_csd::GENERIC_CMD6_TIME]) * 10,
         revision: bytes[ext_csd::EXT_CSD_REV],
     })
@@ -398,9 +428,28 @@ mod tests {
         let decoded = decode_ext_csd(&bytes).unwrap();
         assert_eq!(decoded.sector_count, 0x03a3_e000);
         assert!(decoded.high_speed_52 && decoded.high_speed_26);
+        assert!(decoded.ddr_52, "0x57 has bit 2, DDR52 at 1.8/3 V");
         assert_eq!(decoded.cmd6_time_ms, 50);
         assert_eq!(decoded.revision, 8);
         assert_eq!(decode_ext_csd(&bytes[..511]), None);
+        // QEMU's unpatched model: HS26 and HS52 only.
+        bytes[196] = 0b11;
+        assert!(!decode_ext_csd(&bytes).unwrap().ddr_52);
+    }
+
+    #[test]
+    fn bus_width_values_for_sdr_and_ddr() {
+        // JESD84-B51 EXT_CSD BUS_WIDTH [183].
+        assert_eq!(ext_csd::bus_width_sdr(BusWidth::Eight), 2);
+        assert_eq!(ext_csd::bus_width_sdr(BusWidth::Four), 1);
+        assert_eq!(ext_csd::bus_width_sdr(BusWidth::One), 0);
+        assert_eq!(ext_csd::bus_width_ddr(BusWidth::Eight), 6);
+        assert_eq!(ext_csd::bus_width_ddr(BusWidth::Four), 5);
+        // BUS_WIDTH = 6 (8-bit DDR): 0x03B7_0600.
+        assert_eq!(
+            emmc_switch_argument(ext_csd::BUS_WIDTH, ext_csd::bus_width_ddr(BusWidth::Eight)),
+            0x03b7_0600
+        );
     }
 
     #[test]
@@ -437,6 +486,7 @@ mod tests {
             blocks: 131_072,
             bus_width: BusWidth::Four,
             high_speed: true,
+            ddr52: false,
             clock_hz: 50_000_000,
             cid: u128::from_be_bytes(cid),
         };

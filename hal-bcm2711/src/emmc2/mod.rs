@@ -311,10 +311,18 @@ pub struct Emmc2 {
     base_clock_hz: u32,
     ten_bit_divider: bool,
     max_bus_width: BusWidth,
+    ddr52_allowed: bool,
     cmd6_timeout: Duration,
     commands: u64,
     retries: u64,
+    bus_width_fallbacks: u32,
+    ddr52_fallbacks: u32,
 }
+
+/// Host Control 2 UHS Mode Select values (SD Host Controller spec §2.2.24;
+/// Linux `sdhci.h` `SDHCI_CTRL_UHS_SDR12` and `SDHCI_CTRL_UHS_DDR50`).
+const UHS_MODE_SDR: u32 = 0b000;
+const UHS_MODE_DDR50: u32 = 0b100;
 
 impl Emmc2 {
     /// A driver for the SDHCI at `base` (normally
@@ -332,10 +340,27 @@ impl Emmc2 {
             base_clock_hz: 0,
             ten_bit_divider: true,
             max_bus_width: BusWidth::Eight,
+            ddr52_allowed: true,
             cmd6_timeout: DEFAULT_CMD6_TIMEOUT,
             commands: 0,
             retries: 0,
+            bus_width_fallbacks: 0,
+            ddr52_fallbacks: 0,
         }
+    }
+
+    /// Allows or forbids eMMC DDR52 (default allowed: the EMMC2 of the BCM2711
+    /// does DDR at 3.3 V, `MMC_CAP_3_3V_DDR` in Linux `sdhci-iproc.c`). Takes
+    /// effect at the next [`Emmc2::init`]; SDR high speed is used instead.
+    pub fn set_ddr52_allowed(&mut self, allowed: bool) {
+        self.ddr52_allowed = allowed;
+    }
+
+    /// Bus widths that failed their switch or bus test in the last
+    /// [`Emmc2::init`] (8 → 4 → 1 fallbacks), and whether DDR52 failed and fell
+    /// back to SDR (0 or 1).
+    pub fn bus_fallbacks(&self) -> (u32, u32) {
+        (self.bus_width_fallbacks, self.ddr52_fallbacks)
     }
 
     /// Limits the eMMC bus width (default 8 bits, the CM4's wiring; SD
@@ -404,6 +429,8 @@ impl Emmc2 {
     /// `sdhci-iproc.c`, so pass the mailbox's value on hardware).
     pub fn init(&mut self, base_clock_hz: u32) -> Result<CardInfo, Emmc2Error> {
         self.card = None;
+        self.bus_width_fallbacks = 0;
+        self.ddr52_fallbacks = 0;
         self.ten_bit_divider = self.specification_version() >= 2;
         self.base_clock_hz = if base_clock_hz != 0 {
             base_clock_hz
@@ -611,6 +638,7 @@ impl Emmc2 {
             blocks: csd.blocks,
             bus_width: BusWidth::Four,
             high_speed,
+            ddr52: false,
             clock_hz,
             cid,
         }))
@@ -680,7 +708,7 @@ impl Emmc2 {
             });
         }
 
-        let (bus_width, high_speed, clock_hz) = self.emmc_bus_setup(&ext_csd)?;
+        let (bus_width, high_speed, ddr52, clock_hz) = self.emmc_bus_setup(&ext_csd)?;
         if !block_addressing {
             self.command(Command::SetBlocklen, BLOCK_SIZE as u32)?;
         }
@@ -691,86 +719,177 @@ impl Emmc2 {
             blocks,
             bus_width,
             high_speed,
+            ddr52,
             clock_hz,
             cid,
         })
     }
 
-    /// Widens the eMMC bus and raises its clock as far as device, host and
-    /// [`Emmc2::set_max_bus_width`] allow, then checks the new bus by
-    /// reading the EXT_CSD again. Returns (width, high speed, clock).
+    /// Sets up the eMMC bus in Linux's order (`drivers/mmc/core/mmc.c`
+    /// `mmc_select_timing`): high-speed timing first, then the widest bus that
+    /// passes its test (8, then 4 bits, else 1: `mmc_select_bus_width`), then
+    /// DDR52 when the device offers it (`mmc_select_hs_ddr`), with SDR high
+    /// speed as the fallback. Returns (width, high speed, DDR52, clock).
     fn emmc_bus_setup(
         &mut self,
         ext_csd: &card::ExtCsd,
-    ) -> Result<(BusWidth, bool, u32), Emmc2Error> {
-        // Bus width: EXT_CSD BUS_WIDTH 2 = 8-bit SDR, 1 = 4-bit SDR.
-        let bus_width = if self.max_bus_width == BusWidth::Eight {
-            self.emmc_switch(card::ext_csd::BUS_WIDTH, 2)?;
-            self.registers.host_control_1.modify(
-                HOST_CONTROL_1::EXTENDED_DATA_WIDTH_8::SET
-                    + HOST_CONTROL_1::DATA_TRANSFER_WIDTH_4::CLEAR,
-            );
-            BusWidth::Eight
-        } else if self.max_bus_width == BusWidth::Four {
-            self.emmc_switch(card::ext_csd::BUS_WIDTH, 1)?;
-            self.registers.host_control_1.modify(
-                HOST_CONTROL_1::EXTENDED_DATA_WIDTH_8::CLEAR
-                    + HOST_CONTROL_1::DATA_TRANSFER_WIDTH_4::SET,
-            );
-            BusWidth::Four
-        } else {
-            BusWidth::One
-        };
-
-        // High-speed SDR timing (HS_TIMING = 1) if device and host have it.
+    ) -> Result<(BusWidth, bool, bool, u32), Emmc2Error> {
+        use HOST_CONTROL_1 as HC;
+        // High-speed SDR timing (HS_TIMING = 1) if device and host have it. The
+        // host switches its timing after the CMD6 busy and before CMD13 reads the
+        // status, and back if the status shows an error (Linux `__mmc_switch`);
+        // the clock is raised once the switch is confirmed (`mmc_set_bus_speed`).
         let host_high_speed = self
             .registers
             .capabilities_0
             .is_set(CAPABILITIES_0::HIGH_SPEED_SUPPORT);
-        let high_speed = host_high_speed && (ext_csd.high_speed_52 || ext_csd.high_speed_26);
-        let clock_hz = if high_speed {
-            self.emmc_switch(card::ext_csd::HS_TIMING, 1)?;
-            self.registers
-                .host_control_1
-                .modify(HOST_CONTROL_1::HIGH_SPEED_ENABLE::SET);
-            self.set_clock(if ext_csd.high_speed_52 {
-                clock::EMMC_HIGH_SPEED_HZ
-            } else {
-                clock::EMMC_LEGACY_HZ
-            })?
-        } else {
-            self.set_clock(clock::EMMC_LEGACY_HZ)?
-        };
-
-        // Bus test the Linux way (`mmc_compare_ext_csds`): read the EXT_CSD
-        // again over the new bus and compare read-only fields.
-        if bus_width != BusWidth::One || high_speed {
-            let mut again = [0u8; BLOCK_SIZE];
-            self.read_data_command(Command::SendExtCsd, 0, &mut again, READ_TIMEOUT)?;
-            let same = card::decode_ext_csd(&again).is_some_and(|second| {
-                second.sector_count == ext_csd.sector_count
-                    && second.high_speed_52 == ext_csd.high_speed_52
-                    && second.revision == ext_csd.revision
+        let mut high_speed = host_high_speed && (ext_csd.high_speed_52 || ext_csd.high_speed_26);
+        if high_speed {
+            let switched = self.emmc_switch_with(card::ext_csd::HS_TIMING, 1, |driver| {
+                driver
+                    .registers
+                    .host_control_1
+                    .modify(HC::HIGH_SPEED_ENABLE::SET);
             });
-            if !same {
+            if switched.is_err() {
+                self.registers
+                    .host_control_1
+                    .modify(HC::HIGH_SPEED_ENABLE::CLEAR);
+                high_speed = false;
+            }
+        }
+        let clock_hz = self.set_clock(if high_speed && ext_csd.high_speed_52 {
+            clock::EMMC_HIGH_SPEED_HZ
+        } else {
+            clock::EMMC_LEGACY_HZ
+        })?;
+
+        // Bus width: the widest that switches and then passes the bus test.
+        let mut bus_width = BusWidth::One;
+        for width in [BusWidth::Eight, BusWidth::Four] {
+            if (width as u8) > (self.max_bus_width as u8) {
+                continue;
+            }
+            if self
+                .emmc_switch(
+                    card::ext_csd::BUS_WIDTH,
+                    card::ext_csd::bus_width_sdr(width),
+                )
+                .is_ok()
+            {
+                self.set_host_bus_width(width);
+                if self.emmc_bus_test(ext_csd) {
+                    bus_width = width;
+                    break;
+                }
+            }
+            self.bus_width_fallbacks += 1;
+        }
+        if bus_width == BusWidth::One {
+            // Every wider bus failed (or none was allowed): back to one bit.
+            self.set_host_bus_width(BusWidth::One);
+            if self.max_bus_width != BusWidth::One {
+                self.emmc_switch(card::ext_csd::BUS_WIDTH, 0)?;
+            }
+            if (high_speed || self.max_bus_width != BusWidth::One) && !self.emmc_bus_test(ext_csd) {
                 return Err(Emmc2Error::UnsupportedCard {
                     reason: Unsupported::BusTestFailed,
                 });
             }
         }
-        Ok((bus_width, high_speed, clock_hz))
+
+        // DDR52 at 3.3 V I/O: sdhci-iproc gives the BCM2711's EMMC2
+        // MMC_CAP_3_3V_DDR, and EXT_CSD DEVICE_TYPE bit 2 is "DDR 52 MHz, 1.8 V or
+        // 3 V I/O". CMD6 BUS_WIDTH 5/6 (4/8-bit DDR); the host switches Host
+        // Control 2's UHS mode to DDR50 before CMD13 (Linux `mmc_select_hs_ddr`,
+        // `sdhci_set_uhs_signaling`), and the bus is tested again. Any failure goes
+        // back to SDR high speed at the same width.
+        let mut ddr = false;
+        if self.ddr52_allowed && high_speed && ext_csd.ddr_52 && bus_width != BusWidth::One {
+            let switched = self.emmc_switch_with(
+                card::ext_csd::BUS_WIDTH,
+                card::ext_csd::bus_width_ddr(bus_width),
+                |driver| driver.set_uhs_mode(UHS_MODE_DDR50),
+            );
+            ddr = switched.is_ok() && self.emmc_bus_test(ext_csd);
+            if !ddr {
+                self.ddr52_fallbacks += 1;
+                self.set_uhs_mode(UHS_MODE_SDR);
+                self.emmc_switch(
+                    card::ext_csd::BUS_WIDTH,
+                    card::ext_csd::bus_width_sdr(bus_width),
+                )?;
+                if !self.emmc_bus_test(ext_csd) {
+                    return Err(Emmc2Error::UnsupportedCard {
+                        reason: Unsupported::BusTestFailed,
+                    });
+                }
+            }
+        }
+        Ok((bus_width, high_speed, ddr, clock_hz))
+    }
+
+    /// Host Control 1's data width bits for `width`.
+    fn set_host_bus_width(&mut self, width: BusWidth) {
+        use HOST_CONTROL_1 as HC;
+        let fields = match width {
+            BusWidth::Eight => HC::EXTENDED_DATA_WIDTH_8::SET + HC::DATA_TRANSFER_WIDTH_4::CLEAR,
+            BusWidth::Four => HC::EXTENDED_DATA_WIDTH_8::CLEAR + HC::DATA_TRANSFER_WIDTH_4::SET,
+            BusWidth::One => HC::EXTENDED_DATA_WIDTH_8::CLEAR + HC::DATA_TRANSFER_WIDTH_4::CLEAR,
+        };
+        self.registers.host_control_1.modify(fields);
+    }
+
+    /// Host Control 2's UHS Mode Select (SD Host Controller spec §2.2.24).
+    fn set_uhs_mode(&mut self, mode: u32) {
+        self.registers
+            .auto_cmd_error_host_control_2
+            .modify(AUTO_CMD_ERROR_HOST_CONTROL_2::UHS_MODE_SELECT.val(mode));
+    }
+
+    /// The bus test the Linux way for hosts without CMD19/CMD14
+    /// (`mmc_compare_ext_csds`): read the EXT_CSD again over the bus as it is
+    /// now and compare read-only fields with the first read.
+    fn emmc_bus_test(&mut self, ext_csd: &card::ExtCsd) -> bool {
+        let mut again = [0u8; BLOCK_SIZE];
+        if self
+            .read_data_command(Command::SendExtCsd, 0, &mut again, READ_TIMEOUT)
+            .is_err()
+        {
+            self.reset_lines(true);
+            return false;
+        }
+        card::decode_ext_csd(&again).is_some_and(|second| {
+            second.sector_count == ext_csd.sector_count
+                && second.high_speed_52 == ext_csd.high_speed_52
+                && second.ddr_52 == ext_csd.ddr_52
+                && second.revision == ext_csd.revision
+        })
     }
 
     /// CMD6 SWITCH writing one EXT_CSD byte, then CMD13 to see whether the
     /// device accepted it (SWITCH_ERROR; JESD84-B51 §6.6.1 "Command sets and
     /// extended settings").
     fn emmc_switch(&mut self, index: u8, value: u8) -> Result<(), Emmc2Error> {
+        self.emmc_switch_with(index, value, |_| {})
+    }
+
+    /// [`Self::emmc_switch`] with `host_change` applied between the CMD6 busy
+    /// and the CMD13: the timing a switch changes must be the host's too before
+    /// the status is read (Linux `__mmc_switch`).
+    fn emmc_switch_with(
+        &mut self,
+        index: u8,
+        value: u8,
+        host_change: impl FnOnce(&mut Self),
+    ) -> Result<(), Emmc2Error> {
         let timeout = self.cmd6_timeout;
         self.command_with_busy(
             Command::Switch,
             card::emmc_switch_argument(index, value),
             timeout,
         )?;
+        host_change(self);
         let status = self.send_status(EMMC_RCA)?;
         if status.errors() != 0 {
             return Err(Emmc2Error::CardStatus {
