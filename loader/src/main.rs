@@ -159,6 +159,7 @@ fn main(boot: BootInfo) -> ! {
             &manifest,
             &loaded,
             serial_ttys,
+            device_tree.bootargs(),
             &mut line_buffer,
         ) {
             Ok(line) => line,
@@ -209,15 +210,18 @@ fn boot_stock(
         }
     };
     let mut line_buffer = [0u8; recovery_proto::cmdline::COMMAND_LINE_SIZE];
-    let bootargs =
-        match recovery_proto::cmdline::build_stock(&loaded.cmdline, &serial_ttys, &mut line_buffer)
-        {
-            Ok(line) => line,
-            Err(error) => {
-                log::error!("stock layout: command line: {error}");
-                return;
-            }
-        };
+    let bootargs = match recovery_proto::cmdline::build_stock(
+        &loaded.cmdline,
+        &serial_ttys,
+        device_tree.bootargs(),
+        &mut line_buffer,
+    ) {
+        Ok(line) => line,
+        Err(error) => {
+            log::error!("stock layout: command line: {error}");
+            return;
+        }
+    };
     log::info!("stock layout: command line: {bootargs}");
     match handoff::prepare_device_tree(area, &loaded, device_tree.fdt().ok(), bootargs) {
         Ok(dtb) => handoff::jump(&loaded, dtb, level),

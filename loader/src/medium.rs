@@ -152,8 +152,10 @@ impl<'d> Medium<'d> {
         }
     }
 
-    /// The kernel command line for `slot`: its `cmdline.txt` with zboot's
+    /// The kernel command line for `slot`: the firmware's parameters (`firmware`, its
+    /// `/chosen/bootargs`; `recovery_proto::cmdline`), then its `cmdline.txt` with zboot's
     /// `root=PARTUUID=…`, `zboot.slot=` and `zboot.attempt=`.
+    #[allow(clippy::too_many_arguments)]
     pub fn bootargs<'o>(
         &self,
         slot: Slot,
@@ -161,6 +163,7 @@ impl<'d> Medium<'d> {
         manifest: &Manifest<'_>,
         loaded: &LoadedSlot,
         serial: [Option<&str>; 2],
+        firmware: Option<&str>,
         out: &'o mut [u8],
     ) -> Result<&'o str, BootArgsError> {
         let spec = match slot {
@@ -194,6 +197,7 @@ impl<'d> Medium<'d> {
             attempt,
             panic_seconds,
             serial,
+            firmware,
         };
         cmdline::build(&loaded.cmdline, &args, out).map_err(BootArgsError::Cmdline)
     }

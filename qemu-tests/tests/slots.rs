@@ -301,6 +301,27 @@ fn on_the_emmc_model_a_boots_over_an_8_bit_ddr52_bus_in_byte_and_block_addressin
     }
 }
 
+/// The firmware's `/chosen/bootargs` (here QEMU's `-append`) reach the kernel ahead of
+/// the slot's line, without the firmware's `root=`, `initrd=` and what the slot sets.
+#[test]
+fn the_firmware_parameters_go_ahead_of_the_slot_line_without_its_root_and_initrd() {
+    let disk = all_good();
+    let run = disk.boot_on(|qemu| {
+        qemu.append(
+            "coherent_pool=1M 8250.nr_uarts=1 console=ttyS0,115200 root=/dev/mmcblk0p7 \
+             initrd=0x2e000000,0x1000 rootwait",
+        )
+    });
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert!(
+        run.console_has(&format!(
+            "test-kernel: bootargs: coherent_pool=1M 8250.nr_uarts=1 rootwait \
+             console=ttyAMA0 zbtest=good root=PARTUUID={DISK_ID}-02 zboot.slot=A zboot.attempt=1"
+        )),
+        "the firmware's parameters first, then the slot's line and zboot's words"
+    );
+}
+
 #[test]
 fn three_failed_boots_of_a_fall_back_to_b_then_safe() {
     let disk = disk(&[

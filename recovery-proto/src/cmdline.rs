@@ -8,6 +8,12 @@
 //! lone `--` belongs to init (Linux `init/main.c`), so zboot's words go before it and words
 //! there are left alone.
 //!
+//! The firmware's own parameters come first: the words of its `/chosen/bootargs`
+//! (`8250.nr_uarts=1`, `coherent_pool=`, `snd_bcm2835.*`, `vc_mem.*`, ...), without its
+//! `root=` and `initrd=`, zboot's `zboot.*` keys, anything after its `--`, and any key the
+//! slot's line sets itself (the slot wins). The Raspberry Pi kernel needs some of them: with
+//! `CONFIG_SERIAL_8250_RUNTIME_UARTS=0` it has no ttyS0 without `8250.nr_uarts=1`.
+//!
 //! Pure and allocation-free: the result is written into a caller's buffer.
 
 use core::fmt::{self, Write};
@@ -42,6 +48,38 @@ pub struct BootArgs<'a> {
     /// before Linux sees the line (Linux has no device called `serial0`). `None`: that
     /// name is left as written. See [`serial_console`].
     pub serial: [Option<&'a str>; 2],
+    /// The firmware's `/chosen/bootargs`, whose parameters go ahead of the slot's line
+    /// (see the module documentation); `None` when the firmware passed none.
+    pub firmware: Option<&'a str>,
+}
+
+/// Keys of the firmware's command line that are never passed on: its root and initrd
+/// (zboot names the slot's root and hands over the slot's initrd).
+pub const FIRMWARE_DROPPED_KEYS: [&str; 2] = ["root", "initrd"];
+
+/// Writes the firmware's parameters that `line` (the slot's or stock line) does not set:
+/// see the module documentation. A firmware line that is not one clean line (a control
+/// character, an unclosed quote) is left out whole.
+fn firmware_words(writer: &mut Writer<'_>, firmware: Option<&str>, line: &str) {
+    let Some(Ok(firmware)) = firmware.map(|text| check_line(text.as_bytes())) else {
+        return;
+    };
+    let set_by_line = |wanted: &str| {
+        words(line)
+            .take_while(|word| *word != "--")
+            .any(|word| key(word) == wanted)
+    };
+    for word in words(firmware) {
+        if word == "--" {
+            break;
+        }
+        let name = key(word);
+        if FIRMWARE_DROPPED_KEYS.contains(&name) || name.starts_with("zboot.") || set_by_line(name)
+        {
+            continue;
+        }
+        writer.word(word);
+    }
 }
 
 /// The Linux name of a BCM2711 UART, from the `compatible` (first string) and the node's
@@ -194,6 +232,7 @@ pub fn build<'o>(
         length: 0,
         max,
     };
+    firmware_words(&mut writer, args.firmware, line);
     let mut all = words(line);
     let mut has_panic = false;
     let mut init_words = false;
@@ -233,10 +272,12 @@ pub fn build<'o>(
 }
 
 /// The command line of a stock layout (docs/bring-your-own-image.md): `cmdline.txt` as the
-/// firmware would pass it, its `root=` kept, only `console=serial0`/`serial1` translated.
+/// firmware would pass it, its `root=` kept, only `console=serial0`/`serial1` translated,
+/// after the firmware's own parameters (`firmware`, as in [`build`]).
 pub fn build_stock<'o>(
     cmdline_txt: &[u8],
     serial: &[Option<&str>; 2],
+    firmware: Option<&str>,
     out: &'o mut [u8],
 ) -> Result<&'o str, CmdlineError> {
     let line = check_line(cmdline_txt)?;
@@ -246,6 +287,7 @@ pub fn build_stock<'o>(
         length: 0,
         max,
     };
+    firmware_words(&mut writer, firmware, line);
     let mut init_words = false;
     for word in words(line) {
         init_words |= word == "--";
@@ -339,6 +381,63 @@ mod tests {
             attempt: 2,
             panic_seconds,
             serial: [Some("ttyS0"), Some("ttyAMA0")],
+            firmware: None,
+        }
+    }
+
+    /// What the Pi firmware passes (its parameters, then the top-level cmdline.txt it
+    /// read, console already translated), as /proc/cmdline shows on Raspberry Pi OS.
+    const FIRMWARE: &str = "coherent_pool=1M 8250.nr_uarts=1 snd_bcm2835.enable_headphones=0 \
+        snd_bcm2835.enable_hdmi=1 vc_mem.mem_base=0x3ec00000 vc_mem.mem_size=0x40000000 \
+        initrd=0x2e000000,0x1000 console=ttyS0,115200 console=tty1 \
+        root=PARTUUID=4a3e915f-02 rootfstype=ext4 fsck.repair=yes rootwait zboot.test=x";
+
+    #[test]
+    fn the_firmware_parameters_come_first_without_root_initrd_and_what_the_slot_sets() {
+        let mut out = [0u8; 1024];
+        let line = build(
+            b"console=serial0,115200 rootwait quiet\n",
+            &BootArgs {
+                firmware: Some(FIRMWARE),
+                ..args(None)
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "coherent_pool=1M 8250.nr_uarts=1 snd_bcm2835.enable_headphones=0 \
+             snd_bcm2835.enable_hdmi=1 vc_mem.mem_base=0x3ec00000 vc_mem.mem_size=0x40000000 \
+             rootfstype=ext4 fsck.repair=yes console=ttyS0,115200 rootwait quiet \
+             root=PARTUUID=1a2b3c4d-02 zboot.slot=A zboot.attempt=2"
+        );
+        // The stock line: the same rule, the stock line's root kept.
+        let line = build_stock(
+            b"console=serial0,115200 console=tty1 root=PARTUUID=4a3e915f-02 rootfstype=ext4 \
+              fsck.repair=yes rootwait",
+            &[Some("ttyS0"), None],
+            Some(FIRMWARE),
+            &mut out,
+        )
+        .unwrap();
+        assert!(
+            line.starts_with("coherent_pool=1M 8250.nr_uarts=1 "),
+            "{line}"
+        );
+        assert_eq!(line.matches("root=").count(), 1, "{line}");
+        assert_eq!(line.matches("console=").count(), 2, "{line}");
+        assert!(
+            !line.contains("initrd=") && !line.contains("zboot.test"),
+            "{line}"
+        );
+        // Words after the firmware's `--` are its init's: not passed on. A firmware line
+        // with an unclosed quote is left out whole.
+        for (firmware, expected) in [
+            ("8250.nr_uarts=1 -- single", "8250.nr_uarts=1 quiet"),
+            ("a=\"b 8250.nr_uarts=1", "quiet"),
+        ] {
+            let line = build_stock(b"quiet", &[None, None], Some(firmware), &mut out).unwrap();
+            assert_eq!(line, expected);
         }
     }
 
@@ -348,6 +447,7 @@ mod tests {
         let line = build_stock(
             b"console=serial0,115200 console=tty1 root=PARTUUID=4a3e915f-02 rootwait -- console=serial0\n",
             &[Some("ttyS0"), Some("ttyAMA0")],
+            None,
             &mut out,
         )
         .unwrap();
@@ -356,7 +456,7 @@ mod tests {
             "console=ttyS0,115200 console=tty1 root=PARTUUID=4a3e915f-02 rootwait -- console=serial0"
         );
         assert_eq!(
-            build_stock(b"a\x01", &[None, None], &mut out),
+            build_stock(b"a\x01", &[None, None], None, &mut out),
             Err(CmdlineError::ControlCharacter { offset: 1, byte: 1 })
         );
     }

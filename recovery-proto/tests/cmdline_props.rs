@@ -50,7 +50,7 @@ proptest! {
         attempt in 1u8..=15,
         panic in prop::option::of(0u32..100),
     ) {
-        let args = BootArgs { root_partuuid: "1a2b3c4d-05", slot, attempt, panic_seconds: panic, serial: [None, None] };
+        let args = BootArgs { root_partuuid: "1a2b3c4d-05", slot, attempt, panic_seconds: panic, serial: [None, None], firmware: None };
         let mut out = [0u8; 4096];
         let built = cmdline::build(input.as_bytes(), &args, &mut out).unwrap();
         prop_assert!(built.len() <= MAX_LENGTH);
@@ -93,7 +93,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), size in 0usize..400) {
-        let args = BootArgs { root_partuuid: "1a2b3c4d-02", slot: Slot::B, attempt: 1, panic_seconds: Some(1), serial: [None, None] };
+        let args = BootArgs { root_partuuid: "1a2b3c4d-02", slot: Slot::B, attempt: 1, panic_seconds: Some(1), serial: [None, None], firmware: None };
         let mut out = vec![0u8; size];
         match cmdline::build(&bytes, &args, &mut out) {
             Ok(line) => prop_assert!(line.len() <= size),
