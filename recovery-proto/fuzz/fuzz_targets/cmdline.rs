@@ -18,6 +18,10 @@ fuzz_target!(|data: &[u8]| {
         attempt: control >> 4,
         panic_seconds: (control & 8 != 0).then_some(1),
         serial: [Some("ttyS0"), (control & 4 != 0).then_some("ttyAMA0")],
+        // The same bytes as the firmware's bootargs too: words of both lines meet.
+        firmware: (control & 2 != 0)
+            .then(|| core::str::from_utf8(line).ok())
+            .flatten(),
     };
     let mut out = [0u8; 512];
     if let Ok(built) = cmdline::build(line, &args, &mut out) {
