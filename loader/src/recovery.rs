@@ -423,6 +423,9 @@ fn attempt(
         log::error!("recovery: USB controller: {error}");
         return Err((dwc2, refused(BlinkCode::NoStick)));
     }
+    if dwc2.phy_was_reset() && !quiet {
+        log::info!("recovery: USB PHY set to UTMI+ 8-bit; the core was reset again");
+    }
     let speed = match dwc2.reset_root_port() {
         Ok(speed) => speed,
         Err(error) => {

@@ -341,6 +341,20 @@ impl ControllerInfo {
     }
 }
 
+/// GUSBCFG with the BCM2711's PHY selected: the high-speed UTMI+ PHY (PHYSel 0,
+/// ULPI_UTMI_Sel 0) with an 8-bit interface (PHYIf 0), and neither ULPIExtVbusDrv nor
+/// TermSelDLPulse. Linux programs the same for BCM (`dwc2_set_bcm_params`:
+/// `phy_type = DWC2_PHY_TYPE_PARAM_UTMI`, `phy_utmi_width = 8`; `dwc2_hs_phy_init` and
+/// `dwc2_core_init` clear the other bits), as does Circle's `dwhcidevice.cpp`. Pure.
+pub const fn gusbcfg_with_bcm_phy(gusbcfg: u32) -> u32 {
+    gusbcfg
+        & !(GUSBCFG::PHY_INTERFACE_16BIT::SET.value
+            | GUSBCFG::ULPI_UTMI_SELECT::SET.value
+            | GUSBCFG::PHY_SELECT::SET.value
+            | GUSBCFG::ULPI_EXT_VBUS_DRIVE::SET.value
+            | GUSBCFG::TERM_SEL_DL_PULSE::SET.value)
+}
+
 /// The largest bytes one channel transfer may carry at `max_packet_size`:
 /// within the transfer-size counter, the packet counter and the DMA
 /// buffer, and a whole number of packets so only the last chunk of a bulk
@@ -402,6 +416,7 @@ pub struct Dwc2 {
     root_speed: Option<Speed>,
     transfers: u64,
     watched: Option<HubPort>,
+    phy_reset: bool,
 }
 
 impl Dwc2 {
@@ -433,6 +448,7 @@ impl Dwc2 {
             root_speed: None,
             transfers: 0,
             watched: None,
+            phy_reset: false,
         }
     }
 
@@ -466,26 +482,20 @@ impl Dwc2 {
             return Err(Dwc2Error::NoInternalDma { architecture });
         }
 
-        // Core soft reset (Linux dwc2_core_reset): AHB idle first so no
-        // DMA is cut mid-burst, then the reset, then idle again.
-        wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::AhbIdle, || {
-            regs.grstctl.is_set(GRSTCTL::AHB_IDLE)
-        })?;
-        regs.grstctl.modify(GRSTCTL::CORE_SOFT_RESET::SET);
-        if snpsid & 0xffff < CORE_REVISION_4_20A {
-            wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::CoreSoftReset, || {
-                !regs.grstctl.is_set(GRSTCTL::CORE_SOFT_RESET)
-            })?;
-        } else {
-            wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::CoreSoftReset, || {
-                regs.grstctl.is_set(GRSTCTL::CORE_SOFT_RESET_DONE)
-            })?;
-            regs.grstctl
-                .modify(GRSTCTL::CORE_SOFT_RESET::CLEAR + GRSTCTL::CORE_SOFT_RESET_DONE::SET);
+        self.core_soft_reset(snpsid)?;
+        // The PHY: UTMI+ 8-bit, as Linux selects it on BCM. A PHY change takes
+        // effect through another core soft reset (Linux `dwc2_hs_phy_init`:
+        // "if (usbcfg != usbcfg_old) ... dwc2_core_reset"). Unverified on a CM4:
+        // QEMU's hcd-dwc2.c keeps GUSBCFG as written and models no PHY.
+        let regs = &self.registers;
+        let usbcfg = regs.gusbcfg.get();
+        let wanted = gusbcfg_with_bcm_phy(usbcfg);
+        self.phy_reset = wanted != usbcfg;
+        if self.phy_reset {
+            regs.gusbcfg.set(wanted);
+            self.core_soft_reset(snpsid)?;
         }
-        wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::AhbIdle, || {
-            regs.grstctl.is_set(GRSTCTL::AHB_IDLE)
-        })?;
+        let regs = &self.registers;
 
         // Host only: no SRP/HNP, forced host mode (the CM4 port is a host
         // port with otg_mode=0; the ID pin is not trusted).
@@ -558,6 +568,36 @@ impl Dwc2 {
         );
         self.info = Some(info);
         Ok(info)
+    }
+
+    /// Whether the last [`Dwc2::init`] changed the PHY selection in GUSBCFG (and so
+    /// soft-reset the core a second time).
+    pub fn phy_was_reset(&self) -> bool {
+        self.phy_reset
+    }
+
+    /// Core soft reset (Linux `dwc2_core_reset`): AHB idle first so no DMA is cut
+    /// mid-burst, then the reset, then idle again.
+    fn core_soft_reset(&self, snpsid: u32) -> Result<(), Dwc2Error> {
+        let regs = &self.registers;
+        wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::AhbIdle, || {
+            regs.grstctl.is_set(GRSTCTL::AHB_IDLE)
+        })?;
+        regs.grstctl.modify(GRSTCTL::CORE_SOFT_RESET::SET);
+        if snpsid & 0xffff < CORE_REVISION_4_20A {
+            wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::CoreSoftReset, || {
+                !regs.grstctl.is_set(GRSTCTL::CORE_SOFT_RESET)
+            })?;
+        } else {
+            wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::CoreSoftReset, || {
+                regs.grstctl.is_set(GRSTCTL::CORE_SOFT_RESET_DONE)
+            })?;
+            regs.grstctl
+                .modify(GRSTCTL::CORE_SOFT_RESET::CLEAR + GRSTCTL::CORE_SOFT_RESET_DONE::SET);
+        }
+        wait_until(CORE_RESET_TIMEOUT, Dwc2Wait::AhbIdle, || {
+            regs.grstctl.is_set(GRSTCTL::AHB_IDLE)
+        })
     }
 
     /// Waits for a device on the root port, debounces, resets the port
@@ -1036,6 +1076,16 @@ mod tests {
     const QEMU: ControllerInfo = ControllerInfo::from_counter_widths(0x4f54_294a, 8, 15, 8);
     // The widest counters GHWCFG3 can encode: 19 and 10 bits.
     const BCM2711: ControllerInfo = ControllerInfo::from_counter_widths(0x4f54_280a, 8, 19, 10);
+
+    #[test]
+    fn the_phy_is_utmi_8_bit_without_ulpi_vbus_or_dl_pulse() {
+        // Every PHY bit set, plus force-host and SRP: only the PHY bits go.
+        let all = (1 << 3) | (1 << 4) | (1 << 6) | (1 << 20) | (1 << 22);
+        let others = (1 << 29) | (1 << 8) | 0x7; // ForceHstMode, SRPCap, TOutCal
+        assert_eq!(gusbcfg_with_bcm_phy(all | others), others);
+        // Already right: unchanged, so no second core reset.
+        assert_eq!(gusbcfg_with_bcm_phy(others), others);
+    }
 
     #[test]
     fn the_counters_are_capped_as_linux_caps_them_on_bcm() {

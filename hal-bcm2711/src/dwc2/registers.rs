@@ -45,6 +45,10 @@ register_bitfields! {
         SRP_CAPABLE OFFSET(8) NUMBITS(1) [],
         /// HNPCap: HNP capable.
         HNP_CAPABLE OFFSET(9) NUMBITS(1) [],
+        /// ULPIExtVbusDrv: drive VBUS through an external supply (ULPI only).
+        ULPI_EXT_VBUS_DRIVE OFFSET(20) NUMBITS(1) [],
+        /// TermSelDLPulse: data-line pulsing with TermSel instead of TxValid.
+        TERM_SEL_DL_PULSE OFFSET(22) NUMBITS(1) [],
         /// ForceHstMode: force host mode whatever the ID pin says.
         FORCE_HOST_MODE OFFSET(29) NUMBITS(1) [],
         /// ForceDevMode: force device mode.
