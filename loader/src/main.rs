@@ -39,7 +39,13 @@ use crate::dtb::{DeviceTree, DtbProblem};
 fn main(boot: BootInfo) -> ! {
     let mut peripherals = arch::take_peripherals();
 
-    // 1. Console and logging, at the UART clock the firmware set.
+    // 1. Console and logging, at the UART clock the firmware set. The PL011 is
+    // routed to GPIO 14/15 first: on a CM4 (and a Pi 4) the firmware gives those
+    // pins to the mini UART unless config.txt has `dtoverlay=disable-bt`
+    // (bcm2711-rpi-cm4.dts; the Raspberry Pi UART documentation), so without this
+    // zboot's log would go to the Bluetooth pins. Linux muxes the pins again from
+    // its device tree when its UART driver probes.
+    peripherals.gpio.route_uart0_to_gpio14_15();
     let uart_clock = board::uart_clock(&mut peripherals.mailbox);
     console::init(peripherals.uart.take(), uart_clock);
     // The ACT LED stays on while zboot runs: a board that stops with it lit
