@@ -258,10 +258,11 @@ fn usb_exercise() {
         Ok(()) => log::warn!("usb: read past the end was not refused"),
     }
     log::info!(
-        "usb: SCSI commands {}, reset recoveries {}, USB transfers {}",
+        "usb: SCSI commands {}, reset recoveries {}, USB transfers {}, toggle mismatches {}",
         stick.commands(),
         stick.recoveries(),
-        stick.host().transfers()
+        stick.host().transfers(),
+        stick.host().toggle_mismatches()
     );
 }
 

@@ -127,6 +127,12 @@ fn assert_stick_read(run: &Run, head: &[u8], hub_depth: u32) {
         run.console_has("reset recoveries 0, USB transfers "),
         "transfer count, no recoveries on a healthy stick"
     );
+    // The toggles come from HCTSIZ.PID as the core left it; QEMU's hcd-dwc2.c updates
+    // the PID per packet, so it agrees with the packet count on every transfer.
+    assert!(
+        run.console_has(", toggle mismatches 0"),
+        "HCTSIZ.PID and the packet count agree"
+    );
 }
 
 #[test]

@@ -417,6 +417,9 @@ pub struct Dwc2 {
     transfers: u64,
     watched: Option<HubPort>,
     phy_reset: bool,
+    /// HCTSIZ.PID as the core left it at the last halt.
+    last_pid: u32,
+    toggle_mismatches: u64,
 }
 
 impl Dwc2 {
@@ -449,6 +452,8 @@ impl Dwc2 {
             transfers: 0,
             watched: None,
             phy_reset: false,
+            last_pid: 0,
+            toggle_mismatches: 0,
         }
     }
 
@@ -568,6 +573,23 @@ impl Dwc2 {
         );
         self.info = Some(info);
         Ok(info)
+    }
+
+    /// Bulk transfers after which HCTSIZ.PID and the count of packets disagreed on the
+    /// next data toggle (the PID is used; see [`saved_toggle`]).
+    pub fn toggle_mismatches(&self) -> u64 {
+        self.toggle_mismatches
+    }
+
+    /// The endpoint's next data toggle after a bulk transfer: from HCTSIZ.PID
+    /// ([`saved_toggle`]), counting a disagreement with `counted` (the toggle the
+    /// number of packets gives).
+    fn next_toggle(&mut self, counted: Toggle) -> Toggle {
+        let saved = saved_toggle(self.last_pid);
+        if saved != counted {
+            self.toggle_mismatches += 1;
+        }
+        saved
     }
 
     /// Whether the last [`Dwc2::init`] changed the PHY selection in GUSBCFG (and so
@@ -726,6 +748,7 @@ impl Dwc2 {
         )?;
         channel.hcint.set(u32::MAX);
         decode_halt(hcint)?;
+        self.last_pid = channel.hctsiz.read(HCTSIZ::PID);
         Ok(match direction {
             Direction::Out => length,
             Direction::In => {
@@ -753,6 +776,18 @@ impl Dwc2 {
             Some(info) => chunk_limit(info, max_packet_size),
             None => usize::from(max_packet_size.max(1)),
         }
+    }
+}
+
+/// The data toggle for an endpoint's next transfer from the HCTSIZ.PID field the core
+/// updated as packets went through (Linux `dwc2_save_data_toggle`: DATA0 stays DATA0,
+/// anything else is DATA1). After a short or failed transfer it is the core's word, not
+/// a count of what was asked. Pure.
+pub const fn saved_toggle(pid: u32) -> Toggle {
+    if pid == HCTSIZ::PID::Value::Data0 as u32 {
+        Toggle::Data0
+    } else {
+        Toggle::Data1
     }
 }
 
@@ -847,9 +882,10 @@ impl HostController for Dwc2 {
                 want,
                 deadline,
             )?;
-            pipe.toggle = pipe
-                .toggle
-                .after_packets(packet_count(received, max_packet_size));
+            pipe.toggle = self.next_toggle(
+                pipe.toggle
+                    .after_packets(packet_count(received, max_packet_size)),
+            );
             if received > want {
                 return Err(TransferError::Babble);
             }
@@ -879,7 +915,7 @@ impl HostController for Dwc2 {
                 0,
                 deadline,
             )?;
-            pipe.toggle = pipe.toggle.after_packets(1);
+            pipe.toggle = self.next_toggle(pipe.toggle.after_packets(1));
             return Ok(());
         }
         for piece in chunks {
@@ -892,9 +928,10 @@ impl HostController for Dwc2 {
                 piece.len(),
                 deadline,
             )?;
-            pipe.toggle = pipe
-                .toggle
-                .after_packets(packet_count(piece.len(), max_packet_size));
+            pipe.toggle = self.next_toggle(
+                pipe.toggle
+                    .after_packets(packet_count(piece.len(), max_packet_size)),
+            );
         }
         Ok(())
     }
@@ -936,6 +973,12 @@ fn run_stage(
     deadline: Deadline,
     mut gone: impl FnMut() -> bool,
 ) -> Result<u32, TransferError> {
+    // A channel is reprogrammed only once it has halted: a stage that timed out
+    // may have left it enabled if the halt it asked for never came. Linux waits for
+    // ChHltd before it frees a channel (`dwc2_hc_halt`, `dwc2_release_channel`).
+    if channel.hcchar.is_set(HCCHAR::CHANNEL_ENABLE) && !halt_channel(channel) {
+        return Err(TransferError::ChannelNotHalted);
+    }
     channel.hcint.set(u32::MAX);
     channel.hcsplt.set(0);
     channel.hctsiz.write(
@@ -969,15 +1012,9 @@ fn run_stage(
         // `gone` (real hardware halts with XactErr after three tries).
         let unplugged = gone();
         if unplugged || deadline.expired() {
-            // Ask the core to halt the channel, then report.
-            channel
-                .hcchar
-                .modify(HCCHAR::CHANNEL_ENABLE::SET + HCCHAR::CHANNEL_DISABLE::SET);
-            let halt = Deadline::after(CHANNEL_HALT_TIMEOUT);
-            while channel.hcint.get() & HCINT_CHANNEL_HALTED == 0 && !halt.expired() {
-                spin_loop();
-            }
-            channel.hcint.set(u32::MAX);
+            // Ask the core to halt the channel, then report. If the halt does not
+            // come, the next stage asks again before it reprograms the channel.
+            halt_channel(channel);
             return Err(if unplugged {
                 TransferError::DeviceGone
             } else if hcint & HCINT_NAK != 0 {
@@ -988,6 +1025,23 @@ fn run_stage(
         }
         spin_loop();
     }
+}
+
+/// Asks the core to halt `channel` (ChEna and ChDis set together, DWC2 databook
+/// "Halting a Channel"; Linux `dwc2_hc_halt`) and waits [`CHANNEL_HALT_TIMEOUT`] for
+/// ChHltd. Clears HCINT. Whether the channel halted.
+fn halt_channel(channel: &ChannelRegisters) -> bool {
+    channel
+        .hcchar
+        .modify(HCCHAR::CHANNEL_ENABLE::SET + HCCHAR::CHANNEL_DISABLE::SET);
+    let halt = Deadline::after(CHANNEL_HALT_TIMEOUT);
+    let mut halted = channel.hcint.get() & HCINT_CHANNEL_HALTED != 0;
+    while !halted && !halt.expired() {
+        spin_loop();
+        halted = channel.hcint.get() & HCINT_CHANNEL_HALTED != 0;
+    }
+    channel.hcint.set(u32::MAX);
+    halted || !channel.hcchar.is_set(HCCHAR::CHANNEL_ENABLE)
 }
 
 /// GetPortStatus of `port` on the watch channel, through the watch DMA
@@ -1076,6 +1130,14 @@ mod tests {
     const QEMU: ControllerInfo = ControllerInfo::from_counter_widths(0x4f54_294a, 8, 15, 8);
     // The widest counters GHWCFG3 can encode: 19 and 10 bits.
     const BCM2711: ControllerInfo = ControllerInfo::from_counter_widths(0x4f54_280a, 8, 19, 10);
+
+    #[test]
+    fn the_saved_toggle_is_data0_only_for_data0() {
+        assert_eq!(saved_toggle(0), Toggle::Data0);
+        assert_eq!(saved_toggle(2), Toggle::Data1);
+        assert_eq!(saved_toggle(1), Toggle::Data1, "DATA2");
+        assert_eq!(saved_toggle(3), Toggle::Data1, "MDATA/SETUP");
+    }
 
     #[test]
     fn the_phy_is_utmi_8_bit_without_ulpi_vbus_or_dl_pulse() {

@@ -242,6 +242,9 @@ pub enum TransferError {
     /// hub port it hangs on reports no device (or a new connection) while
     /// the transfer waited.
     DeviceGone,
+    /// The channel was still enabled and did not halt when asked to: it is not
+    /// reprogrammed (the host controller is wedged; a new init resets the core).
+    ChannelNotHalted,
 }
 
 impl fmt::Display for TransferError {
@@ -268,6 +271,9 @@ impl fmt::Display for TransferError {
             ),
             Self::PortDisabled => f.write_str("root port disabled"),
             Self::DeviceGone => f.write_str("the USB device was unplugged"),
+            Self::ChannelNotHalted => {
+                f.write_str("the host channel did not halt when asked to (not reused)")
+            }
         }
     }
 }
