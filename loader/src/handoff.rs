@@ -23,6 +23,8 @@ pub enum DtbError {
     Edit(recovery_proto::dtb::DtbEditError),
     /// The DTB area is outside RAM.
     Placement(DoesNotFit),
+    /// The tree's `/memory` describes no RAM (missing, or `reg` sizes all zero).
+    NoMemory,
 }
 
 impl fmt::Display for DtbError {
@@ -34,6 +36,11 @@ impl fmt::Display for DtbError {
             ),
             Self::Edit(error) => write!(f, "{error}"),
             Self::Placement(error) => write!(f, "{error}"),
+            Self::NoMemory => write!(
+                f,
+                "the device tree's /memory describes no RAM (a stock DTB's reg = <0 0 0>, which \
+                 the firmware fills in only for the DTB it loads itself)"
+            ),
         }
     }
 }
@@ -64,6 +71,10 @@ pub fn prepare_device_tree(
     }
     let initrd = slot.initrd.map(|(start, end)| (start as u64, end as u64));
     recovery_proto::dtb::set_chosen(region, bootargs, initrd).map_err(DtbError::Edit)?;
+    // Linux would find no RAM in it and stop before its console is up.
+    if !recovery_proto::dtb::describes_memory(region) {
+        return Err(DtbError::NoMemory);
+    }
     Ok(layout::DTB_ADDRESS)
 }
 

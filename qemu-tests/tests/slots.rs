@@ -567,6 +567,44 @@ fn a_slot_device_tree_without_chosen_falls_back() {
     assert_eq!(disk.failed_boots("A"), 1);
 }
 
+/// A slot DTB as the distributions ship it: `/memory` with `reg = <0 0 0>`, for the
+/// firmware to fill in. Booted as it is, Linux would find no RAM: the slot falls back.
+#[test]
+fn a_slot_device_tree_whose_memory_is_empty_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("empty-memory.dts");
+    std::fs::write(
+        &source,
+        "/dts-v1/;\n/ {\n\tmodel = \"stock\";\n\t#address-cells = <2>;\n\t#size-cells = <1>;\n\
+         \tchosen {\n\t};\n\tmemory@0 {\n\t\tdevice_type = \"memory\";\n\
+         \t\treg = <0x0 0x0 0x0>;\n\t};\n};\n",
+    )
+    .unwrap();
+    let dtb = dir.path().join("empty-memory.dtb");
+    let status = Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&dtb)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let disk = disk(&[
+        SlotSetup {
+            dtb: Some(&dtb),
+            ..SlotSetup::new("A", "good")
+        },
+        SlotSetup::new("B", "good"),
+        SlotSetup::new("SAFE", "good"),
+    ]);
+    let run = disk.boot();
+    assert!(
+        run.console_has("slot A: device tree: the device tree's /memory describes no RAM"),
+        "names the slot and the problem"
+    );
+    assert_eq!(booted(&run), ("B".into(), 1));
+    assert_eq!(disk.failed_boots("A"), 1);
+}
+
 /// A GPT disk (`zbctl disk create --gpt`, the same slots as [`all_good`]) and what
 /// disk create reported (each partition's PARTUUID).
 fn gpt_disk() -> (Disk, String) {

@@ -206,9 +206,83 @@ fn check_structure(
     }
 }
 
+/// Whether the device tree at the start of `region` (its header's `totalsize` long)
+/// describes some RAM: a `/memory` node (`memory@…` too) whose `reg` has a non-zero size.
+/// Stock Raspberry Pi DTBs carry `memory@0 { reg = <0 0 0>; }` and rely on the firmware to
+/// fill it in, which it does only for the tree it loads itself; Linux booted with such a
+/// tree finds no RAM. A tree that does not parse describes none.
+#[must_use]
+pub fn describes_memory(region: &[u8]) -> bool {
+    let Some(total) = region
+        .get(4..8)
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+        .map(|bytes| u32::from_be_bytes(bytes) as usize)
+    else {
+        return false;
+    };
+    let Some(tree) = region.get(..total) else {
+        return false;
+    };
+    let Ok(fdt) = dtoolkit::fdt::Fdt::new(tree) else {
+        return false;
+    };
+    let Ok(memory) = fdt.memory() else {
+        return false;
+    };
+    let Ok(Some(mut regs)) = (*memory).reg() else {
+        return false;
+    };
+    regs.any(|reg| reg.size::<u64>().is_ok_and(|size| size > 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// dtc's blob of `source`, padded as a DTB area is.
+    fn compiled(source: &str) -> std::vec::Vec<u8> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("dtc")
+            .args(["-q", "-I", "dts", "-O", "dtb"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("dtc (scripts/setup installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(source.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let mut blob = out.stdout;
+        blob.resize(blob.len() + 4096, 0);
+        blob
+    }
+
+    #[test]
+    fn a_tree_describes_memory_only_with_a_non_zero_reg() {
+        let with = |memory: &str| {
+            std::format!(
+                "/dts-v1/;\n/ {{ #address-cells = <2>; #size-cells = <1>; chosen {{ }}; {memory} }};"
+            )
+        };
+        let filled = compiled(&with(
+            "memory@0 { device_type = \"memory\"; reg = <0 0 0x3c000000>; };",
+        ));
+        assert!(describes_memory(&filled));
+        let empty = compiled(&with(
+            "memory@0 { device_type = \"memory\"; reg = <0 0 0>; };",
+        ));
+        assert!(!describes_memory(&empty), "the stock DTB's reg = <0 0 0>");
+        assert!(!describes_memory(&compiled(&with(""))), "no /memory");
+        assert!(
+            !describes_memory(&filled[..filled.len() / 2 - 2048]),
+            "cut short"
+        );
+        assert!(!describes_memory(&[]));
+    }
 
     /// A tree with `/chosen` whose strings block is `names` (dtc's layout: header, the
     /// memory reservation terminator, the structure block, then the strings).
