@@ -533,16 +533,12 @@ fn a_kernel_that_is_not_an_arm64_image_falls_back() {
     assert_eq!(disk.failed_boots("A"), 1);
 }
 
-#[test]
-fn a_slot_device_tree_without_chosen_falls_back() {
+/// [`all_good`], but slot A carries `dts` compiled by dtc as its `dtb.dtb`.
+fn disk_with_slot_a_dtb(dts: &str) -> Disk {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("no-chosen.dts");
-    std::fs::write(
-        &source,
-        "/dts-v1/;\n/ {\n\tmodel = \"no chosen\";\n\t#address-cells = <2>;\n\t#size-cells = <1>;\n};\n",
-    )
-    .unwrap();
-    let dtb = dir.path().join("no-chosen.dtb");
+    let source = dir.path().join("slot-a.dts");
+    std::fs::write(&source, dts).unwrap();
+    let dtb = dir.path().join("slot-a.dtb");
     let status = Command::new("dtc")
         .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
         .arg(&dtb)
@@ -550,14 +546,21 @@ fn a_slot_device_tree_without_chosen_falls_back() {
         .status()
         .unwrap();
     assert!(status.success());
-    let disk = disk(&[
+    disk(&[
         SlotSetup {
             dtb: Some(&dtb),
             ..SlotSetup::new("A", "good")
         },
         SlotSetup::new("B", "good"),
         SlotSetup::new("SAFE", "good"),
-    ]);
+    ])
+}
+
+#[test]
+fn a_slot_device_tree_without_chosen_falls_back() {
+    let disk = disk_with_slot_a_dtb(
+        "/dts-v1/;\n/ {\n\tmodel = \"no chosen\";\n\t#address-cells = <2>;\n\t#size-cells = <1>;\n};\n",
+    );
     let run = disk.boot();
     assert!(
         run.console_has("slot A: device tree: the device tree has no /chosen node; falling back"),
@@ -571,31 +574,11 @@ fn a_slot_device_tree_without_chosen_falls_back() {
 /// firmware to fill in. Booted as it is, Linux would find no RAM: the slot falls back.
 #[test]
 fn a_slot_device_tree_whose_memory_is_empty_falls_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("empty-memory.dts");
-    std::fs::write(
-        &source,
+    let disk = disk_with_slot_a_dtb(
         "/dts-v1/;\n/ {\n\tmodel = \"stock\";\n\t#address-cells = <2>;\n\t#size-cells = <1>;\n\
          \tchosen {\n\t};\n\tmemory@0 {\n\t\tdevice_type = \"memory\";\n\
          \t\treg = <0x0 0x0 0x0>;\n\t};\n};\n",
-    )
-    .unwrap();
-    let dtb = dir.path().join("empty-memory.dtb");
-    let status = Command::new("dtc")
-        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
-        .arg(&dtb)
-        .arg(&source)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let disk = disk(&[
-        SlotSetup {
-            dtb: Some(&dtb),
-            ..SlotSetup::new("A", "good")
-        },
-        SlotSetup::new("B", "good"),
-        SlotSetup::new("SAFE", "good"),
-    ]);
+    );
     let run = disk.boot();
     assert!(
         run.console_has("slot A: device tree: the device tree's /memory describes no RAM"),

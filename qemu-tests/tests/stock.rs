@@ -23,13 +23,12 @@ mod common;
 #[path = "../../tools/tests/common/metadata.rs"]
 mod metadata;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::zbctl;
-use metadata::as_root;
+use metadata::{as_root, run};
 use serde_json::Value;
 use zboot_qemu_tests::linux::{KERNEL_COMMAND_LINE, LinuxFiles, initramfs, require_programs};
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run};
@@ -40,30 +39,6 @@ const ROOT_MIB: u64 = 256;
 
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn run_tool(program: &str, args: &[&str], input: Option<&str>) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
-    if let Some(text) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The stock disk: boot (FAT32, 192 MiB at sector 8192) and an ext4 root ([`ROOT_MIB`]);
@@ -107,7 +82,7 @@ fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
         std::fs::copy(entry.path(), boot.join(entry.file_name())).unwrap();
     }
     let fat = dir.join("boot.fat");
-    run_tool(
+    run(
         "mkfs.vfat",
         &["-C", "-F", "32", "-n", "bootfs", path(&fat), "196608"],
         None,
@@ -119,7 +94,7 @@ fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
     let mut args = vec!["-s", "-i", path(&fat)];
     args.extend(entries.iter().map(|p| path(p)));
     args.push("::");
-    run_tool("mcopy", &args, None);
+    run("mcopy", &args, None);
 
     // The root: Debian's, as debootstrap made it (scripts/fetch-debian-root), with what
     // Raspberry Pi OS adds that matters here: its fstab and hostname, a `pi` home,
@@ -159,7 +134,7 @@ fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
         .unwrap()
         .set_len((8192 + 393_216 + root_sectors) * 512)
         .unwrap();
-    run_tool(
+    run(
         "sfdisk",
         &["--quiet", path(&disk)],
         Some(&format!(
@@ -173,6 +148,17 @@ fn stock_disk(dir: &Path, files: &LinuxFiles, initramfs: &Path) -> PathBuf {
     }
     std::fs::write(&disk, image).unwrap();
     disk
+}
+
+/// A scenario's start: the Linux files (`None`: skipped, see [`LinuxFiles::or_skip`]), a
+/// scratch directory and the stock disk in it.
+fn stock_unit(test: &str) -> Option<(LinuxFiles, tempfile::TempDir, PathBuf)> {
+    let files = LinuxFiles::or_skip(test)?;
+    require_programs().unwrap();
+    let initramfs = initramfs(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = stock_disk(dir.path(), &files, &initramfs);
+    Some((files, dir, disk))
 }
 
 fn boot(emmc: &Path, stick: Option<&Path>, dtb: &Path) -> Run {
@@ -272,7 +258,7 @@ fn root_system(files: &LinuxFiles) -> String {
 fn break_kernel(emmc: &Path, slot: &str, scratch: &Path) {
     let junk = scratch.join("junk.img");
     std::fs::write(&junk, b"not the kernel slot.txt names").unwrap();
-    run_tool(
+    run(
         "mcopy",
         &[
             "-o",
@@ -390,15 +376,11 @@ fn assert_zboot_layout(emmc: &Path, manifest: &Path, files: &LinuxFiles, disk_id
 
 #[test]
 fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_then_safe() {
-    let Some(files) = LinuxFiles::or_skip(
+    let Some((files, dir, dump)) = stock_unit(
         "a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_then_safe",
     ) else {
         return;
     };
-    require_programs().unwrap();
-    let initramfs = initramfs(&files).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let dump = stock_disk(dir.path(), &files, &initramfs);
 
     let (manifest, _, stick, report) = convert_to_stick(dir.path(), &dump);
     assert!(report.contains("`otg_mode=1` commented out"), "{report}");
@@ -467,16 +449,12 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
 
 #[test]
 fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
-    let Some(files) =
-        LinuxFiles::or_skip("zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would")
+    let Some((files, dir, disk)) =
+        stock_unit("zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would")
     else {
         return;
     };
-    require_programs().unwrap();
     let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
-    let initramfs = initramfs(&files).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = stock_disk(dir.path(), &files, &initramfs);
     // What a user does by hand: zboot.img copied in, config.txt pointed at it.
     let fat = format!("{}@@4M", path(&disk));
     let config = dir.path().join("config.txt");
@@ -487,12 +465,12 @@ fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
     let mut text = String::from_utf8(out.stdout).unwrap();
     text.push_str("kernel=zboot.img\n");
     std::fs::write(&config, text).unwrap();
-    run_tool(
+    run(
         "mcopy",
         &["-o", "-i", &fat, path(&config), "::config.txt"],
         None,
     );
-    run_tool(
+    run(
         "mcopy",
         &["-i", &fat, path(&loader.image), "::zboot.img"],
         None,
@@ -538,15 +516,11 @@ fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
 
 #[test]
 fn an_adopted_stock_unit_boots_its_system_until_the_stick_comes_then_is_reflashed() {
-    let Some(files) = LinuxFiles::or_skip(
+    let Some((files, dir, unit)) = stock_unit(
         "an_adopted_stock_unit_boots_its_system_until_the_stick_comes_then_is_reflashed",
     ) else {
         return;
     };
-    require_programs().unwrap();
-    let initramfs = initramfs(&files).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let unit = stock_disk(dir.path(), &files, &initramfs);
     let (manifest, zi, stick, _) = convert_to_stick(dir.path(), &unit);
     // The unit's eMMC is larger than its stock partitions (QEMU wants a power of two).
     std::fs::OpenOptions::new()
@@ -628,17 +602,13 @@ fn listed(tar: &Path, member: &str) -> String {
 
 #[test]
 fn stock_tarballs_made_as_root_and_converted_by_a_user_keep_every_owner_mode_and_node() {
-    let Some(files) = LinuxFiles::or_skip(
+    // The stock disk's partitions as tarballs, made with GNU tar as root, beside it.
+    let Some((files, dir, _)) = stock_unit(
         "stock_tarballs_made_as_root_and_converted_by_a_user_keep_every_owner_mode_and_node",
     ) else {
         return;
     };
-    require_programs().unwrap();
     let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
-    let initramfs = initramfs(&files).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // The stock disk's partitions as tarballs, made with GNU tar as root.
-    stock_disk(dir.path(), &files, &initramfs);
     let (boot_tar, root_tar) = (dir.path().join("boot.tar"), dir.path().join("root.tar"));
 
     // An ordinary user converts them: nobody, when the test runs as root.

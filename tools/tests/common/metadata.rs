@@ -1,7 +1,7 @@
-//! Comparing a root tarball's metadata with an ext4 image made from it: owners, modes,
-//! device nodes, symlinks and hard links, read back with `debugfs`. Shared by the host
-//! conversion tests (tools/tests/stock_image.rs) and the QEMU scenarios
-//! (qemu-tests/tests/stock.rs, which include this file by path).
+//! Running the standard disk tools, and comparing a root tarball's metadata with an ext4
+//! image made from it: owners, modes, device nodes, symlinks and hard links, read back
+//! with `debugfs`. Shared by the host tests (tools/tests, through `common`) and the QEMU
+//! scenarios (qemu-tests/tests/stock.rs, which include this file by path).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::fs;
@@ -164,5 +164,32 @@ pub fn assert_listing_matches(tar: &Path, root_a: &Path) {
     assert!(
         listing.iter().any(|l| l.0 == 'c'),
         "the listing has device nodes"
+    );
+}
+
+/// Runs a standard tool (sfdisk, mkfs.vfat, mcopy, ...) with `input` on its stdin; fails
+/// the test with its stderr.
+pub fn run(program: &str, args: &[&str], input: Option<&str>) {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -3,6 +3,10 @@
 
 pub mod metadata;
 
+// Not every test binary runs the disk tools.
+#[allow(unused_imports)]
+pub use metadata::run;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -252,31 +256,4 @@ pub fn decode_to_disk(zi: &Path, disk: &Path) {
         }
     }
     std::fs::write(disk, data).unwrap();
-}
-
-/// Runs a standard tool (sfdisk, mkfs.vfat, mcopy, ...) with `input` on its stdin; fails
-/// the test with its stderr.
-pub fn run(program: &str, args: &[&str], input: Option<&str>) {
-    use std::io::Write as _;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("{program} (scripts/setup installs it): {error}"));
-    if let Some(text) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
