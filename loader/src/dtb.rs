@@ -151,7 +151,6 @@ impl DeviceTree {
     }
 
     /// `/chosen/bootargs`, the command line the boot loader passed on.
-    #[cfg_attr(not(feature = "qemu-test"), allow(dead_code))]
     pub fn bootargs(&self) -> Option<&'static str> {
         self.string("/chosen", "bootargs")
     }
