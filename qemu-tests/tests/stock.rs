@@ -177,6 +177,23 @@ fn boot(emmc: &Path, stick: Option<&Path>, dtb: &Path) -> Run {
     run
 }
 
+/// A bricked unit (a blank 1 GiB eMMC in `dir`) recovers from `stick`: the reflash
+/// completes and the board resets. Returns the eMMC image.
+fn recover_blank_unit(dir: &Path, stick: &Path, files: &LinuxFiles) -> PathBuf {
+    let emmc = dir.join("emmc.img");
+    std::fs::File::create(&emmc)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let run = boot(&emmc, Some(stick), &files.dtb);
+    assert!(
+        run.console_has("recovery: image written"),
+        "the reflash completes"
+    );
+    assert_eq!(run.ending, Ending::GuestReset);
+    emmc
+}
+
 fn status(emmc: &Path) -> Value {
     serde_json::from_str(&zbctl(&["status", "--json", "--image", path(emmc)])).unwrap()
 }
@@ -216,14 +233,17 @@ fn partition_image(emmc: &Path, number: u64) -> PathBuf {
         part["start"].as_u64().unwrap(),
         part["size"].as_u64().unwrap(),
     );
-    let bytes = std::fs::read(emmc).unwrap();
+    // Only the partition's bytes are read, not the whole eMMC.
+    let mut card = std::fs::File::open(emmc).unwrap();
+    std::io::Seek::seek(&mut card, std::io::SeekFrom::Start(start * 512)).unwrap();
     let scratch = emmc.with_extension(format!("p{number}"));
-    std::fs::write(
-        &scratch,
-        &bytes
-            [usize::try_from(start * 512).unwrap()..usize::try_from((start + size) * 512).unwrap()],
-    )
-    .unwrap();
+    let mut out = std::fs::File::create(&scratch).unwrap();
+    let copied = std::io::copy(&mut std::io::Read::take(card, size * 512), &mut out).unwrap();
+    assert_eq!(
+        copied,
+        size * 512,
+        "partition {number} lies within the image"
+    );
     scratch
 }
 
@@ -385,18 +405,7 @@ fn a_stock_dump_converted_recovers_a_blank_unit_which_boots_linux_from_a_then_b_
     let (manifest, _, stick, report) = convert_to_stick(dir.path(), &dump);
     assert!(report.contains("`otg_mode=1` commented out"), "{report}");
 
-    // A bricked unit: a blank eMMC.
-    let emmc = dir.path().join("emmc.img");
-    std::fs::File::create(&emmc)
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
-    let run = boot(&emmc, Some(&stick), &files.dtb);
-    assert!(
-        run.console_has("recovery: image written"),
-        "the reflash completes"
-    );
-    assert_eq!(run.ending, Ending::GuestReset);
+    let emmc = recover_blank_unit(dir.path(), &stick, &files);
 
     assert_zboot_layout(&emmc, &manifest, &files, DISK_ID);
 
@@ -660,16 +669,7 @@ fn stock_tarballs_made_as_root_and_converted_by_a_user_keep_every_owner_mode_and
     zbctl(&["usb", "create", "--zi", path(&zi), "-o", path(&stick)]);
 
     // A blank unit recovers from the stick, then boots A.
-    let emmc = dir.path().join("emmc.img");
-    std::fs::File::create(&emmc)
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
-    let run = boot(&emmc, Some(&stick), &files.dtb);
-    assert!(
-        run.console_has("recovery: image written"),
-        "the reflash completes"
-    );
+    let emmc = recover_blank_unit(dir.path(), &stick, &files);
     // Tarballs carry no disk signature: the converter made one.
     let disk_id = disk_id(&emmc);
     assert_ne!(disk_id, DISK_ID);
