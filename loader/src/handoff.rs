@@ -45,8 +45,9 @@ impl fmt::Display for DtbError {
     }
 }
 
-/// Completes the DTB at [`layout::DTB_ADDRESS`]: the slot's own, or a copy
-/// of the boot loader's (`firmware`), with `bootargs` and the initrd range.
+/// Completes the DTB at [`layout::DTB_ADDRESS`]: the slot's own, with the
+/// firmware's fill-ins carried over from the boot loader's tree (`firmware`), or a
+/// copy of the boot loader's tree; then `bootargs` and the initrd range.
 /// Returns the DTB's address.
 pub fn prepare_device_tree(
     area: &mut LoadArea,
@@ -68,6 +69,14 @@ pub fn prepare_device_tree(
             }));
         };
         destination.copy_from_slice(source);
+    } else if let Some(firmware) = firmware {
+        // A slot's own tree: the firmware filled in only the tree it loaded itself
+        // (recovery_proto::dtb::carry_firmware_facts; docs/disk-layout.md).
+        let carried = recovery_proto::dtb::carry_firmware_facts(firmware.data(), region)
+            .map_err(DtbError::Edit)?;
+        log::info!("slot device tree: from the firmware's tree: {carried}");
+    } else {
+        log::warn!("slot device tree: the firmware passed no tree; nothing carried into it");
     }
     let initrd = slot.initrd.map(|(start, end)| (start as u64, end as u64));
     recovery_proto::dtb::set_chosen(region, bootargs, initrd).map_err(DtbError::Edit)?;

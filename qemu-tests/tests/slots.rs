@@ -571,13 +571,52 @@ fn a_slot_device_tree_without_chosen_falls_back() {
 }
 
 /// A slot DTB as the distributions ship it: `/memory` with `reg = <0 0 0>`, for the
-/// firmware to fill in. Booted as it is, Linux would find no RAM: the slot falls back.
+/// firmware to fill in, which it does only for the tree it loads itself. zboot carries
+/// the fill-ins over from the firmware's tree (here QEMU's, with its RAM and the stand-in
+/// serial and `/chosen/bootloader` of `raspi4b-minimal.dts`), and the slot boots.
 #[test]
-fn a_slot_device_tree_whose_memory_is_empty_falls_back() {
+fn a_stock_slot_device_tree_receives_the_firmware_fill_ins() {
     let disk = disk_with_slot_a_dtb(
         "/dts-v1/;\n/ {\n\tmodel = \"stock\";\n\t#address-cells = <2>;\n\t#size-cells = <1>;\n\
          \tchosen {\n\t};\n\tmemory@0 {\n\t\tdevice_type = \"memory\";\n\
          \t\treg = <0x0 0x0 0x0>;\n\t};\n};\n",
+    );
+    let run = disk.boot();
+    assert!(
+        run.console_has(
+            "slot device tree: from the firmware's tree: 5 properties copied, \
+             /chosen/bootloader created"
+        ),
+        "the memory, the serial and the bootloader node's three properties"
+    );
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert!(
+        run.console_has("test-kernel: model: stock"),
+        "the slot's own tree"
+    );
+    let memory = run
+        .console
+        .lines()
+        .find_map(|line| line.strip_prefix("test-kernel: memory: 0x0 + "))
+        .unwrap_or_else(|| panic!("no memory line:\n{}", run.console));
+    assert!(
+        u64::from_str_radix(memory.trim().trim_start_matches("0x"), 16).unwrap() >= 256 << 20,
+        "the firmware's RAM, not the placeholder: {memory}"
+    );
+    assert!(run.console_has("test-kernel: serial-number: 10000000c0ffee01"));
+    assert!(run.console_has("test-kernel: bootloader build-timestamp: 0x6720f3a1"));
+    // On the disk: A's attempt counted, the history names A.
+    assert_eq!(disk.failed_boots("A"), 1);
+    assert_eq!(disk.status()["history"][0]["decision"], "A");
+}
+
+/// A slot DTB with no `/memory` node at all: nothing to carry the RAM into, and Linux
+/// would find none. The slot falls back.
+#[test]
+fn a_slot_device_tree_without_memory_falls_back() {
+    let disk = disk_with_slot_a_dtb(
+        "/dts-v1/;\n/ {\n\tmodel = \"no memory\";\n\t#address-cells = <2>;\n\
+         \t#size-cells = <1>;\n\tchosen {\n\t};\n};\n",
     );
     let run = disk.boot();
     assert!(

@@ -10,6 +10,9 @@ use core::fmt;
 use dtoolkit::fdt_mut::FdtMut;
 use dtoolkit::{Node, Property};
 
+mod carry;
+pub use carry::{Carried, carry_firmware_facts};
+
 /// Why `/chosen` could not be set.
 #[derive(Debug)]
 pub enum DtbEditError {
@@ -28,6 +31,8 @@ pub enum DtbEditError {
     Layout,
     /// The structure block's tokens are broken (at this offset of the blob).
     Structure { at: usize },
+    /// A node added to the tree does not fit in the blob's buffer.
+    Full,
 }
 
 impl fmt::Display for DtbEditError {
@@ -45,6 +50,7 @@ impl fmt::Display for DtbEditError {
             Self::Structure { at } => {
                 write!(f, "malformed device tree: bad structure token at byte {at}")
             }
+            Self::Full => write!(f, "the device tree's buffer has no room for a new node"),
             Self::BadStrings { at } => write!(
                 f,
                 "malformed device tree: the strings block holds no string at byte {at}"
@@ -240,7 +246,7 @@ mod tests {
     use super::*;
 
     /// dtc's blob of `source`, padded as a DTB area is.
-    fn compiled(source: &str) -> std::vec::Vec<u8> {
+    pub(super) fn compiled(source: &str) -> std::vec::Vec<u8> {
         use std::io::Write as _;
         let mut child = std::process::Command::new("dtc")
             .args(["-q", "-I", "dts", "-O", "dtb"])

@@ -49,6 +49,34 @@ fn read_u64_be(cells: &[u8]) -> Option<u64> {
     }
 }
 
+/// What the firmware fills in, as the kernel receives it (a slot's own tree gets it
+/// from zboot): the first RAM region, the board serial, the /chosen/bootloader node.
+fn report_fill_ins(fdt: Fdt<'_>) {
+    if let Some(property) = fdt
+        .find_node("/memory")
+        .and_then(|node| node.property("reg"))
+    {
+        let reg = property.value();
+        let base = reg.get(..8).and_then(read_u64_be).unwrap_or(0);
+        let size = reg.get(8..12).and_then(read_u64_be).unwrap_or(0);
+        say!("memory: 0x{base:x} + 0x{size:x}");
+    }
+    if let Some(serial) = fdt
+        .root()
+        .property("serial-number")
+        .and_then(|p| p.value_as::<&str>().ok())
+    {
+        say!("serial-number: {serial}");
+    }
+    if let Some(stamp) = fdt
+        .find_node("/chosen/bootloader")
+        .and_then(|node| node.property("build-timestamp"))
+        .and_then(|p| read_u64_be(p.value()))
+    {
+        say!("bootloader build-timestamp: 0x{stamp:x}");
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn test_kernel_main(running_at: usize, dtb: usize, nonzero_args: u64) -> ! {
     let el: u64;
@@ -108,6 +136,7 @@ extern "C" fn test_kernel_main(running_at: usize, dtb: usize, nonzero_args: u64)
     {
         say!("model: {model}");
     }
+    report_fill_ins(fdt);
     let initrd = chosen.and_then(|node| {
         let start = read_u64_be(node.property("linux,initrd-start")?.value())?;
         let end = read_u64_be(node.property("linux,initrd-end")?.value())?;
