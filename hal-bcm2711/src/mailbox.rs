@@ -139,7 +139,17 @@ pub enum Tag {
     /// response clock id, the rate set (firmware wiki "Mailbox property
     /// interface", Clocks).
     SetClockRate = 0x0003_8002,
+    /// Set GPIO config: request gpio (128 + line for the firmware's expander),
+    /// direction (1 out), polarity (1 active low), termination enable, pull-up,
+    /// initial state; the response's first word is 0 on success (Linux
+    /// `gpio-raspberrypi-exp.c` checks `set.gpio != 0`; tag value from
+    /// `raspberrypi-firmware.h` `RPI_FIRMWARE_SET_GPIO_CONFIG`).
+    SetGpioConfig = 0x0003_8043,
 }
+
+/// The firmware numbers its GPIO expander's lines from 128 (Linux
+/// `gpio-raspberrypi-exp.c` `RPI_EXP_GPIO_BASE`).
+pub const EXPANDER_GPIO_BASE: u32 = 128;
 
 /// Firmware clock ids (firmware wiki "Clocks"; Linux `rpi_firmware_clk_id`).
 /// Each is the base clock of that block, before the block's own divider.
@@ -250,6 +260,8 @@ pub enum MailboxError {
         device: PowerDevice,
         requested_on: bool,
     },
+    /// The firmware refused a GPIO expander request (its status word, not 0).
+    GpioRefused { line: u32, status: u32 },
 }
 
 impl fmt::Display for MailboxError {
@@ -281,6 +293,10 @@ impl fmt::Display for MailboxError {
             ),
             Self::ClockNotFound { clock } => write!(f, "mailbox: no clock {clock:?}"),
             Self::DeviceNotFound { device } => write!(f, "mailbox: no power device {device:?}"),
+            Self::GpioRefused { line, status } => write!(
+                f,
+                "mailbox: the firmware refused GPIO expander line {line} (status {status:#x})"
+            ),
             Self::PowerStateNotReached {
                 device,
                 requested_on,
@@ -402,6 +418,19 @@ pub fn decode_power_state(
             tag,
             expected: 8,
             found: (value.len() * 4) as u32,
+        }),
+    }
+}
+
+/// Interprets a Set GPIO config response: its first word is 0 on success.
+pub fn decode_gpio_status(line: u32, value: &[u32]) -> Result<(), MailboxError> {
+    match value.first() {
+        Some(0) => Ok(()),
+        Some(&status) => Err(MailboxError::GpioRefused { line, status }),
+        None => Err(MailboxError::ResponseLength {
+            tag: Tag::SetGpioConfig,
+            expected: 4,
+            found: 0,
         }),
     }
 }
@@ -529,6 +558,16 @@ impl Mailbox {
     pub fn set_clock_rate(&mut self, clock: ClockId, rate: u32) -> Result<u32, MailboxError> {
         let value = self.call(Tag::SetClockRate, &[clock as u32, rate, 1], 2)?;
         decode_clock_rate(clock, value)
+    }
+
+    /// Makes line `line` (0..8) of the firmware's GPIO expander an output at `high`:
+    /// Set GPIO config with no inversion, no termination and the level as the initial
+    /// state, as Linux's `rpi_exp_gpio_dir_out` asks (polarity there is the line's own,
+    /// 0 on the CM4's `VDD_SD_IO_SEL`).
+    pub fn set_expander_output(&mut self, line: u32, high: bool) -> Result<(), MailboxError> {
+        let gpio = EXPANDER_GPIO_BASE + line;
+        let value = self.call(Tag::SetGpioConfig, &[gpio, 1, 0, 0, 0, u32::from(high)], 1)?;
+        decode_gpio_status(line, value)
     }
 
     /// Whether `device`'s power domain is on.
@@ -661,6 +700,29 @@ mod tests {
         assert_eq!(&buffer[..8], &[32, 0, 0x0001_0002, 4, 0, 0, 0, 0]);
         // Untouched past the message.
         assert_eq!(buffer[8], 0xffff_ffff);
+    }
+
+    #[test]
+    fn a_gpio_expander_request_carries_six_words_and_its_status_decides() {
+        let mut buffer = [0; BUFFER_WORDS];
+        let words =
+            encode_request(&mut buffer, Tag::SetGpioConfig, &[132, 1, 0, 0, 0, 0], 1).unwrap();
+        assert_eq!(words, 12);
+        assert_eq!(
+            &buffer[..12],
+            &[48, 0, 0x0003_8043, 24, 24, 132, 1, 0, 0, 0, 0, 0]
+        );
+        answer(&mut buffer, &[0]);
+        let value = decode_response(&buffer, Tag::SetGpioConfig, 1).unwrap();
+        assert_eq!(decode_gpio_status(4, value), Ok(()));
+        assert_eq!(
+            decode_gpio_status(4, &[0x8000_0000]),
+            Err(MailboxError::GpioRefused {
+                line: 4,
+                status: 0x8000_0000
+            })
+        );
+        assert!(decode_gpio_status(4, &[]).is_err());
     }
 
     #[test]

@@ -57,6 +57,56 @@ pub fn raise_arm_clock(mailbox: &mut Mailbox) {
     }
 }
 
+/// The least time zboot gives the I/O rail after setting it: Linux `sdhci.c`
+/// `sdhci_start_signal_voltage_switch` waits 5 ms after a switch to 3.3 V signalling
+/// before it checks the result; the CM4's `sd_io_1v8_reg` says the same
+/// (`regulator-settling-time-us = <5000>`).
+const IO_RAIL_SETTLE_US: u32 = 5_000;
+
+/// Puts the eMMC I/O rail (`VDD_SD_IO`) at 3.3 V before the card is touched, as Circle
+/// does on the Pi 4 and CM4, so the rail and Host Control 2 (which Reset All leaves at
+/// 3.3 V signalling) agree. The line comes from the firmware's tree
+/// (`recovery_proto::dtb::sd_io_rail`: on the CM4, expander line 4 driven low) and is set
+/// through the firmware's GPIO mailbox. Returns whether the rail is now known to be at
+/// 3.3 V. When the tree describes no switchable rail, or the firmware refuses, the rail
+/// stays as the firmware left it: at the level it just read this eMMC with, so the
+/// driver keeps the firmware's signalling. Unverified on a CM4: QEMU's trees describe no
+/// rail, and QEMU does not answer the GPIO tags.
+pub fn set_sd_io_rail(mailbox: &mut Mailbox, device_tree: &DeviceTree) -> bool {
+    let Ok(fdt) = device_tree.fdt() else {
+        log::info!("EMMC2 I/O rail: no firmware tree; left as the firmware set it");
+        return false;
+    };
+    let rail = match recovery_proto::dtb::sd_io_rail(fdt.data()) {
+        Ok(rail) => rail,
+        Err(problem) => {
+            log::info!("EMMC2 I/O rail: {problem}; left as the firmware set it");
+            return false;
+        }
+    };
+    let level = if rail.high_for_3v3 { "high" } else { "low" };
+    match mailbox.set_expander_output(rail.line, rail.high_for_3v3) {
+        Ok(()) => {
+            let settle = rail.settling_us.max(IO_RAIL_SETTLE_US);
+            generic_timer::delay(core::time::Duration::from_micros(u64::from(settle)));
+            log::info!(
+                "EMMC2 I/O rail: 3.3 V (firmware GPIO expander line {} driven {level}, \
+                 {settle} us to settle)",
+                rail.line
+            );
+            true
+        }
+        Err(error) => {
+            log::warn!(
+                "EMMC2 I/O rail: could not drive expander line {} {level} for 3.3 V: {error}; \
+                 left as the firmware set it",
+                rail.line
+            );
+            false
+        }
+    }
+}
+
 /// Logs the board revision, or why the mailbox could not tell it.
 pub fn report_board_revision(mailbox: &mut Mailbox) {
     match mailbox.board_revision() {

@@ -75,7 +75,7 @@ fn main(boot: BootInfo) -> ! {
     );
 
     // 3. The boot medium: EMMC2, its partitions and the FAT boot partition.
-    let Some(disk) = medium::open_disk(&mut peripherals) else {
+    let Some(disk) = medium::open_disk(&mut peripherals, &device_tree) else {
         nothing_to_boot("no usable boot medium");
     };
     let mut area = layout::LoadArea::take(board::ram_top(&mut peripherals.mailbox));

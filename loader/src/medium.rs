@@ -10,7 +10,9 @@ use recovery_proto::manifest::Manifest;
 use recovery_proto::partition::{BadRootSpec, HeaderCopy, Partitions, SlotRoot};
 
 use crate::arch::Peripherals;
+use crate::board;
 use crate::boot_partition::BootPartition;
+use crate::dtb::DeviceTree;
 use crate::slot_files::LoadedSlot;
 use crate::storage::Disk;
 
@@ -18,8 +20,10 @@ use crate::storage::Disk;
 pub const MANIFEST_LIMIT: usize = 4096;
 const MANIFEST_NAME: &str = "zbmanifest.txt";
 
-/// Brings up EMMC2 and the card on it.
-pub fn open_disk(peripherals: &mut Peripherals) -> Option<Disk> {
+/// Brings up EMMC2 and the card on it, with the I/O rail at 3.3 V where the firmware's
+/// tree says how (`board::set_sd_io_rail`).
+pub fn open_disk(peripherals: &mut Peripherals, device_tree: &DeviceTree) -> Option<Disk> {
+    let rail_at_3v3 = board::set_sd_io_rail(&mut peripherals.mailbox, device_tree);
     let base_clock = match peripherals.mailbox.clock_rate(ClockId::Emmc2) {
         Ok(rate) => rate,
         Err(error) => {
@@ -28,9 +32,18 @@ pub fn open_disk(peripherals: &mut Peripherals) -> Option<Disk> {
         }
     };
     let mut controller = peripherals.emmc2.take()?;
+    controller.set_io_rail_at_3v3(rail_at_3v3);
     match controller.init(base_clock) {
         Ok(card) => {
             log::info!("EMMC2: {card}");
+            log::info!(
+                "EMMC2: {} V signalling (Host Control 2)",
+                if controller.signaling_1v8() {
+                    "1.8"
+                } else {
+                    "3.3"
+                }
+            );
             Some(Disk::new(controller, card.blocks))
         }
         Err(error) => {

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use common::zbctl;
 use serde_json::Value;
+use zboot_qemu_tests::linux::LinuxFiles;
 use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
 
 /// A disk id, so PARTUUIDs are known: `5a6b7c8d-02` is slot A's root.
@@ -625,6 +626,53 @@ fn a_slot_device_tree_without_memory_falls_back() {
     );
     assert_eq!(booted(&run), ("B".into(), 1));
     assert_eq!(disk.failed_boots("A"), 1);
+}
+
+/// Debian's device tree for the CM4 on its IO board, standing in for the firmware's:
+/// zboot finds the eMMC I/O rail switch through `vqmmc-supply` (the firmware GPIO
+/// expander's line 4, low for 3.3 V) and asks the firmware to drive it. QEMU does not
+/// implement the GPIO tags, so zboot says so, leaves the rail as the firmware set it,
+/// signals at 3.3 V as the firmware did, and boots A. On the default tree (no
+/// `vqmmc-supply`, a fixed rail) it says that instead.
+#[test]
+fn the_cm4_trees_io_rail_is_driven_through_the_firmware() {
+    let Some(files) = LinuxFiles::or_skip("the_cm4_trees_io_rail_is_driven_through_the_firmware")
+    else {
+        return;
+    };
+    let cm4 = walk(&files.dir.join("root/usr/lib"))
+        .into_iter()
+        .find(|path| path.ends_with("broadcom/bcm2711-rpi-cm4-io.dtb"))
+        .expect("Debian's linux-image ships bcm2711-rpi-cm4-io.dtb");
+    let disk = all_good();
+    let run = disk.boot_on(|qemu| qemu.dtb(&cm4));
+    assert!(
+        run.console_has("EMMC2 I/O rail: could not drive expander line 4 low for 3.3 V: mailbox: "),
+        "the CM4 tree's rail found and asked for"
+    );
+    assert!(run.console_has("EMMC2: 3.3 V signalling (Host Control 2)"));
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert_eq!(disk.status()["history"][0]["decision"], "A");
+
+    let run = disk.boot();
+    assert!(run.console_has(
+        "EMMC2 I/O rail: the firmware's tree gives /emmc2bus/mmc@7e340000 no vqmmc-supply"
+    ));
+    assert!(run.console_has("EMMC2: 3.3 V signalling (Host Control 2)"));
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// A GPT disk (`zbctl disk create --gpt`, the same slots as [`all_good`]) and what

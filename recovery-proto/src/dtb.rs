@@ -11,7 +11,9 @@ use dtoolkit::fdt_mut::FdtMut;
 use dtoolkit::{Node, Property};
 
 mod carry;
+mod rail;
 pub use carry::{Carried, carry_firmware_facts};
+pub use rail::{IoRail, RailProblem, sd_io_rail};
 
 /// Why `/chosen` could not be set.
 #[derive(Debug)]

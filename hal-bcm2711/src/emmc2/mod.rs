@@ -312,6 +312,7 @@ pub struct Emmc2 {
     ten_bit_divider: bool,
     max_bus_width: BusWidth,
     ddr52_allowed: bool,
+    io_rail_at_3v3: bool,
     cmd6_timeout: Duration,
     commands: u64,
     retries: u64,
@@ -341,6 +342,7 @@ impl Emmc2 {
             ten_bit_divider: true,
             max_bus_width: BusWidth::Eight,
             ddr52_allowed: true,
+            io_rail_at_3v3: false,
             cmd6_timeout: DEFAULT_CMD6_TIMEOUT,
             commands: 0,
             retries: 0,
@@ -354,6 +356,22 @@ impl Emmc2 {
     /// effect at the next [`Emmc2::init`]; SDR high speed is used instead.
     pub fn set_ddr52_allowed(&mut self, allowed: bool) {
         self.ddr52_allowed = allowed;
+    }
+
+    /// Says that the I/O rail (`VDD_SD_IO`) was just set to 3.3 V: the next
+    /// [`Emmc2::init`] then signals at 3.3 V (Host Control 2's 1.8 V Signaling
+    /// Enable clear), so the rail and the host agree. Otherwise the driver keeps
+    /// the signalling the firmware left, which matched the rail it booted with.
+    pub fn set_io_rail_at_3v3(&mut self, at_3v3: bool) {
+        self.io_rail_at_3v3 = at_3v3;
+    }
+
+    /// Whether Host Control 2 selects 1.8 V signalling (SD Host Controller spec
+    /// §2.2.24, bit 3).
+    pub fn signaling_1v8(&self) -> bool {
+        self.registers
+            .auto_cmd_error_host_control_2
+            .is_set(AUTO_CMD_ERROR_HOST_CONTROL_2::SIGNALING_1_8V_ENABLE)
     }
 
     /// Bus widths that failed their switch or bus test in the last
@@ -490,14 +508,13 @@ impl Emmc2 {
     // ----- initialisation -------------------------------------------------
 
     fn reset_controller(&mut self) -> Result<(), Emmc2Error> {
-        // Keep the I/O signalling voltage the firmware chose: it booted
-        // from this device, and Reset All clears Host Control 2.
-        let signaling_1v8 = self
-            .registers
-            .auto_cmd_error_host_control_2
-            .is_set(AUTO_CMD_ERROR_HOST_CONTROL_2::SIGNALING_1_8V_ENABLE);
+        // Reset All clears Host Control 2, so 3.3 V signalling. That is right once
+        // the rail was set to 3.3 V (`set_io_rail_at_3v3`); otherwise keep the
+        // signalling the firmware chose: it booted from this device with the rail
+        // as it is.
+        let signaling_1v8 = self.signaling_1v8();
         self.software_reset(Reset::All)?;
-        if signaling_1v8 {
+        if signaling_1v8 && !self.io_rail_at_3v3 {
             self.registers
                 .auto_cmd_error_host_control_2
                 .modify(AUTO_CMD_ERROR_HOST_CONTROL_2::SIGNALING_1_8V_ENABLE::SET);
