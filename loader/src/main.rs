@@ -14,6 +14,7 @@ mod board;
 mod boot_partition;
 mod config;
 mod console;
+mod diag;
 mod dtb;
 mod handoff;
 mod layout;
@@ -96,6 +97,9 @@ fn main(boot: BootInfo) -> ! {
     // 4. Slot state and policy; the decision is persisted before loading.
     let mut manifest_buffer = [0u8; medium::MANIFEST_LIMIT];
     let manifest = medium.manifest(&mut manifest_buffer);
+    if diag::wanted(&manifest) {
+        diag::run(&mut peripherals, &disk, &device_tree, area.as_mut());
+    }
     let reset = selection::reset_reason(peripherals.watchdog.reset_reason());
     let mut selector = selection::Selector::new(
         &disk,

@@ -143,6 +143,11 @@ impl Disk {
         self.blocks
     }
 
+    /// Runs `look` on the controller (diagnostics: the card, its EXT_CSD, the bus).
+    pub fn inspect<R>(&self, look: impl FnOnce(&Emmc2) -> R) -> R {
+        look(&self.controller.borrow())
+    }
+
     /// Storage commands issued so far (the controller's count).
     pub fn commands(&self) -> u64 {
         self.controller.borrow().commands_issued()

@@ -87,7 +87,8 @@ pub struct Qemu {
     dtb: Option<PathBuf>,
     append: Option<String>,
     emmc: Option<PathBuf>,
-    emmc_model: bool,
+    sd_card: bool,
+    boot_partitions: Option<(u64, u8)>,
     usb_stick: Option<PathBuf>,
     extra_args: Vec<String>,
     blobs: Vec<(PathBuf, u64)>,
@@ -108,7 +109,8 @@ impl Qemu {
             dtb: None,
             append: None,
             emmc: None,
-            emmc_model: false,
+            sd_card: false,
+            boot_partitions: None,
             usb_stick: None,
             extra_args: Vec::new(),
             blobs: Vec::new(),
@@ -136,19 +138,30 @@ impl Qemu {
         self
     }
 
-    /// Attach a raw image as the SD/eMMC card on EMMC2, as on a CM4.
+    /// Attach a raw image as the card on EMMC2: by default QEMU's soldered eMMC model
+    /// (`-device emmc`, user-creatable in the patched QEMU, whose EXT_CSD also offers
+    /// DDR52: `scripts/build-qemu`), as on a CM4: CMD1, EXT_CSD, the 8-bit bus.
     #[must_use]
     pub fn emmc(mut self, image: &Path) -> Self {
         self.emmc = Some(image.to_path_buf());
         self
     }
 
-    /// Model the card as QEMU's soldered eMMC (`-device emmc`, user-creatable in
-    /// the patched QEMU, whose EXT_CSD also offers DDR52: `scripts/build-qemu`)
-    /// instead of an SD card: the CM4's eMMC path, CMD1, EXT_CSD and the 8-bit bus.
+    /// Model the card as an SD card instead (`-device sd-card`), as on a CM4 Lite
+    /// with a card in its slot: CMD8, ACMD41, the 4-bit bus.
     #[must_use]
-    pub fn emmc_model(mut self) -> Self {
-        self.emmc_model = true;
+    pub fn sd_card(mut self) -> Self {
+        self.sd_card = true;
+        self
+    }
+
+    /// Give the eMMC model two boot partitions of `bytes` each (a multiple of
+    /// 128 KiB) and EXT_CSD PARTITION_CONFIG `config` (QEMU's `boot-partition-size`
+    /// and `boot-config`). QEMU keeps boot0 and boot1 at the start of the backing
+    /// file: the image's user area must start at byte `2 × bytes`.
+    #[must_use]
+    pub fn emmc_boot_partitions(mut self, bytes: u64, config: u8) -> Self {
+        self.boot_partitions = Some((bytes, config));
         self
     }
 
@@ -259,11 +272,12 @@ impl Qemu {
                 "if=none,id=card,format=raw,file={}",
                 emmc.display()
             ));
-            let model = if self.emmc_model { "emmc" } else { "sd-card" };
-            command.args([
-                "-device",
-                &format!("{model},drive=card,bus=/generic-sdhci/sd-bus"),
-            ]);
+            let model = if self.sd_card { "sd-card" } else { "emmc" };
+            let mut device = format!("{model},drive=card,bus=/generic-sdhci/sd-bus");
+            if let (false, Some((bytes, config))) = (self.sd_card, self.boot_partitions) {
+                device = format!("{device},boot-partition-size={bytes},boot-config={config}");
+            }
+            command.args(["-device", &device]);
         }
         command.args(&self.extra_args);
         if let Some(stick) = &self.usb_stick {

@@ -1,15 +1,16 @@
-//! The EMMC2 SDHCI driver on QEMU raspi4b: SD card identification, PIO
-//! reads and writes in both addressing modes, and a boot without a card.
+//! The EMMC2 SDHCI driver on QEMU raspi4b: SD and eMMC identification, PIO
+//! reads and writes in both addressing modes, eMMC boot partitions, and a boot
+//! without a card.
 //!
 //! The `zboot.test=emmc2` hook (loader/src/test_hooks.rs) initialises the
 //! card, prints FNV-1a checksums of LBA 0 (CMD17) and LBA 1..=16 (CMD18),
 //! writes a pattern to the last nine blocks (CMD24 + CMD25), reads it back,
 //! and checks that a read past the end is refused. The tests compare the
 //! checksums with the image's bytes and the image afterwards with what
-//! should be there. QEMU's `sd.c` makes cards up to 2 GiB SDSC (CSD 1.0,
-//! byte addressing) and bigger ones SDHC (CSD 2.0, block addressing); image
-//! sizes must be powers of two. QEMU emulates no eMMC on this bus, so the
-//! eMMC path is not covered here.
+//! should be there. QEMU's `sd.c` makes SD cards up to 2 GiB SDSC (CSD 1.0,
+//! byte addressing) and bigger ones SDHC (CSD 2.0, block addressing); its eMMC
+//! model (user-creatable in the patched QEMU) answers in byte addressing up to
+//! 2 GiB and in sector mode above; image sizes must be powers of two.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -52,14 +53,38 @@ fn head_bytes(length: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A sparse card image of `size` bytes whose first 1 + READ_BLOCKS blocks
-/// hold [`head_bytes`]; returns its directory, path and those bytes.
-fn card_image(size: u64) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+/// The card model and, for eMMC, its boot partitions: (bytes each, PARTITION_CONFIG).
+#[derive(Clone, Copy)]
+enum Model {
+    Sd,
+    Emmc { boot: Option<(u64, u8)> },
+}
+
+impl Model {
+    /// Where the user area starts in the backing file: QEMU keeps boot0 and boot1
+    /// ahead of it.
+    fn user_offset(self) -> u64 {
+        match self {
+            Self::Emmc {
+                boot: Some((bytes, _)),
+            } => 2 * bytes,
+            _ => 0,
+        }
+    }
+}
+
+/// A sparse card image of `size` bytes (QEMU wants a power of two, boot partitions
+/// included) whose user area's first 1 + READ_BLOCKS blocks hold [`head_bytes`],
+/// after the model's boot partitions (zeros); returns its directory, path and those
+/// bytes.
+fn card_image(size: u64, model: Model) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("card.img");
     let head = head_bytes(((1 + READ_BLOCKS) * BLOCK) as usize);
     let mut file = File::create(&path).expect("creating the image");
     file.set_len(size).expect("sizing the image");
+    file.seek(SeekFrom::Start(model.user_offset()))
+        .expect("seeking");
     file.write_all(&head).expect("writing the image head");
     (dir, path, head)
 }
@@ -72,7 +97,7 @@ fn read_at(path: &Path, offset: u64, length: u64) -> Vec<u8> {
     bytes
 }
 
-fn run_hook(card: Option<&Path>) -> Run {
+fn run_hook(card: Option<(&Path, Model)>) -> Run {
     let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the qemu-test loader");
     let mut qemu = Qemu::new(&loader.image)
         .dtb(&minimal_dtb().expect("compiling the DTB"))
@@ -80,8 +105,15 @@ fn run_hook(card: Option<&Path>) -> Run {
         // A card without partitions is a bricked unit: the loader then waits
         // for a recovery stick.
         .stop_at("recovery: waiting for a (new) stick");
-    if let Some(card) = card {
+    if let Some((card, model)) = card {
         qemu = qemu.emmc(card);
+        qemu = match model {
+            Model::Sd => qemu.sd_card(),
+            Model::Emmc {
+                boot: Some((bytes, config)),
+            } => qemu.emmc_boot_partitions(bytes, config),
+            Model::Emmc { boot: None } => qemu,
+        };
     }
     let run = qemu.run().expect("running QEMU");
     println!("{run}");
@@ -100,10 +132,13 @@ fn assert_ran_to_the_end(run: &Run) {
     assert!(!run.console_has("panicked"), "no panic");
 }
 
-/// Boots with a card of `size` bytes and checks console and image.
-fn exercise_card(size: u64, card_type: &str, addressing: &str) {
-    let (_dir, path, head) = card_image(size);
-    let run = run_hook(Some(&path));
+/// Boots with a card of `size` bytes and checks console and image: `bus` is how the
+/// card line ends after the addressing ("4-bit bus", "8-bit bus, … DDR52").
+fn exercise_card(size: u64, model: Model, card_type: &str, addressing: &str, bus: &str) -> Run {
+    let (_dir, path, head) = card_image(size, model);
+    let user = model.user_offset();
+    let user_size = size - user;
+    let run = run_hook(Some((&path, model)));
     assert_ran_to_the_end(&run);
 
     // QEMU's EMMC2 with a card: inserted, stable, lines high, idle.
@@ -111,13 +146,14 @@ fn exercise_card(size: u64, card_type: &str, addressing: &str) {
         run.console_has("emmc2: present state 0x01ff0000, SDHCI specification version 2"),
         "card present on EMMC2 (0xfe340000), SDHCI v3.00"
     );
-    let blocks = size / BLOCK;
-    let description = format!("emmc2: {card_type} card \"QEMU!\"");
+    let blocks = user_size / BLOCK;
+    // The product name: "QEMU!" on SD, "QEMU!!" on eMMC.
+    let description = format!("emmc2: {card_type} card \"QEMU!");
     assert!(run.console_has(&description), "card type: {description}");
     assert!(
         run.console_has(&format!(
-            "{blocks} blocks ({} MiB), {addressing} addressing, 4-bit bus",
-            size >> 20
+            "{blocks} blocks ({} MiB), {addressing} addressing, {bus}",
+            user_size >> 20
         )),
         "capacity and bus"
     );
@@ -151,7 +187,7 @@ fn exercise_card(size: u64, card_type: &str, addressing: &str) {
     );
 
     // The image: the pattern at the written blocks ...
-    let tail = read_at(&path, written_lba * BLOCK, WRITTEN_BLOCKS * BLOCK);
+    let tail = read_at(&path, user + written_lba * BLOCK, WRITTEN_BLOCKS * BLOCK);
     let expected: Vec<u8> = (0..(WRITTEN_BLOCKS * BLOCK) as usize)
         .map(|offset| {
             pattern_byte(
@@ -165,18 +201,33 @@ fn exercise_card(size: u64, card_type: &str, addressing: &str) {
         "the pattern is in the last {WRITTEN_BLOCKS} blocks"
     );
     // ... the head untouched, and the size unchanged ...
-    assert_eq!(read_at(&path, 0, head.len() as u64), head, "head unchanged");
+    assert_eq!(
+        read_at(&path, user, head.len() as u64),
+        head,
+        "head unchanged"
+    );
     assert_eq!(
         std::fs::metadata(&path).expect("metadata").len(),
         size,
         "size unchanged"
     );
+    // ... the boot partitions untouched (still zeros) ...
+    if user != 0 {
+        assert!(
+            read_at(&path, 0, user).iter().all(|&byte| byte == 0),
+            "boot0 and boot1 untouched"
+        );
+    }
     // ... and nothing else written: the rest still reads as zeros, checked
     // in full for small images and through the file's allocation (sparse:
     // any write allocates) for big ones.
-    if size <= 256 << 20 {
+    if user_size <= 256 << 20 {
         let middle_start = head.len() as u64;
-        let middle = read_at(&path, middle_start, written_lba * BLOCK - middle_start);
+        let middle = read_at(
+            &path,
+            user + middle_start,
+            written_lba * BLOCK - middle_start,
+        );
         assert!(middle.iter().all(|&byte| byte == 0), "nothing else written");
     } else {
         let allocated = std::fs::metadata(&path).expect("metadata").blocks() * 512;
@@ -184,24 +235,62 @@ fn exercise_card(size: u64, card_type: &str, addressing: &str) {
             allocated <= 1 << 20,
             "nothing else written: {allocated} bytes allocated in the sparse image"
         );
-        let before = read_at(&path, written_lba * BLOCK - (1 << 20), 1 << 20);
+        let before = read_at(&path, user + written_lba * BLOCK - (1 << 20), 1 << 20);
         assert!(
             before.iter().all(|&byte| byte == 0),
             "blocks before the pattern untouched"
         );
     }
+    run
 }
 
 #[test]
 fn sdsc_card_byte_addressing() {
     // 64 MiB: SDSC (CSD 1.0), byte addresses in CMD17/18/24/25.
-    exercise_card(64 << 20, "SDSC", "byte");
+    exercise_card(64 << 20, Model::Sd, "SDSC", "byte", "4-bit bus");
 }
 
 #[test]
 fn sdhc_card_block_addressing() {
     // 4 GiB (sparse): SDHC (CSD 2.0, OCR CCS), block addresses.
-    exercise_card(4 << 30, "SDHC/SDXC", "block");
+    exercise_card(4 << 30, Model::Sd, "SDHC/SDXC", "block", "4-bit bus");
+}
+
+/// The CM4's device: eMMC over the 8-bit DDR52 bus, byte addressing at 64 MiB and
+/// sector mode at 4 GiB.
+#[test]
+fn emmc_byte_and_block_addressing() {
+    for (size, addressing) in [(64 << 20, "byte"), (4 << 30, "block")] {
+        let run = exercise_card(
+            size,
+            Model::Emmc { boot: None },
+            "eMMC",
+            addressing,
+            "8-bit bus",
+        );
+        assert!(run.console_has(" Hz DDR52\n"), "DDR52, no boot partitions");
+    }
+}
+
+/// eMMC with two 1 MiB boot partitions, and PARTITION_CONFIG leaving boot partition
+/// 1 selected for access (boot enable 1, BOOT_ACK: 0x49), as a boot ROM may: the
+/// driver switches to the user area (CMD6 PARTITION_CONFIG 0x48), reads and writes
+/// only there, and the boot partitions stay as they were.
+#[test]
+fn emmc_boot_partitions_are_left_alone_and_the_user_area_selected() {
+    let model = Model::Emmc {
+        boot: Some((1 << 20, 0x49)),
+    };
+    let run = exercise_card(64 << 20, model, "eMMC", "byte", "8-bit bus");
+    assert!(run.console_has(
+        " Hz DDR52, boot partitions 2 × 1024 KiB, switched to the user area from partition 1"
+    ));
+    // The user area selected already (boot enable only, access 0): nothing to switch.
+    let model = Model::Emmc {
+        boot: Some((1 << 20, 0x08)),
+    };
+    let run = exercise_card(64 << 20, model, "eMMC", "byte", "8-bit bus");
+    assert!(run.console_has(" Hz DDR52, boot partitions 2 × 1024 KiB\n"));
 }
 
 #[test]

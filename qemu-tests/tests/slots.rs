@@ -271,9 +271,10 @@ fn slot_a_boots_with_its_root_and_attempt_and_mark_good_clears_the_counter() {
     assert_eq!(booted(&run), ("A".into(), 1));
 }
 
-/// The CM4's card: QEMU's eMMC model, whose EXT_CSD (patched) offers DDR52. zboot
-/// runs CMD1, reads the EXT_CSD, switches high speed (the host's timing before CMD13),
-/// the 8-bit bus (tested by reading the EXT_CSD again) and DDR52, then boots A.
+/// The CM4's card: QEMU's eMMC model (every scenario's default), whose EXT_CSD
+/// (patched) offers DDR52. zboot runs CMD1, reads the EXT_CSD, switches high speed (the
+/// host's timing before CMD13), the 8-bit bus (tested by reading the EXT_CSD again) and
+/// DDR52, then boots A, in byte and in block addressing.
 #[test]
 fn on_the_emmc_model_a_boots_over_an_8_bit_ddr52_bus_in_byte_and_block_addressing() {
     for (size, addressing) in [("256M", "byte"), ("4G", "block")] {
@@ -286,7 +287,7 @@ fn on_the_emmc_model_a_boots_over_an_8_bit_ddr52_bus_in_byte_and_block_addressin
             size,
         );
         let before = disk.snapshot();
-        let run = disk.boot_on(Qemu::emmc_model);
+        let run = disk.boot();
         assert!(run.console_has("EMMC2: eMMC card"), "the eMMC path ran");
         assert!(
             run.console_has(&format!(
@@ -300,6 +301,20 @@ fn on_the_emmc_model_a_boots_over_an_8_bit_ddr52_bus_in_byte_and_block_addressin
         disk.assert_only_state_written(&before);
         assert_eq!(disk.failed_boots("A"), 1);
     }
+}
+
+/// A CM4 Lite has no eMMC: its card is an SD card in the carrier's slot. The same
+/// disk boots A there too (CMD8/ACMD41, 4-bit bus), and the attempt is counted on it.
+#[test]
+fn on_an_sd_card_as_on_a_cm4_lite_a_boots() {
+    let disk = all_good();
+    let before = disk.snapshot();
+    let run = disk.boot_on(Qemu::sd_card);
+    assert!(run.console_has("EMMC2: SDSC card"), "the SD path ran");
+    assert!(run.console_has("byte addressing, 4-bit bus, 50000000 Hz high speed"));
+    assert_eq!(booted(&run), ("A".into(), 1));
+    disk.assert_only_state_written(&before);
+    assert_eq!(disk.failed_boots("A"), 1);
 }
 
 /// The firmware's `/chosen/bootargs` (here QEMU's `-append`) reach the kernel ahead of
@@ -467,6 +482,57 @@ fn a_garbage_manifest_is_reported_and_the_defaults_used() {
     );
     assert!(run.console_has("using the defaults"));
     assert_eq!(booted(&run).0, "A");
+}
+
+/// `diag=yes`: one boot prints what a first board needs (clocks, EXT_CSD, bus, a read
+/// speed, the USB tree, the firmware's /chosen), then boots as usual. It reads only:
+/// the disk changes by the state write alone, the stick not at all.
+#[test]
+fn diag_prints_the_bring_up_report_and_boots_on() {
+    let disk = all_good();
+    disk.replace_file("zbmanifest.txt", b"diag=yes\n");
+    let dir = tempfile::tempdir().unwrap();
+    let stick = dir.path().join("stick.img");
+    let stick_bytes: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&stick, &stick_bytes).unwrap();
+    let before = disk.snapshot();
+    let run = disk.boot_on(|qemu| {
+        qemu.usb_stick(&stick)
+            .append("coherent_pool=1M 8250.nr_uarts=1")
+            .extra_args(&["-device", "usb-kbd"])
+            .timeout(std::time::Duration::from_mins(3))
+    });
+    for line in [
+        "diag: clock ARM: 700000000 Hz (maximum 700000000 Hz)",
+        "diag: clock EMMC2: ",
+        "diag: EMMC2: base clock ",
+        "8-bit bus, DDR52, 3.3 V signalling",
+        "diag: EMMC2: fallbacks: 0 bus width(s) refused, DDR52 refused 0 time(s)",
+        "diag: EXT_CSD: EXT_CSD_REV ",
+        "DEVICE_TYPE 0x07 (HS26 true, HS52 true, DDR52 true)",
+        "SEC_COUNT ",
+        "diag: read speed: 64 MiB from LBA 0 in ",
+        "diag: USB: root port: a ",
+        "diag: USB: DWC2 0x4f54",
+        ", mass storage",
+        ", hub",
+        "diag: /chosen/bootloader/build-timestamp = <0x6720f3a1>",
+        "diag: /chosen/bootargs = \"coherent_pool=1M 8250.nr_uarts=1\"",
+        "diag: /chosen/bootloader/partition = <0x0>",
+        "diag: USB:   address 3, port 2, full speed, 46f4:0001, class 0x00, mass storage",
+        "diag: end",
+    ] {
+        assert!(run.console_has(line), "diag printed {line:?}");
+    }
+    // The keyboard is walked too: the whole tree, not just the first stick.
+    assert!(run.console_has("device(s), 1 hub(s)"), "the tree's totals");
+    assert_eq!(booted(&run), ("A".into(), 1), "the boot goes on");
+    disk.assert_only_state_written(&before);
+    assert_eq!(
+        std::fs::read(&stick).unwrap(),
+        stick_bytes,
+        "the stick is read-only"
+    );
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct Manifest<'a> {
     /// `adopt_wait`: seconds the adoption waits for a stick before the stock system boots
     /// (0–86400; default [`DEFAULT_ADOPT_WAIT`]).
     pub adopt_wait: Option<u32>,
+    /// `diag`: print the bring-up diagnostics at every boot (docs/bring-up.md).
+    pub diag: Option<bool>,
     /// Unknown keys.
     pub warnings: heapless::Vec<Warning<'a>, MAX_WARNINGS>,
     /// Warnings that did not fit.
@@ -148,7 +150,7 @@ impl fmt::Display for ManifestError {
 }
 
 /// Known keys, in the order of `seen` bookkeeping.
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 19] = [
     "new_update_needed",
     "root_dev",
     "root_a",
@@ -167,6 +169,7 @@ const KEYS: [&str; 18] = [
     "allow_http",
     "adopt",
     "adopt_wait",
+    "diag",
 ];
 
 /// `adopt_wait` when the manifest does not say: ten minutes, time enough to fetch a stick,
@@ -260,7 +263,8 @@ impl<'a> Manifest<'a> {
             14 => self.ca_cert = Some(value),
             15 => self.allow_http = Some(parse_bool(name, value)?),
             16 => self.adopt = Some(parse_bool(name, value)?),
-            _ => self.adopt_wait = Some(parse_number(name, value, 0, 86_400)? as u32),
+            17 => self.adopt_wait = Some(parse_number(name, value, 0, 86_400)? as u32),
+            _ => self.diag = Some(parse_bool(name, value)?),
         }
         Ok(())
     }
@@ -359,6 +363,9 @@ mod tests {
 
     #[test]
     fn adoption_keys() {
+        let manifest = Manifest::parse(b"diag=yes\n").unwrap();
+        assert_eq!(manifest.diag, Some(true));
+        assert!(Manifest::parse(b"diag=maybe\n").is_err());
         let manifest = Manifest::parse(b"adopt=yes\nadopt_wait=30\n").unwrap();
         assert_eq!(
             (manifest.adopt, manifest.adopt_wait),

@@ -80,6 +80,13 @@ pub struct CardInfo {
     /// The CID register (manufacturer, product name, serial), bits 127..8
     /// as the controller returns them, shifted back into place.
     pub cid: u128,
+    /// eMMC: the size of each of the two boot partitions in bytes (EXT_CSD
+    /// BOOT_SIZE_MULT × 128 KiB), 0 when there are none (and on SD).
+    pub boot_partition_bytes: u32,
+    /// eMMC: the partition EXT_CSD PARTITION_CONFIG selected for access when the
+    /// driver found the device (1, 2 boot; 3 RPMB; 4..7 general purpose), from
+    /// which it switched to the user area; 0 when the user area was selected.
+    pub switched_from_partition: u8,
 }
 
 impl CardInfo {
@@ -137,7 +144,22 @@ impl fmt::Display for CardInfo {
             } else {
                 ""
             },
-        )
+        )?;
+        if self.boot_partition_bytes != 0 {
+            write!(
+                f,
+                ", boot partitions 2 × {} KiB",
+                self.boot_partition_bytes >> 10
+            )?;
+        }
+        if self.switched_from_partition != 0 {
+            write!(
+                f,
+                ", switched to the user area from partition {}",
+                self.switched_from_partition
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -266,6 +288,17 @@ pub mod ext_csd {
     }
     /// HS_TIMING [185]: 0 backwards compatible, 1 high speed.
     pub const HS_TIMING: u8 = 185;
+    /// PARTITION_CONFIG [179]: bit 6 BOOT_ACK, bits 5..3 BOOT_PARTITION_ENABLE,
+    /// bits 2..0 PARTITION_ACCESS (0 user area, 1/2 boot, 3 RPMB, 4..7 general
+    /// purpose); JESD84-B51 §7.4.69.
+    pub const PARTITION_CONFIG: u8 = 179;
+    /// PARTITION_CONFIG's PARTITION_ACCESS bits.
+    pub const PARTITION_ACCESS_MASK: u8 = 0b111;
+    /// PARTITION_SWITCH_TIME [199]: the CMD6 busy limit of a PARTITION_CONFIG
+    /// switch, in 10 ms units (Linux `card->ext_csd.part_time`).
+    pub const PARTITION_SWITCH_TIME: usize = 199;
+    /// BOOT_SIZE_MULT [226]: each boot partition's size in 128 KiB units.
+    pub const BOOT_SIZE_MULT: usize = 226;
     /// EXT_CSD_REV [192].
     pub const EXT_CSD_REV: usize = 192;
     /// DEVICE_TYPE [196]: bit 0 HS 26 MHz, bit 1 HS 52 MHz, bit 2 DDR 52 MHz
@@ -292,6 +325,14 @@ pub struct ExtCsd {
     pub cmd6_time_ms: u32,
     /// EXT_CSD_REV.
     pub revision: u8,
+    /// DEVICE_TYPE as read (the bits above, raw).
+    pub device_type: u8,
+    /// PARTITION_CONFIG as found.
+    pub partition_config: u8,
+    /// PARTITION_SWITCH_TIME in milliseconds (0: not given).
+    pub partition_switch_time_ms: u32,
+    /// Each boot partition's size in bytes (BOOT_SIZE_MULT × 128 KiB).
+    pub boot_partition_bytes: u32,
 }
 
 /// Decodes the 512-byte EXT_CSD. `None` if `bytes` is shorter than 512.
@@ -306,6 +347,10 @@ pub fn decode_ext_csd(bytes: &[u8]) -> Option<ExtCsd> {
         ddr_52: device_type & 0b100 != 0,
         cmd6_time_ms: u32::from(bytes[ext_csd::GENERIC_CMD6_TIME]) * 10,
         revision: bytes[ext_csd::EXT_CSD_REV],
+        device_type,
+        partition_config: bytes[usize::from(ext_csd::PARTITION_CONFIG)],
+        partition_switch_time_ms: u32::from(bytes[ext_csd::PARTITION_SWITCH_TIME]) * 10,
+        boot_partition_bytes: u32::from(bytes[ext_csd::BOOT_SIZE_MULT]) << 17,
     })
 }
 
@@ -438,6 +483,27 @@ mod tests {
     }
 
     #[test]
+    fn partition_config_and_boot_partitions_are_decoded() {
+        let mut bytes = [0u8; 512];
+        bytes[212] = 1;
+        bytes[179] = 0b0100_1001; // BOOT_ACK, boot partition 1 enabled, boot 1 selected.
+        bytes[199] = 3;
+        bytes[226] = 8; // 8 × 128 KiB = 1 MiB each.
+        let decoded = decode_ext_csd(&bytes).unwrap();
+        assert_eq!(decoded.partition_config & ext_csd::PARTITION_ACCESS_MASK, 1);
+        assert_eq!(decoded.partition_switch_time_ms, 30);
+        assert_eq!(decoded.boot_partition_bytes, 1 << 20);
+        // Back to the user area, the boot settings kept: 0x03B3_4800.
+        assert_eq!(
+            emmc_switch_argument(
+                ext_csd::PARTITION_CONFIG,
+                decoded.partition_config & !ext_csd::PARTITION_ACCESS_MASK
+            ),
+            0x03b3_4800
+        );
+    }
+
+    #[test]
     fn bus_width_values_for_sdr_and_ddr() {
         // JESD84-B51 EXT_CSD BUS_WIDTH [183].
         assert_eq!(ext_csd::bus_width_sdr(BusWidth::Eight), 2);
@@ -489,6 +555,8 @@ mod tests {
             ddr52: false,
             clock_hz: 50_000_000,
             cid: u128::from_be_bytes(cid),
+            boot_partition_bytes: 0,
+            switched_from_partition: 0,
         };
         assert_eq!(&info.product_name(), b"QEMU! ");
         assert_eq!(info.capacity_bytes(), 64 << 20);

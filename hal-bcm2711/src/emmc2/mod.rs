@@ -308,6 +308,7 @@ enum Reset {
 pub struct Emmc2 {
     registers: Mmio<RegisterBlock>,
     card: Option<CardInfo>,
+    ext_csd: Option<card::ExtCsd>,
     base_clock_hz: u32,
     ten_bit_divider: bool,
     max_bus_width: BusWidth,
@@ -338,6 +339,7 @@ impl Emmc2 {
             // SAFETY: forwarded to the caller (this function's contract).
             registers: unsafe { Mmio::new(base) },
             card: None,
+            ext_csd: None,
             base_clock_hz: 0,
             ten_bit_divider: true,
             max_bus_width: BusWidth::Eight,
@@ -390,6 +392,16 @@ impl Emmc2 {
     /// The card found by the last successful [`Emmc2::init`].
     pub fn card(&self) -> Option<&CardInfo> {
         self.card.as_ref()
+    }
+
+    /// The eMMC's EXT_CSD fields as read at the last [`Emmc2::init`] (`None` for SD).
+    pub fn ext_csd(&self) -> Option<&card::ExtCsd> {
+        self.ext_csd.as_ref()
+    }
+
+    /// The controller's base clock in Hz (from the mailbox or the capabilities).
+    pub fn base_clock_hz(&self) -> u32 {
+        self.base_clock_hz
     }
 
     /// Capacity in 512-byte blocks (0 before `init`).
@@ -447,6 +459,7 @@ impl Emmc2 {
     /// `sdhci-iproc.c`, so pass the mailbox's value on hardware).
     pub fn init(&mut self, base_clock_hz: u32) -> Result<CardInfo, Emmc2Error> {
         self.card = None;
+        self.ext_csd = None;
         self.bus_width_fallbacks = 0;
         self.ddr52_fallbacks = 0;
         self.ten_bit_divider = self.specification_version() >= 2;
@@ -658,6 +671,8 @@ impl Emmc2 {
             ddr52: false,
             clock_hz,
             cid,
+            boot_partition_bytes: 0,
+            switched_from_partition: 0,
         }))
     }
 
@@ -714,6 +729,7 @@ impl Emmc2 {
         if ext_csd.cmd6_time_ms != 0 {
             self.cmd6_timeout = Duration::from_millis(u64::from(ext_csd.cmd6_time_ms));
         }
+        self.ext_csd = Some(ext_csd);
         let blocks = if block_addressing {
             u64::from(ext_csd.sector_count)
         } else {
@@ -726,6 +742,7 @@ impl Emmc2 {
         }
 
         let (bus_width, high_speed, ddr52, clock_hz) = self.emmc_bus_setup(&ext_csd)?;
+        let switched_from_partition = self.select_user_area(&ext_csd)?;
         if !block_addressing {
             self.command(Command::SetBlocklen, BLOCK_SIZE as u32)?;
         }
@@ -739,7 +756,33 @@ impl Emmc2 {
             ddr52,
             clock_hz,
             cid,
+            boot_partition_bytes: ext_csd.boot_partition_bytes,
+            switched_from_partition,
         })
+    }
+
+    /// Selects the user area for reads and writes when PARTITION_CONFIG left a boot,
+    /// RPMB or general-purpose partition selected (a boot ROM or an earlier stage may
+    /// leave it so): CMD6 PARTITION_CONFIG with PARTITION_ACCESS 0 and the boot
+    /// enable and acknowledge bits kept, within PARTITION_SWITCH_TIME (Linux
+    /// `mmc_blk_part_switch`; JESD84-B51 §7.4.69). Returns the partition found
+    /// selected (0: the user area, nothing done).
+    fn select_user_area(&mut self, ext_csd: &card::ExtCsd) -> Result<u8, Emmc2Error> {
+        use card::ext_csd::{PARTITION_ACCESS_MASK, PARTITION_CONFIG};
+        let selected = ext_csd.partition_config & PARTITION_ACCESS_MASK;
+        if selected == 0 {
+            return Ok(0);
+        }
+        let generic = self.cmd6_timeout;
+        let part_time = Duration::from_millis(u64::from(ext_csd.partition_switch_time_ms));
+        self.cmd6_timeout = generic.max(part_time);
+        let switched = self.emmc_switch(
+            PARTITION_CONFIG,
+            ext_csd.partition_config & !PARTITION_ACCESS_MASK,
+        );
+        self.cmd6_timeout = generic;
+        switched?;
+        Ok(selected)
     }
 
     /// Sets up the eMMC bus in Linux's order (`drivers/mmc/core/mmc.c`

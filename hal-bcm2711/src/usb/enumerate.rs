@@ -119,6 +119,25 @@ pub struct FoundDevice {
     pub parent: Option<HubPort>,
 }
 
+/// A device the walk addressed and configured (for diagnostics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenDevice {
+    /// Its USB address.
+    pub address: u8,
+    /// Hubs between the root port and the device.
+    pub depth: u8,
+    /// The hub port it hangs on (0 = the root port).
+    pub port: u8,
+    /// Its speed.
+    pub speed: Speed,
+    /// Its device descriptor.
+    pub descriptor: DeviceDescriptor,
+    /// Whether it has a Bulk-Only SCSI interface.
+    pub mass_storage: bool,
+    /// Whether it is a hub.
+    pub hub: bool,
+}
+
 /// Walks the bus from the root port; keeps the count of what it saw.
 #[derive(Debug, Default)]
 pub struct Enumerator {
@@ -128,6 +147,10 @@ pub struct Enumerator {
     /// Hubs configured so far.
     pub hubs: u8,
     last_error: Option<EnumerationError>,
+    /// Called with each device configured, in walk order.
+    pub on_device: Option<fn(&SeenDevice)>,
+    /// Walk the whole tree instead of stopping at the first mass-storage device.
+    walk_all: bool,
 }
 
 impl Enumerator {
@@ -138,7 +161,22 @@ impl Enumerator {
             devices: 0,
             hubs: 0,
             last_error: None,
+            on_device: None,
+            walk_all: false,
         }
+    }
+
+    /// Enumerates everything behind the root port (reset, at `speed`), calling
+    /// [`Enumerator::on_device`] for each device, without stopping at mass storage.
+    /// Devices that fail are skipped; returns the last failure, if any.
+    pub fn walk<H: HostController>(
+        &mut self,
+        host: &mut H,
+        speed: Speed,
+    ) -> Result<(), EnumerationError> {
+        self.walk_all = true;
+        self.enumerate(host, speed, None, 0, None)?;
+        self.last_error.map_or(Ok(()), Err)
     }
 
     /// Enumerates the device just reset on the root port (at `speed`) and
@@ -244,7 +282,20 @@ impl Enumerator {
         )
         .map_err(transfer(Step::SetConfiguration))?;
 
-        if let Some(interface) = configuration.mass_storage_interface() {
+        let is_hub = device.class == descriptor::class::HUB || configuration.has_hub_interface();
+        let mass_storage = configuration.mass_storage_interface();
+        if let Some(report) = self.on_device {
+            report(&SeenDevice {
+                address,
+                depth,
+                port: parent.map_or(0, |parent| parent.port),
+                speed,
+                descriptor: device,
+                mass_storage: mass_storage.is_some(),
+                hub: is_hub,
+            });
+        }
+        if let (Some(interface), false) = (mass_storage, self.walk_all) {
             return Ok(Some(FoundDevice {
                 control,
                 descriptor: device,
@@ -254,7 +305,6 @@ impl Enumerator {
                 parent,
             }));
         }
-        let is_hub = device.class == descriptor::class::HUB || configuration.has_hub_interface();
         if is_hub && depth < MAX_HUB_DEPTH {
             self.hubs += 1;
             return self.walk_hub(host, &control, depth);

@@ -350,6 +350,25 @@ fn stick_behind_a_hub_is_found_and_read() {
 }
 
 #[test]
+fn a_walk_reports_the_hub_and_the_stick_behind_it() {
+    use super::enumerate::{Enumerator, SeenDevice};
+    static SEEN: std::sync::Mutex<Vec<SeenDevice>> = std::sync::Mutex::new(Vec::new());
+    let mut sim = Sim::new(true, 1024);
+    let mut walk = Enumerator::new();
+    walk.on_device = Some(|device| SEEN.lock().unwrap().push(*device));
+    walk.walk(&mut sim, Speed::Full).expect("the walk");
+    let seen = SEEN.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].hub && !seen[0].mass_storage);
+    assert_eq!((seen[0].address, seen[0].depth, seen[0].port), (1, 0, 0));
+    assert!(seen[1].mass_storage && !seen[1].hub);
+    assert_eq!((seen[1].address, seen[1].depth, seen[1].port), (2, 1, 3));
+    assert_eq!(seen[1].descriptor.vendor_id, 0x0781);
+    assert_eq!(seen[1].speed, Speed::Full);
+    assert_eq!((walk.devices, walk.hubs), (2, 1));
+}
+
+#[test]
 fn unit_becoming_ready_is_waited_for_with_sense() {
     let mut sim = Sim::new(false, 64);
     sim.faults.not_ready_commands = 3;

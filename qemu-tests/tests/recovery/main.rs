@@ -45,6 +45,34 @@ fn a_bricked_unit_is_reflashed_from_the_stick_and_then_boots_a() {
     assert!(run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-02 zboot.slot=A zboot.attempt=1"));
 }
 
+/// The same on a 4 GiB eMMC, which answers CMD1 in sector mode: every write of the
+/// reflash and every read of the next boot goes out in block addressing, over the 8-bit
+/// DDR52 bus.
+#[test]
+fn a_bricked_4_gib_emmc_in_block_addressing_is_reflashed_and_then_boots_a() {
+    let kit = Kit::new();
+    let emmc = kit.dir.path().join("emmc-4g.img");
+    std::fs::File::create(&emmc)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let run = boot(&emmc, Some(&kit.stick), None);
+    assert!(
+        run.console_has("8388608 blocks (4096 MiB), block addressing, 8-bit bus"),
+        "the eMMC in sector mode"
+    );
+    assert!(run.console_has("recovery: image written"));
+    assert_eq!(run.ending, Ending::GuestReset, "and resets");
+    assert_eq!(
+        differences(&kit, &emmc),
+        Vec::<u64>::new(),
+        "every written sector matches the image"
+    );
+    let run = boot(&emmc, None, None);
+    assert!(run.console_has("block addressing, 8-bit bus"));
+    assert!(run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-02 zboot.slot=A zboot.attempt=1"));
+}
+
 #[test]
 fn a_tampered_image_is_refused_and_the_emmc_untouched() {
     let kit = Kit::new();
