@@ -38,6 +38,8 @@ pub mod clock;
 pub mod command;
 pub mod registers;
 pub mod request;
+#[cfg(test)]
+mod simulated;
 
 use core::fmt;
 use core::hint::spin_loop;
@@ -54,8 +56,8 @@ pub use command::{
     CardState, CardStatus, Command, DataPhase, Direction, ErrorStatus, ResponseType,
 };
 use registers::{
-    AUTO_CMD_ERROR_HOST_CONTROL_2, CAPABILITIES_0, CLOCK_CONTROL, HOST_CONTROL_1, INTERRUPT,
-    PRESENT_STATE, RegisterBlock, SLOT_STATUS_VERSION,
+    AUTO_CMD_ERROR_HOST_CONTROL_2, Bus, CAPABILITIES_0, CLOCK_CONTROL, HOST_CONTROL_1, INTERRUPT,
+    PRESENT_STATE, RegisterBlock, Registers, SLOT_STATUS_VERSION,
 };
 pub use request::MAX_BLOCKS_PER_COMMAND;
 
@@ -304,9 +306,10 @@ enum Reset {
     DataLine,
 }
 
-/// The EMMC2 driver.
-pub struct Emmc2 {
-    registers: Mmio<RegisterBlock>,
+/// The EMMC2 driver, on the hardware block (`B` = [`Mmio`]) or, in host tests, on a
+/// simulated controller ([`registers::Bus`]).
+pub struct Emmc2<B: Bus = Mmio<RegisterBlock>> {
+    bus: B,
     card: Option<CardInfo>,
     ext_csd: Option<card::ExtCsd>,
     base_clock_hz: u32,
@@ -335,9 +338,27 @@ impl Emmc2 {
     /// As [`Mmio::new`], and the caller is the only user of the controller
     /// while this value exists (commands and the data port are stateful).
     pub const unsafe fn new(base: usize) -> Self {
+        // SAFETY: forwarded to the caller (this function's contract).
+        Self::on_bus(unsafe { Mmio::new(base) })
+    }
+}
+
+impl<B: Bus> Emmc2<B> {
+    /// The bus the driver's register accesses go to.
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    /// The registers, on this driver's bus.
+    #[inline]
+    fn registers(&self) -> Registers<'_, B> {
+        Registers::on(&self.bus)
+    }
+
+    /// A driver whose register accesses go to `bus`. Touches no register.
+    pub const fn on_bus(bus: B) -> Self {
         Self {
-            // SAFETY: forwarded to the caller (this function's contract).
-            registers: unsafe { Mmio::new(base) },
+            bus,
             card: None,
             ext_csd: None,
             base_clock_hz: 0,
@@ -371,7 +392,7 @@ impl Emmc2 {
     /// Whether Host Control 2 selects 1.8 V signalling (SD Host Controller spec
     /// §2.2.24, bit 3).
     pub fn signaling_1v8(&self) -> bool {
-        self.registers
+        self.registers()
             .auto_cmd_error_host_control_2
             .is_set(AUTO_CMD_ERROR_HOST_CONTROL_2::SIGNALING_1_8V_ENABLE)
     }
@@ -423,13 +444,13 @@ impl Emmc2 {
     /// The Present State register (diagnostics: 0x01FF_0000 is "card
     /// inserted, stable, lines high, idle").
     pub fn present_state(&self) -> u32 {
-        self.registers.present_state.get()
+        self.registers().present_state.get()
     }
 
     /// The Host Controller Version's specification number (0 = 1.00,
     /// 1 = 2.00, 2 = 3.00).
     pub fn specification_version(&self) -> u8 {
-        self.registers
+        self.registers()
             .slot_status_version
             .read(SLOT_STATUS_VERSION::SPECIFICATION_VERSION) as u8
     }
@@ -438,7 +459,7 @@ impl Emmc2 {
     /// controller does not say).
     pub fn capabilities_base_clock_hz(&self) -> u32 {
         let mut mhz = self
-            .registers
+            .registers()
             .capabilities_0
             .read(CAPABILITIES_0::BASE_CLOCK_FREQUENCY);
         if self.specification_version() < 2 {
@@ -528,11 +549,11 @@ impl Emmc2 {
         let signaling_1v8 = self.signaling_1v8();
         self.software_reset(Reset::All)?;
         if signaling_1v8 && !self.io_rail_at_3v3 {
-            self.registers
+            self.registers()
                 .auto_cmd_error_host_control_2
                 .modify(AUTO_CMD_ERROR_HOST_CONTROL_2::SIGNALING_1_8V_ENABLE::SET);
         }
-        let registers = &self.registers;
+        let registers = self.registers();
         registers.interrupt_signal_enable.set(0);
         registers.interrupt_status_enable.set(INTERRUPTS_ENABLED);
         registers.interrupt_status.set(u32::MAX);
@@ -550,7 +571,7 @@ impl Emmc2 {
     /// bits 7..6) before it counts as "no card".
     fn power_on(&mut self) -> Result<(), Emmc2Error> {
         use HOST_CONTROL_1 as HC;
-        let registers = &self.registers;
+        let registers = self.registers();
         registers
             .host_control_1
             .write(HC::SD_BUS_VOLTAGE::V3_3 + HC::SD_BUS_POWER::SET);
@@ -625,7 +646,7 @@ impl Emmc2 {
         };
         self.command(Command::SelectCard, u32::from(rca) << 16)?;
         self.app_command(Command::SetBusWidth, SD_BUS_WIDTH_4, rca)?;
-        self.registers.host_control_1.modify(
+        self.registers().host_control_1.modify(
             HOST_CONTROL_1::DATA_TRANSFER_WIDTH_4::SET
                 + HOST_CONTROL_1::EXTENDED_DATA_WIDTH_8::CLEAR,
         );
@@ -640,7 +661,7 @@ impl Emmc2 {
         let mut high_speed = false;
         if csd.supports_switch()
             && self
-                .registers
+                .registers()
                 .capabilities_0
                 .is_set(CAPABILITIES_0::HIGH_SPEED_SUPPORT)
         {
@@ -654,7 +675,7 @@ impl Emmc2 {
             high_speed = card::sd_switch_group1_result(&status) == Some(1);
         }
         let clock_hz = if high_speed {
-            self.registers
+            self.registers()
                 .host_control_1
                 .modify(HOST_CONTROL_1::HIGH_SPEED_ENABLE::SET);
             self.set_clock(clock::SD_HIGH_SPEED_HZ)?
@@ -800,19 +821,19 @@ impl Emmc2 {
         // status, and back if the status shows an error (Linux `__mmc_switch`);
         // the clock is raised once the switch is confirmed (`mmc_set_bus_speed`).
         let host_high_speed = self
-            .registers
+            .registers()
             .capabilities_0
             .is_set(CAPABILITIES_0::HIGH_SPEED_SUPPORT);
         let mut high_speed = host_high_speed && (ext_csd.high_speed_52 || ext_csd.high_speed_26);
         if high_speed {
             let switched = self.emmc_switch_with(card::ext_csd::HS_TIMING, 1, |driver| {
                 driver
-                    .registers
+                    .registers()
                     .host_control_1
                     .modify(HC::HIGH_SPEED_ENABLE::SET);
             });
             if switched.is_err() {
-                self.registers
+                self.registers()
                     .host_control_1
                     .modify(HC::HIGH_SPEED_ENABLE::CLEAR);
                 high_speed = false;
@@ -897,12 +918,12 @@ impl Emmc2 {
             BusWidth::Four => HC::EXTENDED_DATA_WIDTH_8::CLEAR + HC::DATA_TRANSFER_WIDTH_4::SET,
             BusWidth::One => HC::EXTENDED_DATA_WIDTH_8::CLEAR + HC::DATA_TRANSFER_WIDTH_4::CLEAR,
         };
-        self.registers.host_control_1.modify(fields);
+        self.registers().host_control_1.modify(fields);
     }
 
     /// Host Control 2's UHS Mode Select (SD Host Controller spec §2.2.24).
     fn set_uhs_mode(&mut self, mode: u32) {
-        self.registers
+        self.registers()
             .auto_cmd_error_host_control_2
             .modify(AUTO_CMD_ERROR_HOST_CONTROL_2::UHS_MODE_SELECT.val(mode));
     }
@@ -972,7 +993,7 @@ impl Emmc2 {
                 target_hz,
             },
         )?;
-        let registers = &self.registers;
+        let registers = self.registers();
         registers.clock_control.modify(CC::SD_CLOCK_ENABLE::CLEAR);
         registers.clock_control.modify(
             CC::SDCLK_FREQUENCY_SELECT.val(u32::from(divider.lower))
@@ -1001,7 +1022,7 @@ impl Emmc2 {
             Reset::CommandLine => CC::SOFTWARE_RESET_CMD,
             Reset::DataLine => CC::SOFTWARE_RESET_DAT,
         };
-        let registers = &self.registers;
+        let registers = self.registers();
         registers.clock_control.modify(field.val(1));
         let deadline = Deadline::after(RESET_TIMEOUT);
         while registers.clock_control.read(field) != 0 {
@@ -1119,7 +1140,8 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            let port = &self.registers.buffer_data_port;
+            let registers = self.registers();
+            let port = &registers.buffer_data_port;
             if let Some(words) = aligned_words(block) {
                 for &word in words {
                     port.set(u32::from_le(word));
@@ -1240,7 +1262,8 @@ impl Emmc2 {
                 command,
                 true,
             )?;
-            let port = &self.registers.buffer_data_port;
+            let registers = self.registers();
+            let port = &registers.buffer_data_port;
             if let Some(words) = aligned_words_mut(block) {
                 for word in words {
                     *word = port.get().to_le();
@@ -1323,7 +1346,7 @@ impl Emmc2 {
                 command,
             )?;
         }
-        let registers = &self.registers;
+        let registers = self.registers();
         registers.interrupt_status.set(u32::MAX);
         if let Some(phase) = data {
             registers.block_size_count.write(
@@ -1345,10 +1368,10 @@ impl Emmc2 {
             data.is_some(),
         )?;
         let response = [
-            self.registers.response[0].get(),
-            self.registers.response[1].get(),
-            self.registers.response[2].get(),
-            self.registers.response[3].get(),
+            self.registers().response[0].get(),
+            self.registers().response[1].get(),
+            self.registers().response[2].get(),
+            self.registers().response[3].get(),
         ];
         if command.response() == ResponseType::R1b && data.is_none() {
             self.wait_interrupt(
@@ -1385,7 +1408,7 @@ impl Emmc2 {
         command: Command,
     ) -> Result<(), Emmc2Error> {
         let deadline = Deadline::after(timeout);
-        while self.registers.present_state.get() & mask != 0 {
+        while self.registers().present_state.get() & mask != 0 {
             if deadline.expired() {
                 self.reset_lines(true);
                 return Err(Emmc2Error::Timeout {
@@ -1412,14 +1435,14 @@ impl Emmc2 {
     ) -> Result<u32, Emmc2Error> {
         let deadline = Deadline::after(timeout);
         loop {
-            let status = self.registers.interrupt_status.get();
+            let status = self.registers().interrupt_status.get();
             if status & (ERROR_BITS | bit(INTERRUPT::ERROR_INTERRUPT)) != 0 {
                 let auto_cmd = if status & bit(INTERRUPT::AUTO_CMD_ERROR) != 0 {
-                    (self.registers.auto_cmd_error_host_control_2.get() & 0xffff) as u16
+                    (self.registers().auto_cmd_error_host_control_2.get() & 0xffff) as u16
                 } else {
                     0
                 };
-                self.registers.interrupt_status.set(status);
+                self.registers().interrupt_status.set(status);
                 self.reset_lines(data);
                 return Err(Emmc2Error::CommandFailed {
                     command,
@@ -1432,7 +1455,7 @@ impl Emmc2 {
             if status & mask != 0 {
                 // Acknowledge what was awaited (write 1 to clear, SD Host
                 // Controller Spec §2.2.17), so no caller has to.
-                self.registers.interrupt_status.set(status & mask);
+                self.registers().interrupt_status.set(status & mask);
                 return Ok(status);
             }
             if deadline.expired() {
@@ -1447,10 +1470,10 @@ impl Emmc2 {
     }
 }
 
-impl fmt::Debug for Emmc2 {
+impl<B: Bus + fmt::Debug> fmt::Debug for Emmc2<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emmc2")
-            .field("registers", &self.registers)
+            .field("bus", &self.bus)
             .field("card", &self.card)
             .field("commands", &self.commands)
             .finish_non_exhaustive()

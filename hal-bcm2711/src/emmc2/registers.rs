@@ -18,9 +18,15 @@
 //! both avoids the problem (QEMU's `hw/sd/sdhci.c` also issues the command on
 //! a write covering the Command register's upper byte).
 
+use core::marker::PhantomData;
+
+use tock_registers::RegisterLongName;
+use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
+
+use crate::mmio::Mmio;
 
 register_bitfields! {
     u32,
@@ -364,5 +370,172 @@ register_structs! {
         /// Slot Interrupt Status and Host Controller Version.
         (0xfc => pub slot_status_version: ReadOnly<u32, SLOT_STATUS_VERSION::Register>),
         (0x100 => @END),
+    }
+}
+
+/// Where the driver's register accesses go: the EMMC2 block itself ([`Mmio`]), or in
+/// host tests a simulated controller that reacts to each access as the hardware would
+/// (a command issued on the Command write, the data port popping a word per read).
+/// Offsets are those of [`RegisterBlock`]; every access is a whole 32-bit word.
+pub trait Bus {
+    /// Reads the 32-bit register at `offset`.
+    fn read(&self, offset: usize) -> u32;
+    /// Writes the 32-bit register at `offset`.
+    fn write(&self, offset: usize, value: u32);
+}
+
+/// Register offsets of [`RegisterBlock`] the driver uses.
+pub mod offset {
+    pub const BLOCK_SIZE_COUNT: usize = 0x04;
+    pub const ARGUMENT: usize = 0x08;
+    pub const TRANSFER_MODE_COMMAND: usize = 0x0c;
+    pub const RESPONSE: usize = 0x10;
+    pub const BUFFER_DATA_PORT: usize = 0x20;
+    pub const PRESENT_STATE: usize = 0x24;
+    pub const HOST_CONTROL_1: usize = 0x28;
+    pub const CLOCK_CONTROL: usize = 0x2c;
+    pub const INTERRUPT_STATUS: usize = 0x30;
+    pub const INTERRUPT_STATUS_ENABLE: usize = 0x34;
+    pub const INTERRUPT_SIGNAL_ENABLE: usize = 0x38;
+    pub const AUTO_CMD_ERROR_HOST_CONTROL_2: usize = 0x3c;
+    pub const CAPABILITIES_0: usize = 0x40;
+    pub const SLOT_STATUS_VERSION: usize = 0xfc;
+}
+
+impl Bus for Mmio<RegisterBlock> {
+    #[inline]
+    fn read(&self, offset: usize) -> u32 {
+        match offset {
+            offset::BLOCK_SIZE_COUNT => self.block_size_count.get(),
+            offset::ARGUMENT => self.argument.get(),
+            offset::TRANSFER_MODE_COMMAND => self.transfer_mode_command.get(),
+            0x10 => self.response[0].get(),
+            0x14 => self.response[1].get(),
+            0x18 => self.response[2].get(),
+            0x1c => self.response[3].get(),
+            offset::BUFFER_DATA_PORT => self.buffer_data_port.get(),
+            offset::PRESENT_STATE => self.present_state.get(),
+            offset::HOST_CONTROL_1 => self.host_control_1.get(),
+            offset::CLOCK_CONTROL => self.clock_control.get(),
+            offset::INTERRUPT_STATUS => self.interrupt_status.get(),
+            offset::INTERRUPT_STATUS_ENABLE => self.interrupt_status_enable.get(),
+            offset::INTERRUPT_SIGNAL_ENABLE => self.interrupt_signal_enable.get(),
+            offset::AUTO_CMD_ERROR_HOST_CONTROL_2 => self.auto_cmd_error_host_control_2.get(),
+            offset::CAPABILITIES_0 => self.capabilities_0.get(),
+            offset::SLOT_STATUS_VERSION => self.slot_status_version.get(),
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    fn write(&self, offset: usize, value: u32) {
+        match offset {
+            offset::BLOCK_SIZE_COUNT => self.block_size_count.set(value),
+            offset::ARGUMENT => self.argument.set(value),
+            offset::TRANSFER_MODE_COMMAND => self.transfer_mode_command.set(value),
+            offset::BUFFER_DATA_PORT => self.buffer_data_port.set(value),
+            offset::HOST_CONTROL_1 => self.host_control_1.set(value),
+            offset::CLOCK_CONTROL => self.clock_control.set(value),
+            offset::INTERRUPT_STATUS => self.interrupt_status.set(value),
+            offset::INTERRUPT_STATUS_ENABLE => self.interrupt_status_enable.set(value),
+            offset::INTERRUPT_SIGNAL_ENABLE => self.interrupt_signal_enable.set(value),
+            offset::AUTO_CMD_ERROR_HOST_CONTROL_2 => self.auto_cmd_error_host_control_2.set(value),
+            _ => {}
+        }
+    }
+}
+
+/// One register of a [`Bus`], with tock-registers' field interface.
+pub struct Reg<'a, B, R: RegisterLongName = ()> {
+    bus: &'a B,
+    offset: usize,
+    _register: PhantomData<R>,
+}
+
+impl<'a, B: Bus, R: RegisterLongName> Reg<'a, B, R> {
+    const fn at(bus: &'a B, offset: usize) -> Self {
+        Self {
+            bus,
+            offset,
+            _register: PhantomData,
+        }
+    }
+}
+
+impl<B: Bus, R: RegisterLongName> Readable for Reg<'_, B, R> {
+    type T = u32;
+    type R = R;
+
+    #[inline]
+    fn get(&self) -> u32 {
+        self.bus.read(self.offset)
+    }
+}
+
+impl<B: Bus, R: RegisterLongName> Writeable for Reg<'_, B, R> {
+    type T = u32;
+    type R = R;
+
+    #[inline]
+    fn set(&self, value: u32) {
+        self.bus.write(self.offset, value);
+    }
+}
+
+/// The registers the driver uses, named as in [`RegisterBlock`], on a [`Bus`].
+pub struct Registers<'a, B> {
+    pub block_size_count: Reg<'a, B, BLOCK_SIZE_COUNT::Register>,
+    pub argument: Reg<'a, B>,
+    pub transfer_mode_command: Reg<'a, B, TRANSFER_MODE_COMMAND::Register>,
+    pub response: [Reg<'a, B>; 4],
+    pub buffer_data_port: Reg<'a, B>,
+    pub present_state: Reg<'a, B, PRESENT_STATE::Register>,
+    pub host_control_1: Reg<'a, B, HOST_CONTROL_1::Register>,
+    pub clock_control: Reg<'a, B, CLOCK_CONTROL::Register>,
+    pub interrupt_status: Reg<'a, B, INTERRUPT::Register>,
+    pub interrupt_status_enable: Reg<'a, B, INTERRUPT::Register>,
+    pub interrupt_signal_enable: Reg<'a, B, INTERRUPT::Register>,
+    pub auto_cmd_error_host_control_2: Reg<'a, B, AUTO_CMD_ERROR_HOST_CONTROL_2::Register>,
+    pub capabilities_0: Reg<'a, B, CAPABILITIES_0::Register>,
+    pub slot_status_version: Reg<'a, B, SLOT_STATUS_VERSION::Register>,
+}
+
+impl<'a, B: Bus> Registers<'a, B> {
+    /// The driver's registers on `bus`.
+    #[inline]
+    pub const fn on(bus: &'a B) -> Self {
+        Self {
+            block_size_count: Reg::at(bus, offset::BLOCK_SIZE_COUNT),
+            argument: Reg::at(bus, offset::ARGUMENT),
+            transfer_mode_command: Reg::at(bus, offset::TRANSFER_MODE_COMMAND),
+            response: [
+                Reg::at(bus, offset::RESPONSE),
+                Reg::at(bus, offset::RESPONSE + 4),
+                Reg::at(bus, offset::RESPONSE + 8),
+                Reg::at(bus, offset::RESPONSE + 12),
+            ],
+            buffer_data_port: Reg::at(bus, offset::BUFFER_DATA_PORT),
+            present_state: Reg::at(bus, offset::PRESENT_STATE),
+            host_control_1: Reg::at(bus, offset::HOST_CONTROL_1),
+            clock_control: Reg::at(bus, offset::CLOCK_CONTROL),
+            interrupt_status: Reg::at(bus, offset::INTERRUPT_STATUS),
+            interrupt_status_enable: Reg::at(bus, offset::INTERRUPT_STATUS_ENABLE),
+            interrupt_signal_enable: Reg::at(bus, offset::INTERRUPT_SIGNAL_ENABLE),
+            auto_cmd_error_host_control_2: Reg::at(bus, offset::AUTO_CMD_ERROR_HOST_CONTROL_2),
+            capabilities_0: Reg::at(bus, offset::CAPABILITIES_0),
+            slot_status_version: Reg::at(bus, offset::SLOT_STATUS_VERSION),
+        }
+    }
+}
+
+impl<B, R: RegisterLongName> core::fmt::Debug for Reg<'_, B, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Reg({:#04x})", self.offset)
+    }
+}
+
+impl<B> core::fmt::Debug for Registers<'_, B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Registers")
     }
 }
