@@ -264,10 +264,15 @@ impl fmt::Display for TransferError {
                 write!(f, "channel halted without status (HCINT 0x{hcint:08x})")
             }
             Self::TooLong { length, limit } => {
-                write!(f, "transfer of {length} bytes exceeds the {limit}-byte DMA buffer")
+                write!(
+                    f,
+                    "transfer of {length} bytes exceeds the {limit}-byte DMA buffer"
+                )
             }
             Self::SplitTransactionsUnsupported => f.write_str(
-                "full/low-speed device behind a high-speed hub needs split transactions (not supported)",
+                "a full/low-speed device behind a high-speed hub needs split transactions, which \
+                 zboot does not do: use a USB 2.0 (high-speed) stick, or plug it into the board's \
+                 port directly",
             ),
             Self::PortDisabled => f.write_str("root port disabled"),
             Self::DeviceGone => f.write_str("the USB device was unplugged"),
