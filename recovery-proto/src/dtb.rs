@@ -247,24 +247,24 @@ pub fn describes_memory(region: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// dtc's blob of `source`, padded as a DTB area is.
-    pub(super) fn compiled(source: &str) -> std::vec::Vec<u8> {
+    /// What dtc makes of `input` converted from format `from` to `to` ("dts", "dtb").
+    pub(super) fn dtc(from: &str, to: &str, input: &[u8]) -> std::vec::Vec<u8> {
         use std::io::Write as _;
         let mut child = std::process::Command::new("dtc")
-            .args(["-q", "-I", "dts", "-O", "dtb"])
+            .args(["-q", "-I", from, "-O", to])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("dtc (scripts/setup installs it)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(source.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let mut blob = out.stdout;
+        assert!(out.status.success(), "dtc refuses the {from} input");
+        out.stdout
+    }
+
+    /// dtc's blob of `source`, padded as a DTB area is.
+    pub(super) fn compiled(source: &str) -> std::vec::Vec<u8> {
+        let mut blob = dtc("dts", "dtb", source.as_bytes());
         blob.resize(blob.len() + 4096, 0);
         blob
     }

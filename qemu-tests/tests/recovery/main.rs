@@ -23,26 +23,33 @@ use zboot_qemu_tests::{
     provisioned_key_files,
 };
 
-#[test]
-fn a_bricked_unit_is_reflashed_from_the_stick_and_then_boots_a() {
-    let kit = Kit::new();
-    let emmc = kit.blank_emmc();
-    let run = boot(&emmc, Some(&kit.stick), None);
-    assert!(run.console_has("recovery: looking for ZBOOT.ZI on a USB stick"));
+/// Reflashes the blank `emmc` from the kit's stick, checks the console and every
+/// written sector, then boots it. Returns the reflash run and the boot.
+fn reflash_blank_then_boot(kit: &Kit, emmc: &Path) -> (Run, Run) {
+    let reflash = boot(emmc, Some(&kit.stick), None);
+    assert!(reflash.console_has("recovery: looking for ZBOOT.ZI on a USB stick"));
     assert!(
-        run.console_has("recovery: image written"),
+        reflash.console_has("recovery: image written"),
         "the reflash completes"
     );
-    assert!(run.console_has("recovery: fresh slot state"));
-    assert_eq!(run.ending, Ending::GuestReset, "and resets");
+    assert!(reflash.console_has("recovery: fresh slot state"));
+    assert_eq!(reflash.ending, Ending::GuestReset, "and resets");
     assert_eq!(
-        differences(&kit, &emmc),
+        differences(kit, emmc),
         Vec::<u64>::new(),
         "every written sector matches the image"
     );
     // The next power-on boots A from the reflashed eMMC.
-    let run = boot(&emmc, None, None);
+    let run = boot(emmc, None, None);
     assert!(run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-02 zboot.slot=A zboot.attempt=1"));
+    (reflash, run)
+}
+
+#[test]
+fn a_bricked_unit_is_reflashed_from_the_stick_and_then_boots_a() {
+    let kit = Kit::new();
+    let emmc = kit.blank_emmc();
+    reflash_blank_then_boot(&kit, &emmc);
 }
 
 /// The same on a 4 GiB eMMC, which answers CMD1 in sector mode: every write of the
@@ -56,21 +63,13 @@ fn a_bricked_4_gib_emmc_in_block_addressing_is_reflashed_and_then_boots_a() {
         .unwrap()
         .set_len(4 << 30)
         .unwrap();
-    let run = boot(&emmc, Some(&kit.stick), None);
-    assert!(
-        run.console_has("8388608 blocks (4096 MiB), block addressing, 8-bit bus"),
-        "the eMMC in sector mode"
-    );
-    assert!(run.console_has("recovery: image written"));
-    assert_eq!(run.ending, Ending::GuestReset, "and resets");
-    assert_eq!(
-        differences(&kit, &emmc),
-        Vec::<u64>::new(),
-        "every written sector matches the image"
-    );
-    let run = boot(&emmc, None, None);
-    assert!(run.console_has("block addressing, 8-bit bus"));
-    assert!(run.console_has("test-kernel: bootargs: console=ttyAMA0 zbtest=good root=PARTUUID=0c0ffee0-02 zboot.slot=A zboot.attempt=1"));
+    let (reflash, run) = reflash_blank_then_boot(&kit, &emmc);
+    for run in [reflash, run] {
+        assert!(
+            run.console_has("8388608 blocks (4096 MiB), block addressing, 8-bit bus"),
+            "the eMMC in sector mode"
+        );
+    }
 }
 
 #[test]

@@ -395,7 +395,7 @@ fn node_end(blob: &[u8], start: usize, end: usize, path: &str) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtb::tests::compiled;
+    use crate::dtb::tests::{compiled, dtc};
 
     /// A tree shaped like the one the firmware hands a CM4 kernel, filled in.
     const FIRMWARE: &str = r#"/dts-v1/;
@@ -457,23 +457,8 @@ mod tests {
 
     /// dtc's reading of the blob as source: a standard tool accepts the result.
     fn decompiled(blob: &[u8]) -> std::string::String {
-        use std::io::Write as _;
         let total = header_word(blob, 4).unwrap();
-        let mut child = std::process::Command::new("dtc")
-            .args(["-q", "-I", "dtb", "-O", "dts"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("dtc (scripts/setup installs it)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&blob[..total])
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "dtc refuses the edited tree");
-        std::string::String::from_utf8(out.stdout).unwrap()
+        std::string::String::from_utf8(dtc("dtb", "dts", &blob[..total])).unwrap()
     }
 
     #[test]
