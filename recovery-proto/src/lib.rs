@@ -36,6 +36,7 @@ pub mod partition;
 pub mod reflash;
 pub mod slot;
 pub mod slot_manifest;
+pub mod slot_signature;
 pub mod state;
 pub mod store;
 
