@@ -99,6 +99,20 @@ pub fn set_chosen(
     }
 }
 
+/// The big-endian header word at byte `at` of a blob (Devicetree Specification v0.4
+/// §5.2: `totalsize` at 4, `off_dt_struct` 8, `off_dt_strings` 12, `off_mem_rsvmap` 16,
+/// `size_dt_strings` 32, `size_dt_struct` 36).
+fn header_word(blob: &[u8], at: usize) -> Option<usize> {
+    let bytes: [u8; 4] = blob.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_be_bytes(bytes)).ok()
+}
+
+/// The tree at the start of `region`, its header's `totalsize` long; `None` when the
+/// header is cut short or `totalsize` runs past `region`.
+fn whole_tree(region: &[u8]) -> Option<&[u8]> {
+    region.get(..header_word(region, 4)?)
+}
+
 /// Checks the layout dtoolkit 0.4's edits assume and its parse does not check
 /// (Devicetree Specification v0.4 §5.2, header fields big-endian: `totalsize` at byte 4,
 /// `off_dt_struct` 8, `off_dt_strings` 12, `size_dt_strings` 32, `size_dt_struct` 36):
@@ -107,10 +121,7 @@ pub fn set_chosen(
 /// scan the whole strings block and grow the structure block into the strings block's
 /// place, and panic (or assert) otherwise: found by the `dtb_edit` fuzz target.
 fn check_layout(blob: &[u8]) -> Result<(), DtbEditError> {
-    let field = |at: usize| -> Option<usize> {
-        let bytes: [u8; 4] = blob.get(at..at + 4)?.try_into().ok()?;
-        usize::try_from(u32::from_be_bytes(bytes)).ok()
-    };
+    let field = |at: usize| header_word(blob, at);
     let (Some(total), Some(off_struct), Some(off_strings), Some(size_strings), Some(size_struct)) =
         (field(4), field(8), field(12), field(32), field(36))
     else {
@@ -221,14 +232,7 @@ fn check_structure(
 /// tree finds no RAM. A tree that does not parse describes none.
 #[must_use]
 pub fn describes_memory(region: &[u8]) -> bool {
-    let Some(total) = region
-        .get(4..8)
-        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-        .map(|bytes| u32::from_be_bytes(bytes) as usize)
-    else {
-        return false;
-    };
-    let Some(tree) = region.get(..total) else {
+    let Some(tree) = whole_tree(region) else {
         return false;
     };
     let Ok(fdt) = dtoolkit::fdt::Fdt::new(tree) else {

@@ -28,7 +28,7 @@ use dtoolkit::fdt::Fdt;
 use dtoolkit::fdt_mut::FdtMut;
 use dtoolkit::{Node, Property};
 
-use super::DtbEditError;
+use super::{DtbEditError, header_word, whole_tree};
 
 /// Where a fill-in lives: a path, or a path named by an alias of each tree.
 #[derive(Clone, Copy)]
@@ -224,10 +224,7 @@ pub fn carry_firmware_facts(firmware: &[u8], slot: &mut [u8]) -> Result<Carried,
 
 /// The tree at the start of `blob`, its header's `totalsize` long.
 fn parse(blob: &[u8]) -> Result<Fdt<'_>, DtbEditError> {
-    let tree = header_word(blob, 4)
-        .and_then(|total| blob.get(..total))
-        .unwrap_or(blob);
-    Fdt::new(tree).map_err(DtbEditError::Invalid)
+    Fdt::new(whole_tree(blob).unwrap_or(blob)).map_err(DtbEditError::Invalid)
 }
 
 /// The path of `at` in `tree`: the path itself, or the alias's value.
@@ -279,12 +276,6 @@ fn replace(slot: &mut [u8], path: &str, property: &str, value: &[u8]) -> Result<
     node.add_property(property, value)
         .map_err(DtbEditError::NoRoom)?;
     Ok(())
-}
-
-/// Reads the big-endian header word at byte `at`.
-fn header_word(blob: &[u8], at: usize) -> Option<usize> {
-    let bytes: [u8; 4] = blob.get(at..at + 4)?.try_into().ok()?;
-    usize::try_from(u32::from_be_bytes(bytes)).ok()
 }
 
 fn set_header_word(blob: &mut [u8], at: usize, value: usize) -> Result<(), DtbEditError> {
@@ -457,8 +448,7 @@ mod tests {
 
     /// dtc's reading of the blob as source: a standard tool accepts the result.
     fn decompiled(blob: &[u8]) -> std::string::String {
-        let total = header_word(blob, 4).unwrap();
-        std::string::String::from_utf8(dtc("dtb", "dts", &blob[..total])).unwrap()
+        std::string::String::from_utf8(dtc("dtb", "dts", whole_tree(blob).unwrap())).unwrap()
     }
 
     #[test]

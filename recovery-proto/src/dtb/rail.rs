@@ -69,12 +69,7 @@ impl fmt::Display for RailProblem {
 
 /// The rail of the firmware's tree `blob` (its header's `totalsize` long or longer).
 pub fn sd_io_rail(blob: &[u8]) -> Result<IoRail, RailProblem> {
-    let total = blob
-        .get(4..8)
-        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-        .map(|bytes| u32::from_be_bytes(bytes) as usize)
-        .ok_or(RailProblem::Invalid)?;
-    let tree = Fdt::new(blob.get(..total).ok_or(RailProblem::Invalid)?)
+    let tree = Fdt::new(super::whole_tree(blob).ok_or(RailProblem::Invalid)?)
         .map_err(|_| RailProblem::Invalid)?;
     let emmc2 = tree.find_node(EMMC2).ok_or(RailProblem::NotDescribed)?;
     let supply = emmc2
