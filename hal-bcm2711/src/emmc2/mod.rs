@@ -794,15 +794,13 @@ impl<B: Bus> Emmc2<B> {
         if selected == 0 {
             return Ok(0);
         }
-        let generic = self.cmd6_timeout;
         let part_time = Duration::from_millis(u64::from(ext_csd.partition_switch_time_ms));
-        self.cmd6_timeout = generic.max(part_time);
-        let switched = self.emmc_switch(
+        self.emmc_switch_within(
             PARTITION_CONFIG,
             ext_csd.partition_config & !PARTITION_ACCESS_MASK,
-        );
-        self.cmd6_timeout = generic;
-        switched?;
+            self.cmd6_timeout.max(part_time),
+            |_| {},
+        )?;
         Ok(selected)
     }
 
@@ -964,7 +962,18 @@ impl<B: Bus> Emmc2<B> {
         value: u8,
         host_change: impl FnOnce(&mut Self),
     ) -> Result<(), Emmc2Error> {
-        let timeout = self.cmd6_timeout;
+        self.emmc_switch_within(index, value, self.cmd6_timeout, host_change)
+    }
+
+    /// [`Self::emmc_switch_with`] with the CMD6 busy bounded by `timeout` instead of
+    /// GENERIC_CMD6_TIME (a PARTITION_CONFIG switch has its own limit).
+    fn emmc_switch_within(
+        &mut self,
+        index: u8,
+        value: u8,
+        timeout: Duration,
+        host_change: impl FnOnce(&mut Self),
+    ) -> Result<(), Emmc2Error> {
         self.command_with_busy(
             Command::Switch,
             card::emmc_switch_argument(index, value),
