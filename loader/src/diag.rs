@@ -10,7 +10,7 @@
 //! - the USB devices on the DWC2 port, with their speeds (the whole tree);
 //! - the firmware device tree's `/chosen`.
 
-use core::fmt::{self, Write as _};
+use core::fmt;
 
 use dtoolkit::{Node, Property};
 use hal_bcm2711::dwc2::Dwc2;
@@ -237,18 +237,19 @@ fn chosen(device_tree: &DeviceTree) {
         return;
     };
     for property in chosen.properties() {
-        let mut line: heapless::String<160> = heapless::String::new();
-        let _ = write!(line, "{}", Value(property.value()));
-        log::info!("diag: /chosen/{} = {line}", property.name());
+        log::info!(
+            "diag: /chosen/{} = {}",
+            property.name(),
+            Value(property.value())
+        );
     }
     for child in chosen.children() {
         for property in child.properties() {
-            let mut line: heapless::String<160> = heapless::String::new();
-            let _ = write!(line, "{}", Value(property.value()));
             log::info!(
-                "diag: /chosen/{}/{} = {line}",
+                "diag: /chosen/{}/{} = {}",
                 child.name(),
-                property.name()
+                property.name(),
+                Value(property.value())
             );
         }
     }
