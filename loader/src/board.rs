@@ -144,6 +144,16 @@ pub fn print_banner(boot: &BootInfo, peripherals: &mut Peripherals, device_tree:
         boot.running_level.number(),
         boot.entry_level.number(),
     );
+    match crate::config::PROVISIONED_KEY {
+        Some(key) => log::info!(
+            "verified boot: slots boot only when signed by the built-in key {} (slot.sig)",
+            recovery_proto::slot_signature::fingerprint(&key)
+        ),
+        None => log::info!(
+            "integrity only: no key built in; slots are checked against slot.txt, not for \
+             a signature"
+        ),
+    }
     let (mmu, dcache) = arch::mmu_and_dcache_enabled(boot.running_level);
     log::info!(
         "MMU {}, D-cache {}; generic timer {} Hz",

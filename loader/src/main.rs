@@ -115,6 +115,14 @@ fn main(boot: BootInfo) -> ! {
     // A stock Raspberry Pi layout (no slot state, no slot directories): boot it as the
     // firmware would have; only if that fails does the usual path (recovery) follow.
     if medium.state_lbas().is_none() && stock::is_stock_layout(medium.partition()) {
+        if config::PROVISIONED_KEY.is_some() {
+            // Nothing of a stock layout is signed: a product build does not boot one.
+            log::error!(
+                "stock layout: not booted, since this zboot boots only slots signed by its \
+                 built-in key (docs/security.md); USB recovery"
+            );
+            recovery::run(&mut peripherals, Some(&disk), Some(&mut area), &manifest);
+        }
         if manifest.adopt == Some(true) {
             // `zbctl adopt` asked for the reflash into the zboot layout.
             let wait = manifest
@@ -151,11 +159,12 @@ fn main(boot: BootInfo) -> ! {
             slot,
             &mut area,
             selector.state().min_version,
+            config::PROVISIONED_KEY.as_ref(),
         ) {
             Ok(loaded) => loaded,
             Err(error) => {
                 log::error!("{error}; falling back");
-                selector.slot_failed(slot);
+                selector.slot_files(slot, error.files());
                 continue;
             }
         };
@@ -175,7 +184,7 @@ fn main(boot: BootInfo) -> ! {
             Ok(line) => line,
             Err(error) => {
                 log::error!("slot {slot}: {error}; falling back");
-                selector.slot_failed(slot);
+                selector.slot_files(slot, recovery_proto::decide::SlotFiles::Failed);
                 continue;
             }
         };
@@ -189,7 +198,7 @@ fn main(boot: BootInfo) -> ! {
             Ok(address) => address,
             Err(error) => {
                 log::error!("slot {slot}: device tree: {error}; falling back");
-                selector.slot_failed(slot);
+                selector.slot_files(slot, recovery_proto::decide::SlotFiles::Failed);
                 continue;
             }
         };

@@ -7,6 +7,7 @@
 //! the next candidate boots in the same power cycle (a second sector write,
 //! only on that path).
 
+use recovery_proto::decide::SlotFiles;
 use recovery_proto::manifest::Manifest;
 use recovery_proto::store::RedundantStore;
 use recovery_proto::{Facts, Outcome, ResetReason, Slot, State, decide};
@@ -119,8 +120,9 @@ impl<'d> Selector<'d> {
         outcome
     }
 
-    /// Records that `slot`'s files failed; the next [`Self::decide`] passes it over.
-    pub fn slot_failed(&mut self, slot: Slot) {
-        self.facts = self.facts.with_failed(slot);
+    /// Records that `slot`'s files failed (`files` says how); the next [`Self::decide`]
+    /// passes it over.
+    pub fn slot_files(&mut self, slot: Slot, files: SlotFiles) {
+        self.facts = self.facts.with_files(slot, files);
     }
 }

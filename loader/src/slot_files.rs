@@ -14,11 +14,13 @@
 
 use core::fmt;
 
-use recovery_proto::Slot;
 use recovery_proto::block::BLOCK_SIZE;
+use recovery_proto::decide::SlotFiles;
 use recovery_proto::gzip::{self, GzipError};
 use recovery_proto::kernel_image::{ImageHeader, ImageHeaderError};
 use recovery_proto::slot_manifest::{FileMismatch, SlotManifest, SlotManifestError};
+use recovery_proto::slot_signature::{self, SlotSignature, SlotSignatureError};
+use recovery_proto::{Slot, slot_signature::fingerprint};
 use sha2::{Digest, Sha256};
 
 use crate::boot_partition::{BootPartition, FileError, FileInfo, LoadStats};
@@ -29,6 +31,8 @@ const SMALL_FILE_LIMIT: usize = 4096;
 
 /// The slot manifest's name in each slot directory.
 pub const SLOT_MANIFEST: &str = "slot.txt";
+/// The manifest's signature beside it (docs/security.md).
+const SLOT_SIGNATURE: &str = "slot.sig";
 const KERNEL: &str = "kernel.img";
 const INITRD: &str = "initrd.img";
 const DTB: &str = "dtb.dtb";
@@ -94,6 +98,10 @@ pub enum Problem {
     TooLarge { size: u32, limit: usize },
     /// The image is older than the state's anti-rollback minimum.
     Rollback { image_version: u32, minimum: u32 },
+    /// A key is built in and the slot has no `slot.sig`.
+    Unsigned,
+    /// `slot.sig` does not parse, or does not verify with the built-in key.
+    Signature(SlotSignatureError),
 }
 
 impl fmt::Display for Problem {
@@ -116,6 +124,11 @@ impl fmt::Display for Problem {
                 f,
                 "image version {image_version} is below the minimum accepted version {minimum}"
             ),
+            Self::Unsigned => f.write_str(
+                "not signed (no slot.sig), and this zboot boots only slots signed by its \
+                 built-in key",
+            ),
+            Self::Signature(error) => write!(f, "{error}"),
         }
     }
 }
@@ -153,6 +166,17 @@ pub struct SlotError {
 impl fmt::Display for SlotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}: {}", self.owner, self.file, self.problem)
+    }
+}
+
+impl SlotError {
+    /// What the boot decision records of this failure (the history's reason).
+    pub fn files(&self) -> SlotFiles {
+        match self.problem {
+            Problem::Rollback { .. } => SlotFiles::BelowMinimum,
+            Problem::Unsigned | Problem::Signature(_) => SlotFiles::NotAuthentic,
+            _ => SlotFiles::Failed,
+        }
     }
 }
 
@@ -324,12 +348,14 @@ pub fn load_stock(
 }
 
 /// Loads and verifies `slot`'s files into `area`; `minimum_version` is the
-/// state's anti-rollback floor.
+/// state's anti-rollback floor; with `key` (built into zboot), `slot.txt` must carry
+/// that key's signature (`slot.sig`) before anything it lists is read.
 pub fn load(
     partition: &BootPartition<'_>,
     slot: Slot,
     area: &mut LoadArea,
     minimum_version: u32,
+    key: Option<&[u8; 32]>,
 ) -> Result<LoadedSlot, SlotError> {
     let mut loader = Loader {
         partition,
@@ -359,6 +385,10 @@ pub fn load(
     let manifest = SlotManifest::parse(manifest_bytes)
         .and_then(|manifest| manifest.check_required().map(|()| manifest))
         .map_err(|error| loader.fail(SLOT_MANIFEST, Problem::Manifest(error)))?;
+    // Authenticity first: the version compared next is the signed one.
+    if let Some(key) = key {
+        check_signature(&mut loader, &manifest, key)?;
+    }
     if manifest.image_version < minimum_version {
         return Err(loader.fail(
             SLOT_MANIFEST,
@@ -415,6 +445,45 @@ pub fn load(
         image_version: manifest.image_version,
         report: loader.report,
     })
+}
+
+/// Reads `slot.sig` and checks it over `manifest` with the built-in `key`.
+fn check_signature(
+    loader: &mut Loader<'_, '_, '_>,
+    manifest: &SlotManifest<'_>,
+    key: &[u8; 32],
+) -> Result<(), SlotError> {
+    let file = match loader.partition.find(loader.directory, SLOT_SIGNATURE) {
+        Ok(file) => file,
+        Err(FileError::NotFound) => return Err(loader.fail(SLOT_SIGNATURE, Problem::Unsigned)),
+        Err(error) => return Err(loader.fail(SLOT_SIGNATURE, Problem::File(error))),
+    };
+    let signature_error =
+        |loader: &Loader<'_, '_, '_>, error| loader.fail(SLOT_SIGNATURE, Problem::Signature(error));
+    let size = file.size as usize;
+    if size > slot_signature::MAX_SIZE {
+        return Err(signature_error(
+            loader,
+            SlotSignatureError::TooLarge { size },
+        ));
+    }
+    let mut buffer = [0u8; slot_signature::MAX_SIZE];
+    let stats = loader
+        .partition
+        .load(file, &mut buffer)
+        .map_err(|error| loader.fail(SLOT_SIGNATURE, Problem::File(error)))?;
+    loader.report.add(file.size, stats);
+    let signature = SlotSignature::parse(&buffer[..size])
+        .and_then(|signature| signature.verify(manifest, key).map(|()| signature))
+        .map_err(|error| signature_error(loader, error))?;
+    log::info!(
+        "{}: slot.sig: {} version {} signed by key {} (built in): signature OK",
+        loader.owner,
+        signature.image_name,
+        manifest.image_version,
+        fingerprint(key)
+    );
+    Ok(())
 }
 
 /// Places the kernel: a raw Image is read straight to its address; a gzip

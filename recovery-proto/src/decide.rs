@@ -18,8 +18,12 @@
 //!    - `bad` → skipped;
 //!    - A or B with an image version below the minimum (anti-rollback) → skipped, not marked;
 //!    - counter at `max_boot_failure` → marked `bad`, skipped;
-//!    - its files failed verification this boot ([`SlotFiles::Failed`]) → the counter goes up
-//!      by one at once (no wasted reboot); at the limit the slot is marked `bad`; skipped.
+//!    - its files failed verification this boot ([`SlotFiles::Failed`]), or its signature did
+//!      ([`SlotFiles::NotAuthentic`]) → the counter goes up by one at once (no wasted reboot);
+//!      at the limit the slot is marked `bad`; skipped;
+//!    - its signed `slot.txt` is below the minimum version this boot
+//!      ([`SlotFiles::BelowMinimum`]: files copied in by hand) → skipped, not marked, as for
+//!      the state's record of its version.
 //!
 //!    The first candidate that passes is booted; none left → RECOVERY.
 //! 5. **Counting.** The booted slot's counter is incremented in the returned state, which the
@@ -55,6 +59,11 @@ pub enum SlotFiles {
     Verified,
     /// Missing, unreadable or failing verification.
     Failed,
+    /// Consistent, but not signed by the key built into the loader (unsigned, signed by
+    /// another key, or changed after signing).
+    NotAuthentic,
+    /// Its `slot.txt` names a version below the state's minimum (anti-rollback at boot).
+    BelowMinimum,
 }
 
 /// What the loader saw on this boot.
@@ -83,9 +92,15 @@ impl Facts {
 
     /// The same facts with `slot`'s files marked as failed.
     #[must_use]
-    pub fn with_failed(mut self, slot: Slot) -> Self {
-        if let Some(files) = self.files.get_mut(slot.index()) {
-            *files = SlotFiles::Failed;
+    pub fn with_failed(self, slot: Slot) -> Self {
+        self.with_files(slot, SlotFiles::Failed)
+    }
+
+    /// The same facts with `slot`'s files marked as `files`.
+    #[must_use]
+    pub fn with_files(mut self, slot: Slot, files: SlotFiles) -> Self {
+        if let Some(entry) = self.files.get_mut(slot.index()) {
+            *entry = files;
         }
         self
     }
@@ -126,6 +141,8 @@ pub enum Skip {
     BelowMinimumVersion,
     /// Not a candidate (neither one-shot, ACTIVE, BACKUP nor SAFE).
     NotConsidered,
+    /// Its signature failed (unsigned, another key, changed); counted, now at `failed`.
+    NotAuthentic { failed: u8 },
 }
 
 impl Skip {
@@ -136,6 +153,7 @@ impl Skip {
             Skip::FilesFailed { failed } => [2, failed],
             Skip::BelowMinimumVersion => [3, 0],
             Skip::NotConsidered => [4, 0],
+            Skip::NotAuthentic { failed } => [5, failed],
         }
     }
 
@@ -146,6 +164,7 @@ impl Skip {
             (2, failed) => Skip::FilesFailed { failed },
             (3, 0) => Skip::BelowMinimumVersion,
             (4, 0) => Skip::NotConsidered,
+            (5, failed) => Skip::NotAuthentic { failed },
             _ => return None,
         })
     }
@@ -161,6 +180,10 @@ impl fmt::Display for Skip {
             }
             Skip::BelowMinimumVersion => f.write_str("image version below the minimum"),
             Skip::NotConsidered => f.write_str("not considered"),
+            Skip::NotAuthentic { failed } => write!(
+                f,
+                "not signed by the product key (now {failed} failed boots)"
+            ),
         }
     }
 }
@@ -528,14 +551,21 @@ fn check(next: &mut State, slot: Slot, facts: Facts, max: u8) -> Result<u8, Skip
             failed: info.failed,
         });
     }
-    if facts.files(slot) == SlotFiles::Failed {
-        info.failed += 1;
-        if info.failed >= max {
-            info.state = SlotState::Bad;
+    match facts.files(slot) {
+        SlotFiles::Failed | SlotFiles::NotAuthentic => {
+            info.failed += 1;
+            if info.failed >= max {
+                info.state = SlotState::Bad;
+            }
+            let failed = info.failed;
+            return Err(if facts.files(slot) == SlotFiles::Failed {
+                Skip::FilesFailed { failed }
+            } else {
+                Skip::NotAuthentic { failed }
+            });
         }
-        return Err(Skip::FilesFailed {
-            failed: info.failed,
-        });
+        SlotFiles::BelowMinimum => return Err(Skip::BelowMinimumVersion),
+        SlotFiles::Unchecked | SlotFiles::Verified => {}
     }
     Ok(info.failed)
 }
@@ -660,6 +690,49 @@ mod tests {
         let outcome = decide(&state, &watchdog().with_failed(Slot::A));
         assert_eq!(outcome.state.slot(Slot::A).state, SlotState::Bad);
         assert_eq!(outcome.state.active, Slot::B);
+    }
+
+    #[test]
+    fn an_unauthentic_slot_counts_and_a_downgraded_one_is_passed_over() {
+        let state = State::fresh();
+        let outcome = decide(
+            &state,
+            &watchdog().with_files(Slot::A, SlotFiles::NotAuthentic),
+        );
+        assert_eq!(outcome.decision, Decision::Boot(Slot::B));
+        assert_eq!(outcome.state.slot(Slot::A).failed, 1);
+        assert_eq!(
+            outcome.reason.to_string(),
+            "slot A: not signed by the product key (now 1 failed boots); falling back to slot B: 0 failed boots of 3, booting B"
+        );
+        // The history keeps the reason: the record round-trips.
+        let entry = *outcome.state.history.last().unwrap();
+        let (decoded, _) = State::decode(&outcome.state.encode(1)).unwrap();
+        assert_eq!(*decoded.history.last().unwrap(), entry);
+
+        // Files below the minimum: skipped, not counted, not marked.
+        let outcome = decide(
+            &state,
+            &watchdog().with_files(Slot::A, SlotFiles::BelowMinimum),
+        );
+        assert_eq!(outcome.decision, Decision::Boot(Slot::B));
+        assert_eq!(outcome.state.slot(Slot::A).failed, 0);
+        assert_eq!(outcome.state.slot(Slot::A).state, state.slot(Slot::A).state);
+        assert!(
+            outcome
+                .reason
+                .to_string()
+                .starts_with("slot A: image version below the minimum; falling back to slot B")
+        );
+
+        // At the limit an unauthentic slot is marked bad like any failing one.
+        let mut state = State::fresh();
+        state.slot_mut(Slot::A).failed = 2;
+        let outcome = decide(
+            &state,
+            &watchdog().with_files(Slot::A, SlotFiles::NotAuthentic),
+        );
+        assert_eq!(outcome.state.slot(Slot::A).state, SlotState::Bad);
     }
 
     #[test]

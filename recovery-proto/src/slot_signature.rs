@@ -256,6 +256,57 @@ impl<'a> SlotSignature<'a> {
     }
 }
 
+impl<'a> SlotSignature<'a> {
+    /// Signs `manifest` as image `image_name` with `key` (the build host's side: `zbctl`
+    /// and the tests; the loader only verifies).
+    pub fn sign(
+        manifest: &SlotManifest<'_>,
+        image_name: &'a str,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<Self, SlotSignatureError> {
+        use ed25519_dalek::Signer;
+        let printable = image_name.chars().all(|c| !c.is_control());
+        if image_name.is_empty() || image_name.len() > MAX_NAME || !printable {
+            return Err(SlotSignatureError::BadName { line: 0 });
+        }
+        let mut buffer = [0u8; MAX_MESSAGE];
+        let message = signed_message(manifest, image_name, &mut buffer)?;
+        Ok(Self {
+            image_name,
+            public_key: key.verifying_key().to_bytes(),
+            signature: key.sign(message).to_bytes(),
+        })
+    }
+
+    /// The signer's key as [`fingerprint`] names it.
+    pub fn signer(&self) -> Fingerprint {
+        fingerprint(&self.public_key)
+    }
+}
+
+/// A public key's short name: the first 8 bytes of its SHA-256, shown as 16 hex digits.
+/// `zbctl key generate`, `zbctl status` and the loader's log all name keys so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 8]);
+
+/// The [`Fingerprint`] of an ed25519 public key.
+pub fn fingerprint(public_key: &[u8; 32]) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(public_key);
+    let mut short = [0u8; 8];
+    short.copy_from_slice(&digest[..8]);
+    Fingerprint(short)
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for SlotSignature<'_> {
     /// The canonical text of `slot.sig`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -337,7 +388,7 @@ fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
 
     const MANIFEST: &[u8] = b"format=1\nimage_version=7\n\
         file=kernel.img size=100 sha256=0101010101010101010101010101010101010101010101010101010101010101\n\
@@ -349,14 +400,7 @@ mod tests {
 
     /// `slot.sig` for `manifest` signed by `signer`.
     fn signed(manifest: &SlotManifest<'_>, name: &str, signer: &SigningKey) -> std::string::String {
-        let mut buffer = [0u8; MAX_MESSAGE];
-        let message = signed_message(manifest, name, &mut buffer).unwrap();
-        let signature = SlotSignature {
-            image_name: name,
-            public_key: signer.verifying_key().to_bytes(),
-            signature: signer.sign(message).to_bytes(),
-        };
-        std::format!("{signature}")
+        std::format!("{}", SlotSignature::sign(manifest, name, signer).unwrap())
     }
 
     #[test]

@@ -135,6 +135,15 @@ pub struct CreateArgs {
     /// Leave DATA (partition 6; 5 with --gpt) unformatted.
     #[arg(long)]
     pub no_data_fs: bool,
+    /// Sign each slot's `slot.txt` with this private key (`zbctl key generate`), writing its
+    /// `slot.sig`: a loader built with the public key boots only signed slots
+    /// (docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// The image name the slot signatures carry (default: the output file's name without
+    /// its extension).
+    #[arg(long, value_name = "NAME", requires = "sign_key")]
+    pub image_name: Option<String>,
 }
 
 /// One `--slot` value.
@@ -635,7 +644,11 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 }
 
 /// The files of one slot directory, `slot.txt` included.
-fn slot_files(spec: &SlotSpec, cmdline: Option<&String>) -> Result<Vec<SlotFileSource>> {
+fn slot_files(
+    spec: &SlotSpec,
+    cmdline: Option<&String>,
+    signing: Option<(&str, &ed25519_dalek::SigningKey)>,
+) -> Result<Vec<SlotFileSource>> {
     let slot = spec.slot;
     let mut files = vec![SlotFileSource {
         name: "kernel.img",
@@ -678,6 +691,14 @@ fn slot_files(spec: &SlotSpec, cmdline: Option<&String>) -> Result<Vec<SlotFileS
     let text = manifest.to_string();
     // What the loader will parse must parse.
     SlotManifest::parse(text.as_bytes()).map_err(|e| anyhow!("slot {slot}: {e}"))?;
+    if let Some((name, key)) = signing {
+        let signature = super::slot_sign::sign_text(text.as_bytes(), name, key)
+            .with_context(|| format!("slot {slot}"))?;
+        files.push(SlotFileSource {
+            name: super::slot_sign::FILE,
+            bytes: signature.into_bytes(),
+        });
+    }
     files.push(SlotFileSource {
         name: "slot.txt",
         bytes: text.into_bytes(),
@@ -805,6 +826,18 @@ fn boot_partition(args: &CreateArgs, layout: &Layout, disk_id: u32) -> Result<Ve
     let loader = read(&args.loader, "--loader")?;
     let manifest = manifest_text(args)?;
     let config = config_text(args)?;
+    let signing = args
+        .sign_key
+        .as_deref()
+        .map(super::key::read_private)
+        .transpose()?;
+    let image_name = match &args.image_name {
+        Some(name) => name.clone(),
+        None => args
+            .output
+            .file_stem()
+            .map_or_else(|| "zboot".to_string(), |s| s.to_string_lossy().into_owned()),
+    };
     let mut slots = Vec::new();
     for spec in &args.slots {
         ensure!(
@@ -817,7 +850,8 @@ fn boot_partition(args: &CreateArgs, layout: &Layout, disk_id: u32) -> Result<Ve
             .iter()
             .find(|(s, _)| *s == spec.slot)
             .map(|(_, t)| t);
-        slots.push((spec.slot, slot_files(spec, cmdline)?));
+        let signing = signing.as_ref().map(|key| (image_name.as_str(), key));
+        slots.push((spec.slot, slot_files(spec, cmdline, signing)?));
     }
     if let Some((slot, _)) = args
         .cmdlines

@@ -864,6 +864,8 @@ pub fn build_disk(
         cmdlines: Vec::new(),
         roots,
         no_data_fs: false,
+        sign_key: None,
+        image_name: None,
     };
     let mut log = Vec::new();
     super::disk_create::create(&args, &mut log).context("laying out the zboot disk")?;

@@ -486,8 +486,14 @@ pub fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
 }
 
 /// The slot's files, taken from the image's boot partition (see the module docs for the
-/// rule), with their generated `slot.txt` last.
-fn slot_files(boot: &File, version: u32, what: &str) -> Result<Vec<(&'static str, Vec<u8>)>> {
+/// rule), with their generated `slot.txt` last, and the image's `A/slot.sig` when it signs
+/// that `slot.txt` (by `key`, the target's, when it has one).
+fn slot_files(
+    boot: &File,
+    version: u32,
+    key: Option<&[u8; 32]>,
+    what: &str,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut boot = boot.try_clone()?;
     let fs = fatfs::FileSystem::new(&mut boot, fatfs::FsOptions::new())
         .with_context(|| format!("{what}: the image's boot partition is not a FAT volume"))?;
@@ -555,6 +561,20 @@ fn slot_files(boot: &File, version: u32, what: &str) -> Result<Vec<(&'static str
     }
     let text = manifest.to_string();
     SlotManifest::parse(text.as_bytes()).map_err(|e| anyhow!("slot.txt: {e}"))?;
+    // The signature travels with the files: an install on the device needs no private key.
+    let image_sig = if from_a {
+        read_fat_file(&root, &format!("A/{}", super::slot_sign::FILE))?
+    } else {
+        None
+    };
+    match super::slot_sign::carried(image_sig.as_deref(), text.as_bytes(), key, what)? {
+        Some(signature) => files.push((super::slot_sign::FILE, signature)),
+        None if key.is_none() => {}
+        None => eprintln!(
+            "warning: {what}: the image's slot is not signed (no A/slot.sig): a zboot built \
+             with a key will not boot it (docs/security.md)"
+        ),
+    }
     files.push(("slot.txt", text.into_bytes()));
     Ok(files)
 }
@@ -803,7 +823,7 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                     )?;
                 }
             }
-            let files = slot_files(&scratch, header.image_version, what)?;
+            let files = slot_files(&scratch, header.image_version, disk.key.as_ref(), what)?;
             warn_layout(&scratch, what, slot);
             let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
                 .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
@@ -855,7 +875,7 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                     )?;
                 }
             }
-            let files = slot_files(&scratch, header.image_version, what)?;
+            let files = slot_files(&scratch, header.image_version, disk.key.as_ref(), what)?;
             warn_layout(&scratch, what, slot);
             let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
                 .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;

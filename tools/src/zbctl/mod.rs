@@ -20,6 +20,7 @@ pub mod image_tar;
 pub mod init;
 pub mod install;
 pub mod key;
+pub mod slot_sign;
 pub mod status;
 pub mod target;
 pub mod update;
@@ -223,6 +224,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             let mut opened = target::open(&target)?;
             let (state, _, report) = target::load(&mut opened)?;
             let mut view = status::to_json(&state, &report, opened.lbas, &opened.description);
+            status::add_slot_files(&mut view, |name| update::read_boot_file(&target, name));
             if opened.whole_disk {
                 let journal = recovery_proto::reflash::pending(
                     &mut opened.disk,

@@ -71,6 +71,17 @@ pub struct SlotJson {
     pub confirmed_version: u32,
     /// Boot number of the last confirmation.
     pub confirmed_boot: u32,
+    /// The version the slot's `slot.txt` names (what the loader compares with the minimum),
+    /// when the boot partition could be read and the slot has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_version: Option<u32>,
+    /// The slot's signature: `unsigned`, `signed by key … (name)`, or why it is broken
+    /// (checked with the key `slot.sig` names; the loader checks with its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// The signer's fingerprint when the signature verifies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// The reflash journal.
@@ -176,6 +187,9 @@ pub fn to_json(
                     image_version: info.image_version,
                     confirmed_version: info.confirmed_version,
                     confirmed_boot: info.confirmed_boot,
+                    files_version: None,
+                    signature: None,
+                    signer: None,
                 }
             })
             .collect(),
@@ -205,6 +219,33 @@ pub fn to_json(
                 outcome: entry.outcome.name(),
             })
             .collect(),
+    }
+}
+
+/// Fills in each slot's `slot.txt` version and signature from the boot partition, with
+/// `read` fetching a file of it (`None` when absent); a partition that cannot be read
+/// leaves them out.
+pub fn add_slot_files(
+    view: &mut StatusJson,
+    read: impl Fn(&str) -> anyhow::Result<Option<Vec<u8>>>,
+) {
+    for slot in &mut view.slots {
+        let Ok(Some(slot_txt)) = read(&format!("{}/slot.txt", slot.name)) else {
+            continue;
+        };
+        let Ok(manifest) = recovery_proto::slot_manifest::SlotManifest::parse(&slot_txt) else {
+            slot.signature = Some("slot.txt does not parse".into());
+            continue;
+        };
+        slot.files_version = Some(manifest.image_version);
+        let slot_sig = read(&format!("{}/{}", slot.name, super::slot_sign::FILE))
+            .ok()
+            .flatten();
+        let signed = super::slot_sign::describe(&slot_txt, slot_sig.as_deref());
+        if let super::slot_sign::Signed::By { signer, .. } = &signed {
+            slot.signer = Some(signer.to_string());
+        }
+        slot.signature = Some(signed.to_string());
     }
 }
 
@@ -279,6 +320,15 @@ pub fn to_text(json: &StatusJson) -> String {
                 format!("#{}", slot.confirmed_boot)
             }
         );
+    }
+    for slot in &json.slots {
+        if let (Some(version), Some(signature)) = (slot.files_version, &slot.signature) {
+            let _ = writeln!(
+                out,
+                "{:<5} files: slot.txt version {version}, {signature}",
+                slot.name
+            );
+        }
     }
     match &json.reflash_journal {
         Some(Some(entry)) => {

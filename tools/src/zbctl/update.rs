@@ -349,7 +349,7 @@ fn read_target_manifest(target: &Target) -> Result<(Vec<u8>, String)> {
 }
 
 /// A file of the target's FAT boot partition (`None` if it is not there).
-fn read_boot_file(target: &Target, name: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_boot_file(target: &Target, name: &str) -> Result<Option<Vec<u8>>> {
     match target {
         Target::BootDir(dir) => match super::image_tar::find_any_case(dir, name) {
             Some(path) => Ok(Some(
