@@ -294,7 +294,9 @@ pub fn fingerprint(public_key: &[u8; 32]) -> Fingerprint {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(public_key);
     let mut short = [0u8; 8];
-    short.copy_from_slice(&digest[..8]);
+    for (to, from) in short.iter_mut().zip(digest.iter()) {
+        *to = *from;
+    }
     Fingerprint(short)
 }
 

@@ -263,6 +263,198 @@ fn provisioned_key_refuses_unsigned_and_accepts_signed() {
     );
 }
 
+/// The fingerprint zbctl and the loader name a `.pub` file's key by.
+fn fingerprint(public: &Path) -> String {
+    let text = fs::read_to_string(public).unwrap();
+    let bytes: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    recovery_proto::slot_signature::fingerprint(&bytes.try_into().unwrap()).to_string()
+}
+
+/// A slot's field in a [`status`].
+fn slot_field(status: &serde_json::Value, slot: &str, field: &str) -> serde_json::Value {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == slot)
+        .unwrap()[field]
+        .clone()
+}
+
+#[test]
+fn image_sign_signs_the_slot_inside_and_install_carries_it() {
+    let f = fixture();
+    let (dir, disk) = f.copy("signed-disk.img");
+    let signed = dir.path().join("signed.zi");
+    fs::copy(f.path("os.zi"), &signed).unwrap();
+    let key = f.path("release.key");
+    let out = ok(&["image", "sign", s(&signed), "--key", s(&key)]);
+    assert!(out.contains("encoded again with its slots signed"), "{out}");
+    assert!(
+        out.contains("slot A: slot.txt version 5 signed as os"),
+        "{out}"
+    );
+    ok(&[
+        "image",
+        "verify",
+        s(&signed),
+        "--pubkey",
+        s(&f.path("release.pub")),
+    ]);
+    // Signing again finds the slots signed: only the header is signed.
+    let before = fs::read(&signed).unwrap();
+    let again = ok(&["image", "sign", s(&signed), "--key", s(&key)]);
+    assert!(!again.contains("encoded again"), "{again}");
+    assert!(
+        fs::read(&signed).unwrap() == before,
+        "re-signed without a change"
+    );
+
+    let report = ok(&["--image", s(&disk), "install", s(&signed)]);
+    assert!(report.contains("into slot B"), "{report}");
+    let json = status(&disk);
+    let expected = fingerprint(&f.path("release.pub"));
+    assert_eq!(slot_field(&json, "B", "signer"), expected.as_str());
+    assert_eq!(slot_field(&json, "B", "files_version"), 5);
+    assert_eq!(
+        slot_field(&json, "B", "signature"),
+        format!("signed by key {expected} (os)").as_str()
+    );
+    // The carried file is the image's, byte for byte, and signs what install wrote.
+    let sig = String::from_utf8(mtype(&disk, "B/slot.sig")).unwrap();
+    assert!(
+        sig.starts_with("format=1\nalgorithm=ed25519\nimage_name=os\n"),
+        "{sig}"
+    );
+    let text = ok(&["--image", s(&disk), "status"]);
+    assert!(
+        text.contains(&format!(
+            "B     files: slot.txt version 5, signed by key {expected} (os)"
+        )),
+        "{text}"
+    );
+    // Slot A of the disk was made unsigned: status says so.
+    assert_eq!(slot_field(&json, "A", "signature"), "unsigned");
+    fsck_boot(&disk);
+}
+
+#[test]
+fn a_signature_that_does_not_sign_what_install_writes_is_refused() {
+    let f = fixture();
+    let (dir, disk) = f.copy("disk.img");
+    // Version 5 in the image, but its A/slot.txt signed at version 4.
+    let boot = dir.path().join("boot");
+    let root = dir.path().join("root");
+    for tree in ["boot", "root"] {
+        Command::new("cp")
+            .args(["-a", s(&f.path(tree)), s(&dir.path().join(tree))])
+            .status()
+            .unwrap();
+    }
+    let mut manifest = recovery_proto::slot_manifest::SlotManifest::new(4);
+    let contents: Vec<(&str, Vec<u8>)> = ["kernel.img", "initrd.img", "cmdline.txt"]
+        .iter()
+        .map(|name| (*name, fs::read(boot.join("A").join(name)).unwrap()))
+        .collect();
+    for (name, bytes) in &contents {
+        use sha2::Digest;
+        let size = u32::try_from(bytes.len()).unwrap();
+        manifest
+            .add_file(name, size, sha2::Sha256::digest(bytes).into())
+            .unwrap();
+    }
+    let slot_txt = manifest.to_string();
+    fs::write(boot.join("A/slot.txt"), slot_txt).unwrap();
+    tar(&boot, &dir.path().join("boot.tar"));
+    tar(&root, &dir.path().join("root.tar"));
+    ok(&[
+        "image",
+        "convert",
+        "-b",
+        s(&dir.path().join("boot.tar")),
+        "-r",
+        s(&dir.path().join("root.tar")),
+        "-o",
+        s(&dir.path().join("v.zi")),
+        "--name",
+        "os",
+        "--version",
+        "5",
+        "--boot-mib",
+        "40",
+        "--root-mib",
+        "24",
+        "--sign-key",
+        s(&f.path("release.key")),
+    ]);
+    let before = fs::read(&disk).unwrap();
+    fails(
+        &["--image", s(&disk), "install", s(&dir.path().join("v.zi"))],
+        1,
+        &["A/slot.sig does not sign the slot install writes (version 5"],
+    );
+    assert!(fs::read(&disk).unwrap() == before, "the disk was written");
+}
+
+#[test]
+fn disk_create_signs_its_slots_and_status_sees_a_change() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("signed.img");
+    create_small_disk(
+        &disk,
+        &f.path("zboot.img"),
+        &f.path("kernel"),
+        &[
+            "--sign-key",
+            s(&f.path("release.key")),
+            "--image-name",
+            "product",
+        ],
+    );
+    let expected = fingerprint(&f.path("release.pub"));
+    let json = status(&disk);
+    for slot in ["A", "SAFE"] {
+        assert_eq!(
+            slot_field(&json, slot, "signer"),
+            expected.as_str(),
+            "{slot}"
+        );
+    }
+    assert_eq!(slot_field(&json, "A", "files_version"), 3);
+    assert!(slot_field(&json, "B", "signature").is_null());
+    // A slot.txt changed after signing (its version raised) no longer verifies.
+    let changed = String::from_utf8(mtype(&disk, "A/slot.txt"))
+        .unwrap()
+        .replace("image_version=3", "image_version=9");
+    let file = dir.path().join("slot.txt");
+    fs::write(&file, changed).unwrap();
+    let status_out = Command::new("mcopy")
+        .args([
+            "-o",
+            "-i",
+            &format!("{}@@1M", s(&disk)),
+            s(&file),
+            "::A/slot.txt",
+        ])
+        .status()
+        .unwrap();
+    assert!(status_out.success());
+    let json = status(&disk);
+    let signature = slot_field(&json, "A", "signature");
+    assert!(
+        signature
+            .as_str()
+            .unwrap()
+            .starts_with("signature broken: slot.sig: the signature does not match"),
+        "{signature}"
+    );
+    assert!(slot_field(&json, "A", "signer").is_null());
+}
+
 #[test]
 fn older_image_is_refused_unless_forced() {
     let f = fixture();

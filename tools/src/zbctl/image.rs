@@ -576,6 +576,14 @@ fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<()> {
 /// Appends (or replaces) the signature trailer.
 pub fn sign(path: &Path, key_path: &Path, out: &mut dyn Write) -> Result<()> {
     let signing = key::read_private(key_path)?;
+    // The slots inside first: their signatures change the payload, hence the header.
+    if image_convert::sign_slots_in_image(path, &signing, out)?.is_some() {
+        writeln!(
+            out,
+            "{}: encoded again with its slots signed",
+            path.display()
+        )?;
+    }
     let (unsigned_size, header) = {
         let mut opened = Opened::new(path, None)?;
         let image = opened.image().map_err(|e| refuse(path, &e))?;

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
+use recovery_proto::Slot;
 use recovery_proto::image::format::SECTOR;
 use recovery_proto::image::writer::{
     ImageMeta, ImageWriter, PlannedPartition, PlannedRegion, encode_chunk,
@@ -566,6 +567,10 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
             _ => bail!("give --from-disk dd.img, or -b boot.tar -r root.tar"),
         },
     };
+    let partitions = match &signing {
+        Some(key) => sign_slots(partitions, &name, version, key, scratch.path(), out)?,
+        None => partitions,
+    };
     let meta = ImageMeta {
         name,
         version,
@@ -584,20 +589,7 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
             signing,
         )?;
     }
-    // An image carried over as it was may still lack what a unit needs to run zboot.
-    match super::image_layout::check_file(&args.output) {
-        Ok(layout) if !layout.ok() => eprintln!(
-            "warning: {}: no zboot layout ({}): a unit reflashed from this image would not run \
-             zboot",
-            args.output.display(),
-            layout.summary()
-        ),
-        Ok(_) => {}
-        Err(error) => eprintln!(
-            "warning: {}: layout not checked: {error:#}",
-            args.output.display()
-        ),
-    }
+    warn_layout(&args.output);
     let size = fs::metadata(&args.output)?.len();
     writeln!(
         out,
@@ -613,6 +605,234 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         if signing.is_some() { ", signed" } else { "" }
     )?;
     Ok(())
+}
+
+/// Signs each slot of the image's boot partition (`slot.sig` beside each `slot.txt`), on a
+/// copy in `scratch`: the input stays as it was. Returns the partitions with the boot
+/// partition's content taken from the copy.
+fn sign_slots(
+    mut partitions: Vec<SourcePartition>,
+    name: &str,
+    version: u32,
+    key: &ed25519_dalek::SigningKey,
+    scratch: &Path,
+    out: &mut dyn Write,
+) -> Result<Vec<SourcePartition>> {
+    let Some(boot) = partitions
+        .iter_mut()
+        .find(|p| p.entry.role == Role::Boot && p.content.is_some())
+    else {
+        bail!("--sign-key: the image has no boot partition whose slots could be signed");
+    };
+    let Some((path, offset)) = boot.content.clone() else {
+        bail!("--sign-key: the boot partition is not carried");
+    };
+    let mut bytes = vec![0u8; usize::try_from(boot.entry.size())?];
+    File::open(&path)
+        .and_then(|file| file.read_exact_at(&mut bytes, offset))
+        .with_context(|| format!("reading the boot partition of {}", path.display()))?;
+    let (signed, fat32) = {
+        let fs = fatfs::FileSystem::new(std::io::Cursor::new(&mut bytes), fatfs::FsOptions::new())
+            .context("--sign-key: the boot partition is not a FAT volume")?;
+        let signed = super::slot_sign::sign_boot_partition(&fs.root_dir(), name, version, key)?;
+        let fat32 = fs.fat_type() == fatfs::FatType::Fat32;
+        fs.unmount().context("flushing the boot partition")?;
+        (signed, fat32)
+    };
+    if fat32 {
+        super::fat_fixup::fix_fatfs_volume(&mut bytes)?;
+    }
+    if signed.is_empty() {
+        eprintln!(
+            "warning: the boot partition has no slot to sign (no A/kernel.img, no X/slot.txt): \
+             a zboot built with a key will not boot what install writes from this image"
+        );
+        return Ok(partitions);
+    }
+    for (slot, slot_version) in &signed {
+        writeln!(
+            out,
+            "slot {slot}: slot.txt version {slot_version} signed as {name} by key {}",
+            super::slot_sign::fingerprint_of(&key.verifying_key().to_bytes())
+        )?;
+        if *slot == Slot::A && *slot_version != version {
+            eprintln!(
+                "warning: A/slot.txt says version {slot_version}, the image {version}: `zbctl \
+                 install` writes version {version} and cannot carry this signature"
+            );
+        }
+    }
+    let copy = scratch.join("boot-signed.img");
+    fs::write(&copy, &bytes).with_context(|| format!("writing {}", copy.display()))?;
+    boot.content = Some((copy, 0));
+    Ok(partitions)
+}
+
+/// `image sign`'s first step: makes sure every slot in the image's boot partition carries
+/// `key`'s signature for the image's name. When one does not, the image is decoded to
+/// scratch files beside it, its slots signed, and it is encoded again with the same name,
+/// version, creation time, chunk size and disk identity (the payload changes, so its
+/// header does too). Returns the (new) header when it rebuilt the image, `None` when every
+/// slot was signed already.
+pub fn sign_slots_in_image(
+    path: &Path,
+    key: &ed25519_dalek::SigningKey,
+    out: &mut dyn Write,
+) -> Result<Option<Header>> {
+    use super::image::{Opened, refuse};
+    use recovery_proto::image::{Decoder, ImageError};
+
+    let mut opened = Opened::new(path, None)?;
+    let mut source = opened.source.try_clone()?;
+    let image = opened.image().map_err(|e| refuse(path, &e))?;
+    let header = *image.header();
+    let name = header.name().to_string();
+    let entries: Vec<PartitionEntry> = (0..header.partition_count)
+        .map(|index| {
+            image
+                .partition(index)
+                .ok_or_else(|| anyhow!("{}: partition entry {index}", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".zbctl-sign-")
+        .tempdir_in(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
+        .context("making a scratch directory beside the image")?;
+    let mut decoder = Box::new(Decoder::new());
+    let mut buffer = vec![0u8; header.chunk_size as usize];
+    let mut decode = |entry: &PartitionEntry| -> Result<PathBuf> {
+        let file_path = scratch.path().join(format!("partition-{}", entry.number));
+        let file = File::create(&file_path)?;
+        file.set_len(entry.size())?;
+        for index in entry.first_region..entry.first_region + entry.region_count {
+            let chunk = image
+                .read_region(&mut source, index, &mut decoder, &mut buffer)
+                .map_err(|e: ImageError<_>| refuse(path, &e))?;
+            super::install::write_content(
+                &file,
+                chunk.region.offset,
+                chunk.region.length,
+                &chunk.content,
+            )?;
+        }
+        Ok(file_path)
+    };
+    let boot = entries
+        .iter()
+        .find(|entry| entry.role == Role::Boot && entry.region_count > 0)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no boot partition whose slots could be signed",
+                path.display()
+            )
+        })?;
+    let boot_path = decode(boot)?;
+    let public = key.verifying_key().to_bytes();
+    if slots_signed_by(&boot_path, &name, &public)? {
+        return Ok(None);
+    }
+    ensure!(
+        header.table == TableKind::Mbr,
+        "{}: re-signing the slots of a GPT image is not supported: convert it again with \
+         --sign-key",
+        path.display()
+    );
+    let mut partitions = Vec::new();
+    for entry in &entries {
+        let content = if entry.number == boot.number {
+            Some((boot_path.clone(), 0))
+        } else if entry.region_count > 0 {
+            Some((decode(entry)?, 0))
+        } else {
+            None
+        };
+        partitions.push(SourcePartition {
+            entry: *entry,
+            content,
+        });
+    }
+    let partitions = sign_slots(
+        partitions,
+        &name,
+        header.image_version,
+        key,
+        scratch.path(),
+        out,
+    )?;
+    let meta = ImageMeta {
+        name,
+        version: header.image_version,
+        created: header.created,
+        chunk_size: header.chunk_size,
+        table: header.table,
+        disk_signature: header.disk_signature,
+        disk_size: header.disk_size,
+    };
+    let (header, _) = build(&partitions, meta, 6, path)?;
+    Ok(Some(header))
+}
+
+/// Whether every slot of the boot partition in `path` that has a `slot.txt` carries a
+/// signature by `public` for image `name`, and `A/` has its `slot.txt` (true, with a
+/// warning, when there is no slot at all).
+fn slots_signed_by(path: &Path, name: &str, public: &[u8; 32]) -> Result<bool> {
+    let mut file = File::open(path)?;
+    let fs = fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new())
+        .context("the image's boot partition is not a FAT volume")?;
+    let root = fs.root_dir();
+    let mut any = false;
+    for slot in Slot::ALL {
+        let read = |file: &str| -> Option<Vec<u8>> {
+            let mut bytes = Vec::new();
+            let mut opened = root.open_file(&format!("{slot}/{file}")).ok()?;
+            std::io::Read::read_to_end(&mut opened, &mut bytes).ok()?;
+            Some(bytes)
+        };
+        let Some(slot_txt) = read("slot.txt") else {
+            if slot == Slot::A && read("kernel.img").is_some() {
+                // Signing adds the slot.txt install writes.
+                return Ok(false);
+            }
+            continue;
+        };
+        any = true;
+        let signed = super::slot_sign::describe(&slot_txt, read(super::slot_sign::FILE).as_deref());
+        let expected = super::slot_sign::Signed::By {
+            signer: super::slot_sign::fingerprint_of(public),
+            image_name: name.to_string(),
+        };
+        if signed != expected {
+            return Ok(false);
+        }
+    }
+    if !any {
+        eprintln!(
+            "warning: the image's boot partition has no slot to sign (no A/kernel.img, no \
+             X/slot.txt): a zboot built with a key will not boot what install writes from it"
+        );
+    }
+    Ok(true)
+}
+
+/// An image carried over as it was may still lack what a unit needs to run zboot: says so.
+fn warn_layout(output: &Path) {
+    match super::image_layout::check_file(output) {
+        Ok(layout) if !layout.ok() => eprintln!(
+            "warning: {}: no zboot layout ({}): a unit reflashed from this image would not run \
+             zboot",
+            output.display(),
+            layout.summary()
+        ),
+        Ok(_) => {}
+        Err(error) => eprintln!(
+            "warning: {}: layout not checked: {error:#}",
+            output.display()
+        ),
+    }
 }
 
 /// The workspace's release build of the loader.

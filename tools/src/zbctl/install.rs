@@ -46,7 +46,7 @@ pub const DEFAULT_STICK_NAME: &str = "ZBOOT.ZI";
 /// The slot files install takes from the image's boot partition, in the order written:
 /// (name in the slot directory, names looked for at the boot partition's root when it has no
 /// `A/kernel.img`).
-const SLOT_FILES: [(&str, &[&str]); 4] = [
+pub(crate) const SLOT_FILES: [(&str, &[&str]); 4] = [
     ("kernel.img", &["kernel.img", "kernel8.img"]),
     ("initrd.img", &["initrd.img", "initramfs8"]),
     ("dtb.dtb", &["dtb.dtb", "bcm2711-rpi-cm4.dtb"]),
@@ -976,7 +976,12 @@ fn warn_layout(scratch: &File, what: &str, slot: Slot) {
 }
 
 /// Writes a region's content at byte `at` of `file`; returns the bytes written.
-fn write_content(file: &File, at: u64, length: u64, content: &Content<'_>) -> Result<u64> {
+pub(crate) fn write_content(
+    file: &File,
+    at: u64,
+    length: u64,
+    content: &Content<'_>,
+) -> Result<u64> {
     match content {
         Content::Data(bytes) => {
             file.write_all_at(bytes, at)?;

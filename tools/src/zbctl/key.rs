@@ -70,8 +70,12 @@ fn generate(prefix: &Path, force: bool, out: &mut dyn Write) -> Result<()> {
         .with_context(|| format!("writing {}", public.display()))?;
     writeln!(
         out,
-        "private key {} (keep it secret), public key {}\nprovision it in zbmanifest.txt:\npublic_key={public_hex}",
+        "private key {} (keep it secret), public key {} (fingerprint {})\nbuild it into zboot: \
+         ZBOOT_PUBLIC_KEY={} cargo xtask build\nor provision it in zbmanifest.txt:\n\
+         public_key={public_hex}",
         private.display(),
+        public.display(),
+        super::slot_sign::fingerprint_of(&key.verifying_key().to_bytes()),
         public.display()
     )?;
     Ok(())

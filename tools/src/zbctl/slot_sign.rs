@@ -11,6 +11,7 @@ use ed25519_dalek::SigningKey;
 use recovery_proto::Slot;
 use recovery_proto::slot_manifest::SlotManifest;
 use recovery_proto::slot_signature::{self, Fingerprint, SlotSignature};
+use sha2::Digest;
 
 /// The signature's file name in a slot directory.
 pub const FILE: &str = "slot.sig";
@@ -25,16 +26,28 @@ pub fn sign_text(slot_txt: &[u8], name: &str, key: &SigningKey) -> Result<String
 }
 
 /// Signs every slot directory of a boot partition that has a `slot.txt`, writing its
-/// `slot.sig`; returns the slots signed with their versions.
+/// `slot.sig`; returns the slots signed with their versions. An image's `A/` without a
+/// `slot.txt` (install makes one) first gets the `slot.txt` install would write for
+/// `version`, so that install can carry the signature.
 pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
     root: &fatfs::Dir<'_, T>,
     name: &str,
+    version: u32,
     key: &SigningKey,
 ) -> Result<Vec<(Slot, u32)>> {
     let mut signed = Vec::new();
     for slot in Slot::ALL {
-        let Some(text) = read(root, &format!("{slot}/slot.txt"))? else {
-            continue;
+        let text = match read(root, &format!("{slot}/slot.txt"))? {
+            Some(text) => text,
+            None if slot == Slot::A && read(root, "A/kernel.img")?.is_some() => {
+                let text = install_slot_txt(root, version)?;
+                let mut file = root.create_file("A/slot.txt")?;
+                file.truncate()?;
+                file.write_all(&text)
+                    .context("writing /A/slot.txt: the boot partition is full")?;
+                text
+            }
+            None => continue,
         };
         let manifest = SlotManifest::parse(&text).map_err(|e| anyhow!("{slot}/slot.txt: {e}"))?;
         let signature = sign_text(&text, name, key).with_context(|| format!("slot {slot}"))?;
@@ -48,6 +61,29 @@ pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
         signed.push((slot, manifest.image_version));
     }
     Ok(signed)
+}
+
+/// The `slot.txt` `zbctl install` generates from an image's `A/` (the same files, in the
+/// same order, at the image's version).
+fn install_slot_txt<T: fatfs::ReadWriteSeek>(
+    root: &fatfs::Dir<'_, T>,
+    version: u32,
+) -> Result<Vec<u8>> {
+    let mut files = Vec::new();
+    for (name, _) in super::install::SLOT_FILES {
+        if let Some(bytes) = read(root, &format!("A/{name}"))? {
+            files.push((name, bytes));
+        }
+    }
+    let mut manifest = SlotManifest::new(version);
+    for (name, bytes) in &files {
+        let size =
+            u32::try_from(bytes.len()).map_err(|_| anyhow!("A/{name}: larger than 4 GiB"))?;
+        manifest
+            .add_file(name, size, sha2::Sha256::digest(bytes).into())
+            .map_err(|e| anyhow!("A/slot.txt: {e}"))?;
+    }
+    Ok(manifest.to_string().into_bytes())
 }
 
 /// What a slot directory's signature says, as `status` shows it.

@@ -261,6 +261,40 @@ fn yes_no(value: bool) -> &'static str {
     if value { "yes" } else { "no" }
 }
 
+/// The slot table of the human view, and each slot's files.
+fn slot_table(out: &mut String, json: &StatusJson) {
+    let _ = writeln!(
+        out,
+        "\nslot  state  failed  version  confirmed  confirmed at boot"
+    );
+    for slot in &json.slots {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<6} {:>2}/{:<3}  {:<7}  {:<9}  {}",
+            slot.name,
+            slot.state,
+            slot.failed_boots,
+            json.max_boot_failure,
+            slot.image_version,
+            slot.confirmed_version,
+            if slot.confirmed_boot == 0 {
+                "never".to_string()
+            } else {
+                format!("#{}", slot.confirmed_boot)
+            }
+        );
+    }
+    for slot in &json.slots {
+        if let (Some(version), Some(signature)) = (slot.files_version, &slot.signature) {
+            let _ = writeln!(
+                out,
+                "{:<5} files: slot.txt version {version}, {signature}",
+                slot.name
+            );
+        }
+    }
+}
+
 /// The human view.
 pub fn to_text(json: &StatusJson) -> String {
     let mut out = String::new();
@@ -300,36 +334,7 @@ pub fn to_text(json: &StatusJson) -> String {
         yes_no(json.count_power_loss),
         json.min_version
     );
-    let _ = writeln!(
-        out,
-        "\nslot  state  failed  version  confirmed  confirmed at boot"
-    );
-    for slot in &json.slots {
-        let _ = writeln!(
-            out,
-            "{:<5} {:<6} {:>2}/{:<3}  {:<7}  {:<9}  {}",
-            slot.name,
-            slot.state,
-            slot.failed_boots,
-            json.max_boot_failure,
-            slot.image_version,
-            slot.confirmed_version,
-            if slot.confirmed_boot == 0 {
-                "never".to_string()
-            } else {
-                format!("#{}", slot.confirmed_boot)
-            }
-        );
-    }
-    for slot in &json.slots {
-        if let (Some(version), Some(signature)) = (slot.files_version, &slot.signature) {
-            let _ = writeln!(
-                out,
-                "{:<5} files: slot.txt version {version}, {signature}",
-                slot.name
-            );
-        }
-    }
+    slot_table(&mut out, json);
     match &json.reflash_journal {
         Some(Some(entry)) => {
             let _ = writeln!(
