@@ -127,7 +127,12 @@ impl Disk {
 
     /// A boot with the harness adjusted by `adjust` (the card model, say).
     fn boot_on(&self, adjust: impl FnOnce(Qemu) -> Qemu) -> Run {
-        let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
+        self.boot_build(LoaderBuild::QemuTest, adjust)
+    }
+
+    /// A boot of `build` with the harness adjusted by `adjust`.
+    fn boot_build(&self, build: LoaderBuild, adjust: impl FnOnce(Qemu) -> Qemu) -> Run {
+        let loader = LoaderImage::get(build).expect("building the loader");
         let qemu = Qemu::new(&loader.image)
             .dtb(&minimal_dtb().unwrap())
             .emmc(&self.image);
@@ -145,6 +150,7 @@ struct SlotSetup<'a> {
     kernel: Option<&'a Path>,
     initrd: Option<&'a Path>,
     dtb: Option<&'a Path>,
+    version: u32,
 }
 
 impl<'a> SlotSetup<'a> {
@@ -155,6 +161,7 @@ impl<'a> SlotSetup<'a> {
             kernel: None,
             initrd: None,
             dtb: None,
+            version: 1,
         }
     }
 }
@@ -192,9 +199,10 @@ fn disk_built(slots: &[SlotSetup<'_>], extra: &[&str], size: &str) -> Disk {
     ];
     for setup in slots {
         let mut spec = format!(
-            "{}:kernel={},version=1",
+            "{}:kernel={},version={}",
             setup.slot,
-            setup.kernel.unwrap_or(&kernel.image).display()
+            setup.kernel.unwrap_or(&kernel.image).display(),
+            setup.version
         );
         if let Some(initrd) = setup.initrd {
             let _ = write!(spec, ",initrd={}", initrd.display());
@@ -934,4 +942,347 @@ fn a_kernel_that_hangs_is_reset_by_the_watchdog_and_falls_back_after_three() {
         "the hang counted three times"
     );
     assert_eq!(disk.slot("A")["state"], "bad");
+}
+
+// Verified boot (docs/security.md): a loader with the test key built in
+// (`LoaderBuild::QemuTestProvisioned`) boots only slots whose slot.txt that key signed.
+
+/// The test key built into the provisioned loader: (private key file, fingerprint).
+fn test_key() -> (PathBuf, String) {
+    let (private, _) = zboot_qemu_tests::provisioned_key_files().unwrap();
+    let key = zboot_tools::zbctl::key::read_private(&private).unwrap();
+    let fingerprint =
+        zboot_tools::zbctl::slot_sign::fingerprint_of(&key.verifying_key().to_bytes());
+    (private, fingerprint.to_string())
+}
+
+/// A disk whose three slots the test key signed (as image `product`), at `version`.
+fn signed_disk(version: u32) -> Disk {
+    let (key, _) = test_key();
+    let setup = |slot| SlotSetup {
+        version,
+        ..SlotSetup::new(slot, "good")
+    };
+    disk_with(
+        &[setup("A"), setup("B"), setup("SAFE")],
+        &[
+            "--sign-key",
+            key.to_str().unwrap(),
+            "--image-name",
+            "product",
+        ],
+    )
+}
+
+/// How a slot's files are rewritten by hand (someone with write access to the boot
+/// partition): its signature after the change.
+enum Resign<'k> {
+    /// slot.sig left as it was.
+    Keep,
+    /// slot.sig deleted.
+    Remove,
+    /// slot.sig made with this private key file.
+    With(&'k Path),
+    /// slot.sig replaced by these bytes.
+    Bytes(Vec<u8>),
+}
+
+impl Disk {
+    fn boot_provisioned(&self) -> Run {
+        self.boot_build(LoaderBuild::QemuTestProvisioned, |qemu| qemu)
+    }
+
+    /// Rewrites `slot`'s kernel (when given) and command line with a `slot.txt` that
+    /// matches them at `version`: consistent files, as an attacker would leave them.
+    fn forge(
+        &self,
+        slot: &str,
+        kernel: Option<&[u8]>,
+        cmdline: &str,
+        version: u32,
+        resign: Resign<'_>,
+    ) {
+        use sha2::Digest;
+        if let Some(kernel) = kernel {
+            self.replace_file(&format!("{slot}/kernel.img"), kernel);
+        }
+        self.replace_file(&format!("{slot}/cmdline.txt"), cmdline.as_bytes());
+        let mut manifest = recovery_proto::slot_manifest::SlotManifest::new(version);
+        let files: Vec<(&str, Vec<u8>)> = ["kernel.img", "cmdline.txt"]
+            .into_iter()
+            .map(|name| (name, self.read_file(&format!("{slot}/{name}"))))
+            .collect();
+        for (name, bytes) in &files {
+            let size = u32::try_from(bytes.len()).unwrap();
+            manifest
+                .add_file(name, size, sha2::Sha256::digest(bytes).into())
+                .unwrap();
+        }
+        let slot_txt = manifest.to_string();
+        self.replace_file(&format!("{slot}/slot.txt"), slot_txt.as_bytes());
+        let path = format!("{slot}/slot.sig");
+        match resign {
+            Resign::Keep => {}
+            Resign::Remove => self.delete_file(&path),
+            Resign::With(key) => {
+                let key = zboot_tools::zbctl::key::read_private(key).unwrap();
+                let text =
+                    zboot_tools::zbctl::slot_sign::sign_text(slot_txt.as_bytes(), "product", &key)
+                        .unwrap();
+                self.replace_file(&path, text.as_bytes());
+            }
+            Resign::Bytes(bytes) => self.replace_file(&path, &bytes),
+        }
+    }
+
+    /// The newest boot's reason in the history.
+    fn last_reason(&self) -> String {
+        let status = self.status();
+        let history = status["history"].as_array().unwrap();
+        history.last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// What a RECOVERY entered because no slot was left prints, when no stick is in.
+const WAITING: &str = "waiting for a (new) stick";
+
+#[test]
+fn verified_boot_boots_a_signed_slot_and_names_the_mode() {
+    let (_, fingerprint) = test_key();
+    let disk = signed_disk(1);
+    let before = disk.snapshot();
+    let run = disk.boot_provisioned();
+    disk.assert_only_state_written(&before);
+    assert_eq!(run.ending, Ending::GuestReset, "the test kernel resets");
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert!(run.console_has(&format!(
+        "verified boot: slots boot only when signed by the built-in key {fingerprint}"
+    )));
+    assert!(run.console_has(&format!(
+        "slot A: slot.sig: product version 1 signed by key {fingerprint} (built in): \
+         signature OK"
+    )));
+    let status = disk.status();
+    let slot_a = &status["slots"][0];
+    assert_eq!(slot_a["signer"], fingerprint.as_str(), "{status}");
+
+    // A loader without a key: integrity only, slot.sig never read.
+    let run = disk.boot();
+    assert!(run.console_has("integrity only: no key built in"));
+    assert!(!run.console_has("slot.sig"), "{}", run.console);
+    assert_eq!(booted(&run).0, "A");
+}
+
+#[test]
+fn verified_boot_refuses_replaced_files_init_sh_and_another_key() {
+    let disk = signed_disk(1);
+    let kernel = LoaderImage::get(LoaderBuild::TestKernel).unwrap();
+    let mut other_kernel = std::fs::read(&kernel.image).unwrap();
+    other_kernel.extend_from_slice(&[0x5a; 4096]);
+    // A: the classic, init=/bin/sh on a consistent slot.txt; the old slot.sig stays.
+    disk.forge(
+        "A",
+        None,
+        "console=ttyAMA0 zbtest=good init=/bin/sh\n",
+        1,
+        Resign::Keep,
+    );
+    // B: kernel and slot.txt replaced, hash-consistent, unsigned.
+    disk.forge(
+        "B",
+        Some(&other_kernel),
+        "console=ttyAMA0 zbtest=good\n",
+        1,
+        Resign::Remove,
+    );
+    let before = disk.snapshot();
+    let run = disk.boot_provisioned();
+    disk.assert_only_state_written(&before);
+    assert!(run.console_has(
+        "slot A: A/slot.sig: slot.sig: the signature does not match the slot's files, name or \
+         version (changed after signing); falling back"
+    ));
+    assert!(run.console_has(
+        "slot B: B/slot.sig: not signed (no slot.sig), and this zboot boots only slots signed \
+         by its built-in key; falling back"
+    ));
+    assert_eq!(booted(&run).0, "SAFE", "the untouched, signed SAFE boots");
+    assert!(
+        !run.console_has("init=/bin/sh"),
+        "the forged line never reached a kernel"
+    );
+    assert_eq!(disk.failed_boots("A"), 1, "counted like a hash mismatch");
+    assert_eq!(disk.failed_boots("B"), 1);
+    // The history names the first slot passed over (A; B's reason is in the log).
+    assert!(
+        disk.last_reason().starts_with(
+            "slot A: not signed by the product key (now 1 failed boots); falling back to slot \
+             SAFE"
+        ),
+        "{}",
+        disk.last_reason()
+    );
+
+    // SAFE re-signed by another key as well: nothing is left, RECOVERY waits.
+    let other = disk.dir.path().join("other");
+    zbctl(&["key", "generate", "--output", other.to_str().unwrap()]);
+    disk.forge(
+        "SAFE",
+        Some(&other_kernel),
+        "console=ttyAMA0 zbtest=good\n",
+        1,
+        Resign::With(&other.with_extension("key")),
+    );
+    let run = disk.boot_build(LoaderBuild::QemuTestProvisioned, |qemu| {
+        qemu.stop_at(WAITING)
+    });
+    assert_eq!(run.ending, Ending::StopText, "RECOVERY waits for a stick");
+    assert!(run.console_has(
+        "slot SAFE: SAFE/slot.sig: slot.sig: not signed by the key built into zboot (signed by \
+         another key, or changed after signing)"
+    ));
+    assert!(!run.console_has("test-kernel:"), "no kernel ran");
+    // SAFE's first boot above was never confirmed: this refusal is its second failure.
+    assert!(
+        disk.last_reason().starts_with("no bootable slot (A: ")
+            && disk
+                .last_reason()
+                .contains("SAFE: not signed by the product key (now 2 failed boots)"),
+        "{}",
+        disk.last_reason()
+    );
+}
+
+#[test]
+fn verified_boot_refuses_bad_signature_files_with_their_reason() {
+    let disk = signed_disk(1);
+    let sig = String::from_utf8(disk.read_file("A/slot.sig")).unwrap();
+    let cmdline = "console=ttyAMA0 zbtest=good\n";
+    // Truncated in the middle of the signature line: its newline and 39 digits gone.
+    let truncated = sig[..sig.len() - 40].as_bytes().to_vec();
+    let digits = 128 - 39;
+    disk.forge("A", None, cmdline, 1, Resign::Bytes(truncated));
+    // Another algorithm.
+    let rsa = sig.replace("algorithm=ed25519", "algorithm=rsa2048");
+    disk.forge("B", None, cmdline, 1, Resign::Bytes(rsa.into_bytes()));
+    // Too long: padded with comment lines past the 1024 bytes read.
+    let long = format!("{sig}{}", "# padding\n".repeat(120));
+    let long_size = long.len();
+    disk.forge("SAFE", None, cmdline, 1, Resign::Bytes(long.into_bytes()));
+    let before = disk.snapshot();
+    let run = disk.boot_build(LoaderBuild::QemuTestProvisioned, |qemu| {
+        qemu.stop_at(WAITING)
+    });
+    disk.assert_only_state_written(&before);
+    assert_eq!(run.ending, Ending::StopText);
+    assert!(run.console_has(&format!(
+        "slot A: A/slot.sig: slot.sig line 5: signature has {digits} characters, expected 128 \
+         hex digits"
+    )));
+    assert!(run.console_has(
+        "slot B: B/slot.sig: slot.sig line 2: algorithm is not ed25519, the only one zboot checks"
+    ));
+    assert!(run.console_has(&format!(
+        "slot SAFE: SAFE/slot.sig: slot.sig: {long_size} bytes, more than the 1024 allowed"
+    )));
+    assert!(!run.console_has("test-kernel:"), "no kernel ran");
+}
+
+#[test]
+fn verified_boot_refuses_a_downgraded_slot_once_the_minimum_moved() {
+    let (key, _) = test_key();
+    let disk = signed_disk(1);
+    let cmdline = "console=ttyAMA0 zbtest=good\n";
+    // Keep A's signed version 1 files, as an attacker would from an old release.
+    let old: Vec<(String, Vec<u8>)> = ["slot.txt", "slot.sig"]
+        .iter()
+        .map(|name| ((*name).to_owned(), disk.read_file(&format!("A/{name}"))))
+        .collect();
+    // Version 2 everywhere (an update, which records the version in the state), then the
+    // minimum moves to 2.
+    for slot in ["A", "B", "SAFE"] {
+        disk.forge(slot, None, cmdline, 2, Resign::With(&key));
+    }
+    for slot in ["B", "A"] {
+        zbctl(&["set-active", slot, "--version", "2", "--image", disk.path()]);
+    }
+    let refused = zbctl_error(&["set-minimum", "3", "--image", disk.path()]);
+    assert!(
+        refused.contains("ACTIVE's slot.txt says version 2, below 3"),
+        "{refused}"
+    );
+    zbctl(&["set-minimum", "2", "--image", disk.path()]);
+    let lowered = zbctl_error(&["set-minimum", "1", "--image", disk.path()]);
+    assert!(lowered.contains("only goes up: it is 2"), "{lowered}");
+    assert_eq!(disk.status()["min_version"], 2);
+    // The old, validly signed version 1 copied back into A.
+    for (name, bytes) in &old {
+        disk.replace_file(&format!("A/{name}"), bytes);
+    }
+    disk.forge("A", None, cmdline, 1, Resign::Keep);
+    let before = disk.snapshot();
+    let run = disk.boot_provisioned();
+    disk.assert_only_state_written(&before);
+    assert!(run.console_has("slot A: slot.sig: product version 1 signed by key"));
+    assert!(run.console_has(
+        "slot A: A/slot.txt: image version 1 is below the minimum accepted version 2; falling back"
+    ));
+    assert_eq!(booted(&run), ("B".into(), 1));
+    assert_eq!(disk.failed_boots("A"), 0, "passed over, not counted");
+    assert!(
+        disk.last_reason()
+            .starts_with("slot A: image version below the minimum; falling back to slot B"),
+        "{}",
+        disk.last_reason()
+    );
+}
+
+#[test]
+fn verified_boot_an_install_carries_the_signature_and_b_boots() {
+    let (key, fingerprint) = test_key();
+    let disk = signed_disk(1);
+    // The release: a disk of version 2 converted into a signed .zi.
+    let release = signed_disk(2);
+    let zi = disk.dir.path().join("release.zi");
+    zbctl(&[
+        "image",
+        "convert",
+        "--from-disk",
+        release.path(),
+        "-o",
+        zi.to_str().unwrap(),
+        "--name",
+        "product",
+        "--version",
+        "2",
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    zbctl(&["install", "--image", disk.path(), zi.to_str().unwrap()]);
+    assert_eq!(
+        disk.read_file("B/slot.sig"),
+        release.read_file("A/slot.sig")
+    );
+    let run = disk.boot_provisioned();
+    assert!(run.console_has(&format!(
+        "slot B: slot.sig: product version 2 signed by key {fingerprint} (built in): \
+         signature OK"
+    )));
+    assert_eq!(booted(&run), ("B".into(), 1), "the trial boots");
+}
+
+/// zbctl's error for `args` (which must fail).
+fn zbctl_error(args: &[&str]) -> String {
+    let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("zbctl").chain(args.iter().copied()),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    match zboot_tools::zbctl::run(&cli, &mut out) {
+        Ok(()) => panic!("zbctl {args:?} succeeded"),
+        Err(error) => format!("{error:#}"),
+    }
 }

@@ -22,6 +22,8 @@ pub enum OpError {
     /// ACTIVE is a trial nobody confirmed: the BACKUP holds the last confirmed system, and
     /// installing over it would leave nothing known-good to roll back to.
     ActiveUnconfirmed { active: Slot, backup: Slot },
+    /// The anti-rollback minimum only goes up.
+    MinimumLowered { current: u32, asked: u32 },
 }
 
 impl fmt::Display for OpError {
@@ -49,6 +51,10 @@ impl fmt::Display for OpError {
                 "ACTIVE slot {active} is a trial not confirmed yet, and BACKUP {backup} holds the \
                  last confirmed system: boot {active} and run `zbctl mark-good`, or go back with \
                  `zbctl set-active {backup}`"
+            ),
+            OpError::MinimumLowered { current, asked } => write!(
+                f,
+                "the minimum image version only goes up: it is {current}, {asked} would lower it"
             ),
         }
     }
@@ -109,6 +115,19 @@ impl State {
     pub fn try_once(&mut self, slot: Slot, version: Option<u32>) {
         self.one_shot = Some(slot);
         self.rearm(slot, version);
+    }
+
+    /// `set-minimum N`: from now on the loader boots no A/B slot whose (signed) version is
+    /// below `version`, and install and update refuse such images. Never lowered.
+    pub fn raise_minimum(&mut self, version: u32) -> Result<(), OpError> {
+        if version < self.min_version {
+            return Err(OpError::MinimumLowered {
+                current: self.min_version,
+                asked: version,
+            });
+        }
+        self.min_version = version;
+        Ok(())
     }
 
     /// `request-recovery` (or cancel it).

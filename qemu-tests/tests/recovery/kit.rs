@@ -36,7 +36,18 @@ impl Kit {
         Self::with_root_b(Some(megabytes))
     }
 
+    /// A kit whose slots are signed by the test key built into
+    /// [`LoaderBuild::QemuTestProvisioned`] (as image `os`); the `.zi` itself is not
+    /// signed.
+    pub fn signed() -> Self {
+        Self::built(None, true)
+    }
+
     pub fn with_root_b(payload_megabytes: Option<usize>) -> Self {
+        Self::built(payload_megabytes, false)
+    }
+
+    fn built(payload_megabytes: Option<usize>, signed: bool) -> Self {
         let loader = LoaderImage::get(LoaderBuild::QemuTest).unwrap();
         let kernel = LoaderImage::get(LoaderBuild::TestKernel).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -72,6 +83,15 @@ impl Kit {
             std::fs::write(root.join("payload.txt"), text).unwrap();
             args.push("--root".into());
             args.push(format!("B={}/", root.display()));
+        }
+        if signed {
+            let (key, _) = zboot_qemu_tests::provisioned_key_files().unwrap();
+            args.extend([
+                "--sign-key".into(),
+                key.display().to_string(),
+                "--image-name".into(),
+                "os".into(),
+            ]);
         }
         zbctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let zi = dir.path().join("os.zi");

@@ -167,7 +167,7 @@ fn a_key_built_into_the_loader_is_demanded_even_on_a_blank_emmc() {
     // A blank eMMC has no zbmanifest.txt and so no public_key=: only a key
     // built into zboot (ZBOOT_PUBLIC_KEY) can demand a signature there.
     let build = LoaderBuild::QemuTestProvisioned;
-    let kit = Kit::new();
+    let kit = Kit::signed();
     let emmc = kit.blank_emmc();
     let blank = std::fs::read(&emmc).unwrap();
     let waiting = Some("waiting for a (new) stick");
@@ -196,13 +196,17 @@ fn a_key_built_into_the_loader_is_demanded_even_on_a_blank_emmc() {
     assert_eq!(run.ending, Ending::GuestReset);
     assert_eq!(differences(&kit, &emmc), Vec::<u64>::new());
     let run = boot_build(build, &emmc, None, None, &[]);
+    assert!(
+        run.console_has("slot A: slot.sig: os version 1 signed by key"),
+        "the reflashed slot carries its signature"
+    );
     assert!(run.console_has("zboot.slot=A zboot.attempt=1"), "A boots");
 }
 
 #[test]
 fn the_recovery_button_held_at_power_on_enters_recovery() {
     let build = LoaderBuild::QemuTestProvisioned;
-    let kit = Kit::new();
+    let kit = Kit::signed();
     let emmc = kit.dir.path().join("unit.img");
     std::fs::copy(&kit.golden, &emmc).unwrap();
     let loader = LoaderImage::get(build).unwrap();

@@ -146,6 +146,15 @@ pub enum Command {
         #[arg(long)]
         version: Option<u32>,
     },
+    /// Raise the anti-rollback minimum: slots whose signed version is below it no longer
+    /// boot, and install and update refuse such images (docs/security.md).
+    SetMinimum {
+        /// The new minimum image version (never lower than the current one).
+        version: u32,
+        /// Raise it even above ACTIVE's or SAFE's version (they would no longer boot).
+        #[arg(long)]
+        force: bool,
+    },
     /// Enter USB recovery on the next boot.
     RequestRecovery {
         /// Withdraw the request instead.
@@ -268,6 +277,38 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 Slot::from(*slot)
             ))
         }),
+        Command::SetMinimum { version, force } => {
+            let files_version = |slot: Slot| -> Option<u32> {
+                let text = update::read_boot_file(&target, &format!("{slot}/slot.txt"))
+                    .ok()
+                    .flatten()?;
+                recovery_proto::slot_manifest::SlotManifest::parse(&text)
+                    .ok()
+                    .map(|manifest| manifest.image_version)
+            };
+            let (active_version, safe_version) = {
+                let mut opened = target::open(&target)?;
+                let (state, _, _) = target::load(&mut opened)?;
+                (files_version(state.active), files_version(Slot::Safe))
+            };
+            for (what, found) in [("ACTIVE", active_version), ("SAFE", safe_version)] {
+                if let Some(found) = found
+                    && found < *version
+                    && !force
+                {
+                    bail!(
+                        "{what}'s slot.txt says version {found}, below {version}: it would no \
+                         longer boot (install a newer image first, or --force)"
+                    );
+                }
+            }
+            edit(&target, out, |state| {
+                state
+                    .raise_minimum(*version)
+                    .context("set-minimum refused")?;
+                Ok(format!("minimum image version now {version}"))
+            })
+        }
         Command::RequestRecovery { cancel } => edit(&target, out, |state| {
             state.request_recovery(!cancel);
             Ok(if *cancel {

@@ -50,6 +50,17 @@ pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
             None => continue,
         };
         let manifest = SlotManifest::parse(&text).map_err(|e| anyhow!("{slot}/slot.txt: {e}"))?;
+        signed.push((slot, manifest.image_version));
+        // Already signed so: left as it is (signatures are deterministic, but rewriting the
+        // file would still move it on the FAT).
+        let existing = read(root, &format!("{slot}/{FILE}"))?;
+        let wanted = Signed::By {
+            signer: fingerprint_of(&key.verifying_key().to_bytes()),
+            image_name: name.to_string(),
+        };
+        if describe(&text, existing.as_deref()) == wanted {
+            continue;
+        }
         let signature = sign_text(&text, name, key).with_context(|| format!("slot {slot}"))?;
         let dir = root.open_dir(slot.name())?;
         let mut file = dir
@@ -58,7 +69,6 @@ pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
         file.truncate()?;
         file.write_all(signature.as_bytes())
             .with_context(|| format!("writing /{slot}/{FILE}: the boot partition is full"))?;
-        signed.push((slot, manifest.image_version));
     }
     Ok(signed)
 }
