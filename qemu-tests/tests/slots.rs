@@ -1162,7 +1162,7 @@ fn verified_boot_refuses_bad_signature_files_with_their_reason() {
     let sig = String::from_utf8(disk.read_file("A/slot.sig")).unwrap();
     let cmdline = "console=ttyAMA0 zbtest=good\n";
     // Truncated in the middle of the signature line: its newline and 39 digits gone.
-    let truncated = sig[..sig.len() - 40].as_bytes().to_vec();
+    let truncated = sig.as_bytes()[..sig.len() - 40].to_vec();
     let digits = 128 - 39;
     disk.forge("A", None, cmdline, 1, Resign::Bytes(truncated));
     // Another algorithm.

@@ -277,38 +277,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 Slot::from(*slot)
             ))
         }),
-        Command::SetMinimum { version, force } => {
-            let files_version = |slot: Slot| -> Option<u32> {
-                let text = update::read_boot_file(&target, &format!("{slot}/slot.txt"))
-                    .ok()
-                    .flatten()?;
-                recovery_proto::slot_manifest::SlotManifest::parse(&text)
-                    .ok()
-                    .map(|manifest| manifest.image_version)
-            };
-            let (active_version, safe_version) = {
-                let mut opened = target::open(&target)?;
-                let (state, _, _) = target::load(&mut opened)?;
-                (files_version(state.active), files_version(Slot::Safe))
-            };
-            for (what, found) in [("ACTIVE", active_version), ("SAFE", safe_version)] {
-                if let Some(found) = found
-                    && found < *version
-                    && !force
-                {
-                    bail!(
-                        "{what}'s slot.txt says version {found}, below {version}: it would no \
-                         longer boot (install a newer image first, or --force)"
-                    );
-                }
-            }
-            edit(&target, out, |state| {
-                state
-                    .raise_minimum(*version)
-                    .context("set-minimum refused")?;
-                Ok(format!("minimum image version now {version}"))
-            })
-        }
+        Command::SetMinimum { version, force } => set_minimum(&target, *version, *force, out),
         Command::RequestRecovery { cancel } => edit(&target, out, |state| {
             state.request_recovery(!cancel);
             Ok(if *cancel {
@@ -318,6 +287,43 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             })
         }),
     }
+}
+
+/// `set-minimum`: refuses a minimum that ACTIVE's or SAFE's files are below (they would no
+/// longer boot) unless forced, then raises it.
+fn set_minimum(target: &Target, version: u32, force: bool, out: &mut dyn Write) -> Result<()> {
+    let files_version = |slot: Slot| -> Option<u32> {
+        let text = update::read_boot_file(target, &format!("{slot}/slot.txt"))
+            .ok()
+            .flatten()?;
+        recovery_proto::slot_manifest::SlotManifest::parse(&text)
+            .ok()
+            .map(|manifest| manifest.image_version)
+    };
+    let active = {
+        let mut opened = target::open(target)?;
+        target::load(&mut opened)?.0.active
+    };
+    for (what, found) in [
+        ("ACTIVE", files_version(active)),
+        ("SAFE", files_version(Slot::Safe)),
+    ] {
+        if let Some(found) = found
+            && found < version
+            && !force
+        {
+            bail!(
+                "{what}'s slot.txt says version {found}, below {version}: it would no longer \
+                 boot (install a newer image first, or --force)"
+            );
+        }
+    }
+    edit(target, out, |state| {
+        state
+            .raise_minimum(version)
+            .context("set-minimum refused")?;
+        Ok(format!("minimum image version now {version}"))
+    })
 }
 
 /// Reads the state, applies `change`, writes one sector if anything changed.
