@@ -547,3 +547,75 @@ fn gpt_image_passes_sfdisk_sgdisk_fsck_and_our_reader() {
     let status = zbctl(&["--image", image.to_str().unwrap(), "status", "--json"]);
     assert!(status.status.success(), "{}", text(&status));
 }
+
+#[test]
+fn secure_boot_boot_img_takes_the_firmware_and_leaves_the_slots() {
+    let inputs = Inputs::new();
+    // Another board's firmware on the same partition stays out of the ramdisk.
+    fs::write(inputs.dir.path().join("fw/bootcode.bin"), b"pre-2711").unwrap();
+    let created = create(&inputs.create_args());
+    assert!(created.status.success(), "{}", text(&created));
+    let ramdisk = inputs.dir.path().join("boot.img");
+    let made = zbctl(&[
+        "secure-boot",
+        "boot-img",
+        "--from",
+        inputs.output().to_str().unwrap(),
+        "-o",
+        ramdisk.to_str().unwrap(),
+    ]);
+    let report = text(&made);
+    assert!(made.status.success(), "{report}");
+    assert!(report.contains("rpi-eeprom-digest -i"), "{report}");
+    assert!(
+        report.contains("left on the eMMC boot partition")
+            && report.contains("A/slot.txt")
+            && report.contains("bootcode.bin")
+            && report.contains("zbmanifest.txt"),
+        "{report}"
+    );
+    // A FAT file system without a partition table, as the bootloader reads it.
+    let checked = run("fsck.fat", &["-n", ramdisk.to_str().unwrap()]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let listing = run("mdir", &["-/", "-b", "-i", ramdisk.to_str().unwrap(), "::"]);
+    let listing = String::from_utf8_lossy(&listing.stdout).to_lowercase();
+    for inside in [
+        "::/config.txt",
+        "::/zboot.img",
+        "::/start4.elf",
+        "::/fixup4.dat",
+        "::/overlays/disable-bt.dtbo",
+    ] {
+        assert!(listing.contains(inside), "{inside} missing:\n{listing}");
+    }
+    for outside in ["::/a/", "::/safe/", "::/zbmanifest.txt", "::/bootcode.bin"] {
+        assert!(!listing.contains(outside), "{outside} inside:\n{listing}");
+    }
+    let zboot = run("mtype", &["-i", ramdisk.to_str().unwrap(), "::zboot.img"]);
+    assert_eq!(
+        zboot.stdout,
+        fs::read(inputs.dir.path().join("zboot.img")).unwrap()
+    );
+
+    // A tree without the firmware: refused, nothing written.
+    let tree = inputs.dir.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("config.txt"), "kernel=zboot.img\n").unwrap();
+    fs::write(tree.join("zboot.img"), b"loader").unwrap();
+    let other = inputs.dir.path().join("other.img");
+    let refused = zbctl(&[
+        "secure-boot",
+        "boot-img",
+        "--from",
+        tree.to_str().unwrap(),
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("no start4.elf on the boot partition"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!other.exists());
+}

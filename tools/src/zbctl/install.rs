@@ -346,7 +346,7 @@ fn read_fat_file<T: fatfs::ReadWriteSeek>(
 
 /// The byte range of the disk's FAT boot partition (`Partitions::boot_partition`, as install
 /// and the loader find it).
-fn boot_partition_of(file: &File, path: &Path) -> Result<Partition> {
+pub(crate) fn boot_partition_of(file: &File, path: &Path) -> Result<Partition> {
     let partitions = Partitions::read(&mut FileDisk::new(file.try_clone()?)?).map_err(|e| {
         anyhow!(
             "{}: no partition table at sector 0 (byte 0): {e:?}; give the whole disk \

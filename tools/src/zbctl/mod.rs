@@ -20,6 +20,7 @@ pub mod image_tar;
 pub mod init;
 pub mod install;
 pub mod key;
+pub mod secure_boot;
 pub mod slot_sign;
 pub mod status;
 pub mod target;
@@ -177,6 +178,10 @@ pub enum Command {
     /// Signing keys for `.zi` images.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// The CM4's own secure boot below zboot: `secure-boot boot-img` builds the ramdisk the
+    /// boot EEPROM verifies (docs/security.md).
+    #[command(subcommand)]
+    SecureBoot(secure_boot::SecureBootCommand),
     /// Install a `.zi` into the slot that is not ACTIVE (`--image` or `--device`) and arm it
     /// as a trial (docs/image-format.md, "Installing into a slot").
     Install(InstallCommand),
@@ -210,6 +215,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     match &cli.command {
         Command::Image(command) => return image::run(command, out),
         Command::Key(command) => return key::run(command, out),
+        Command::SecureBoot(command) => return secure_boot::run(command, out),
         Command::Usb(command) => return usb::run(command, out),
         Command::Bench { work_dir } => return bench::run_image_benchmark(work_dir, out),
         _ => {}
@@ -220,6 +226,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         | Command::Disk(_)
         | Command::Image(_)
         | Command::Key(_)
+        | Command::SecureBoot(_)
         | Command::Usb(_)
         | Command::Bench { .. } => Ok(()),
         Command::Install(command) => {
