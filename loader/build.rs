@@ -9,6 +9,9 @@
 //! - `ZBOOT_RECOVERY_BUTTON`: the recovery button's GPIO and polarity,
 //!   `<gpio>` or `<gpio>,active-low` / `<gpio>,active-high` (default
 //!   active-low: a button to ground with the SoC's pull-up). Unset: no button.
+//! - `ZBOOT_SETTINGS`: the path of a `zbmanifest.txt`-format file with the settings a
+//!   loader with a key takes from its build only (`root_a`, `root_b`, `safe_root`,
+//!   `watchdog_timeout`, `recovery_image`; docs/security.md). Needs `ZBOOT_PUBLIC_KEY`.
 //!
 //! A bad value stops the build with a message naming the setting.
 
@@ -44,6 +47,7 @@ fn main() {
 fn build_config() -> Result<String, String> {
     println!("cargo::rerun-if-env-changed=ZBOOT_PUBLIC_KEY");
     println!("cargo::rerun-if-env-changed=ZBOOT_RECOVERY_BUTTON");
+    println!("cargo::rerun-if-env-changed=ZBOOT_SETTINGS");
     let mut out = String::new();
 
     let key = match std::env::var("ZBOOT_PUBLIC_KEY") {
@@ -81,7 +85,51 @@ fn build_config() -> Result<String, String> {
             let _ = writeln!(out, "pub const RECOVERY_BUTTON: Option<(u8, bool)> = None;");
         }
     }
+    let settings = match std::env::var("ZBOOT_SETTINGS") {
+        Ok(value) if !value.trim().is_empty() => {
+            if key.is_none() {
+                return Err(
+                    "ZBOOT_SETTINGS: only a loader with a key (ZBOOT_PUBLIC_KEY) takes settings \
+                     from its build"
+                        .into(),
+                );
+            }
+            settings(value.trim())?
+        }
+        _ => Vec::new(),
+    };
+    let _ = writeln!(out, "pub const BUILT_IN_SETTINGS: &[u8] = &{settings:?};");
     Ok(out)
+}
+
+/// The `ZBOOT_SETTINGS` file, checked: it parses, and sets only guarded keys.
+fn settings(path: &str) -> Result<Vec<u8>, String> {
+    println!("cargo::rerun-if-changed={path}");
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("ZBOOT_SETTINGS: reading {path}: {error}"))?;
+    let parsed = recovery_proto::manifest::Manifest::parse(&bytes)
+        .map_err(|error| format!("ZBOOT_SETTINGS ({path}): {error}"))?;
+    if let Some(warning) = parsed.warnings.first() {
+        return Err(format!("ZBOOT_SETTINGS ({path}): {warning}"));
+    }
+    drop(parsed);
+    let guarded = recovery_proto::manifest::GUARDED_KEYS;
+    for (index, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split_once('=').map_or(line, |(key, _)| key.trim());
+        if !guarded.contains(&key) {
+            return Err(format!(
+                "ZBOOT_SETTINGS ({path}) line {}: {key} is not a setting the build fixes \
+                 ({}); keep it in zbmanifest.txt",
+                index + 1,
+                guarded.join(", ")
+            ));
+        }
+    }
+    Ok(bytes)
 }
 
 /// 64 hex digits, given directly or as the first line of a file.

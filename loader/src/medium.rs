@@ -143,6 +143,22 @@ impl<'d> Medium<'d> {
 
     /// `zbmanifest.txt`, parsed; problems are logged and the defaults used.
     pub fn manifest<'b>(&self, buffer: &'b mut [u8; MANIFEST_LIMIT]) -> Manifest<'b> {
+        let mut manifest = self.read_manifest(buffer);
+        if crate::config::PROVISIONED_KEY.is_some() {
+            // A loader with a key takes the guarded settings from its build only
+            // (recovery_proto::manifest::GUARDED_KEYS; docs/security.md).
+            let trusted = Manifest::parse(crate::config::BUILT_IN_SETTINGS).unwrap_or_default();
+            for key in manifest.guard(&trusted, self.partitions.kind()) {
+                log::warn!(
+                    "{MANIFEST_NAME}: {key}= ignored: with a built-in key, zboot takes {key} \
+                     from its build only (ZBOOT_SETTINGS)"
+                );
+            }
+        }
+        manifest
+    }
+
+    fn read_manifest<'b>(&self, buffer: &'b mut [u8; MANIFEST_LIMIT]) -> Manifest<'b> {
         let bytes = match self.boot.read_small(None, MANIFEST_NAME, buffer) {
             Ok(bytes) => bytes,
             Err(error) => {

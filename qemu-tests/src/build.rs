@@ -153,7 +153,8 @@ impl LoaderImage {
         if build != LoaderBuild::Release {
             command
                 .env_remove("ZBOOT_PUBLIC_KEY")
-                .env_remove("ZBOOT_RECOVERY_BUTTON");
+                .env_remove("ZBOOT_RECOVERY_BUTTON")
+                .env_remove("ZBOOT_SETTINGS");
         }
         match build {
             LoaderBuild::QemuTest => {
@@ -164,6 +165,7 @@ impl LoaderImage {
                 command
                     .args(["--features", "qemu-test"])
                     .env("ZBOOT_PUBLIC_KEY", public)
+                    .env("ZBOOT_SETTINGS", provisioned_settings_file()?)
                     .env(
                         "ZBOOT_RECOVERY_BUTTON",
                         format!("{PROVISIONED_BUTTON_GPIO},active-high"),
@@ -220,6 +222,37 @@ pub fn provisioned_key_files() -> Result<(PathBuf, PathBuf)> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The hang guard's timeout [`LoaderBuild::QemuTestProvisioned`] takes from its build
+/// (`ZBOOT_SETTINGS`), whatever `zbmanifest.txt` says.
+pub const PROVISIONED_WATCHDOG_TIMEOUT: u8 = 10;
+
+/// The `ZBOOT_SETTINGS` file of [`LoaderBuild::QemuTestProvisioned`].
+fn provisioned_settings_file() -> Result<PathBuf> {
+    let file = output_dir()?.join("provisioned-settings.txt");
+    let text = format!(
+        "# zboot test build: the settings a loader with a key takes from its build\n\
+         watchdog_timeout={PROVISIONED_WATCHDOG_TIMEOUT}\n"
+    );
+    write_if_changed(&file, &text)?;
+    Ok(file)
+}
+
+/// Writes `text` to `file` unless it holds it already (tests run in parallel: no reader
+/// sees a half-written file).
+fn write_if_changed(file: &Path, text: &str) -> Result<()> {
+    if std::fs::read_to_string(file).ok().as_deref() != Some(text) {
+        let mut partial = file.as_os_str().to_owned();
+        partial.push(format!(".{}.partial", std::process::id()));
+        let partial = PathBuf::from(partial);
+        std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", partial.display()))?;
+        std::fs::rename(&partial, file)
+            .with_context(|| format!("renaming to {}", file.display()))?;
+    }
+    Ok(())
+}
+
 fn write_provisioned_key_files() -> Result<(PathBuf, PathBuf)> {
     const TEST_SEED: [u8; 32] = *b"zboot test key; never a product.";
     let hex = |bytes: &[u8]| {
@@ -238,19 +271,7 @@ fn write_provisioned_key_files() -> Result<(PathBuf, PathBuf)> {
         (&key_file, format!("{}\n", hex(&TEST_SEED))),
         (&public_file, format!("{}\n", hex(&public))),
     ] {
-        // Tests run in parallel: rewrite only when missing or different,
-        // so no reader sees a half-written file.
-        if std::fs::read_to_string(file).ok().as_deref() != Some(text.as_str()) {
-            let mut partial = file.clone().into_os_string();
-            partial.push(format!(".{}.partial", std::process::id()));
-            let partial = PathBuf::from(partial);
-            std::fs::write(&partial, &text)
-                .with_context(|| format!("writing {}", partial.display()))?;
-            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("restricting {}", partial.display()))?;
-            std::fs::rename(&partial, file)
-                .with_context(|| format!("renaming to {}", file.display()))?;
-        }
+        write_if_changed(file, &text)?;
     }
     Ok((key_file, public_file))
 }

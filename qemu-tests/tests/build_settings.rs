@@ -21,7 +21,8 @@ fn check(settings: &[(&str, &str)]) -> (bool, String) {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("ZBOOT_PUBLIC_KEY")
-        .env_remove("ZBOOT_RECOVERY_BUTTON");
+        .env_remove("ZBOOT_RECOVERY_BUTTON")
+        .env_remove("ZBOOT_SETTINGS");
     for (name, value) in settings {
         command.env(name, value);
     }
@@ -72,11 +73,49 @@ fn bad_build_time_settings_stop_the_build_and_say_why() {
             "{name}={value}: expected \"{expected}\" in:\n{stderr}"
         );
     }
-    // And good values build.
+    // ZBOOT_SETTINGS: only with a key, only the guarded keys, only what parses.
     let hex = "ab".repeat(32);
+    let settings = tempfile::NamedTempFile::new().unwrap();
+    let settings_path = settings.path().to_str().unwrap();
+    for (text, key, expected) in [
+        (
+            "watchdog_timeout=10\n",
+            None,
+            "ZBOOT_SETTINGS: only a loader with a key (ZBOOT_PUBLIC_KEY) takes settings",
+        ),
+        (
+            "watchdog_timeout=10\nmax_boot_failure=4\n",
+            Some(hex.as_str()),
+            "line 2: max_boot_failure is not a setting the build fixes",
+        ),
+        (
+            "watchdog_timeout=99\n",
+            Some(hex.as_str()),
+            "ZBOOT_SETTINGS (",
+        ),
+    ] {
+        std::fs::write(settings.path(), text).unwrap();
+        let mut settings = vec![("ZBOOT_SETTINGS", settings_path)];
+        if let Some(key) = key {
+            settings.push(("ZBOOT_PUBLIC_KEY", key));
+        }
+        let (success, stderr) = check(&settings);
+        assert!(!success, "{text:?} must stop the build");
+        assert!(
+            stderr.contains(expected),
+            "{text:?}: expected \"{expected}\" in:\n{stderr}"
+        );
+    }
+    // And good values build.
+    std::fs::write(
+        settings.path(),
+        "watchdog_timeout=10\nroot_a=/dev/mmcblk0p2\n",
+    )
+    .unwrap();
     let (success, stderr) = check(&[
         ("ZBOOT_PUBLIC_KEY", &hex),
         ("ZBOOT_RECOVERY_BUTTON", "GPIO26,active-low"),
+        ("ZBOOT_SETTINGS", settings_path),
     ]);
     assert!(success, "good settings build:\n{stderr}");
 }

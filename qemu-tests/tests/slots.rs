@@ -1274,6 +1274,67 @@ fn verified_boot_an_install_carries_the_signature_and_b_boots() {
     assert_eq!(booted(&run), ("B".into(), 1), "the trial boots");
 }
 
+#[test]
+fn verified_boot_takes_the_guarded_settings_from_its_build_only() {
+    let (key, _) = test_key();
+    let dir = tempfile::tempdir().unwrap();
+    // What someone with write access to the boot partition would put there: slot A's
+    // signed kernel on B's root, no hang guard, recovery from another file. root_b names
+    // the default, and max_boot_failure is not guarded.
+    let manifest = dir.path().join("zbmanifest.txt");
+    std::fs::write(
+        &manifest,
+        "root_a=/dev/mmcblk0p3\nroot_b=/dev/mmcblk0p3\nwatchdog_timeout=0\n\
+         recovery_image=other.zi\nmax_boot_failure=4\n",
+    )
+    .unwrap();
+    let disk = disk_with(
+        &[
+            SlotSetup::new("A", "good"),
+            SlotSetup::new("B", "good"),
+            SlotSetup::new("SAFE", "good"),
+        ],
+        &[
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let before = disk.snapshot();
+    let run = disk.boot_provisioned();
+    disk.assert_only_state_written(&before);
+    for key in ["root_a", "watchdog_timeout", "recovery_image"] {
+        assert!(
+            run.console_has(&format!(
+                "zbmanifest.txt: {key}= ignored: with a built-in key, zboot takes {key} from \
+                 its build only (ZBOOT_SETTINGS)"
+            )),
+            "{key}"
+        );
+    }
+    assert!(
+        !run.console_has("root_b= ignored"),
+        "the default is no change"
+    );
+    assert!(
+        run.console_has(&format!(
+            "root=PARTUUID={DISK_ID}-02 zboot.slot=A zboot.attempt=1 panic=1"
+        )),
+        "A on its own root, panic reboots"
+    );
+    let timeout_ms = u64::from(zboot_qemu_tests::PROVISIONED_WATCHDOG_TIMEOUT) * 1000;
+    assert!(run.console_has(&format!("hang guard: watchdog armed for {timeout_ms} ms")));
+    let left = watchdog_left_ms(&run).expect("the kernel finds the watchdog armed");
+    assert!(left <= timeout_ms, "{left} ms left");
+    assert_eq!(disk.status()["max_boot_failure"], 4, "not guarded: taken");
+
+    // The same disk on a loader without a key takes the file as it is.
+    let run = disk.boot();
+    assert!(run.console_has(&format!("root=PARTUUID={DISK_ID}-03 zboot.slot=A")));
+    assert!(run.console_has("hang guard off (watchdog_timeout=0)"));
+}
+
 /// zbctl's error for `args` (which must fail).
 fn zbctl_error(args: &[&str]) -> String {
     let cli = <zboot_tools::zbctl::Cli as clap::Parser>::try_parse_from(

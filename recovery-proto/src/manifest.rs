@@ -8,6 +8,9 @@
 
 use core::fmt;
 
+use crate::Slot;
+use crate::partition::{TableKind, slot_root_on};
+
 /// Warnings kept; further ones are only counted in [`Manifest::warnings_dropped`].
 pub const MAX_WARNINGS: usize = 8;
 
@@ -176,7 +179,64 @@ const KEYS: [&str; 19] = [
 /// short enough that a unit in the field is not down for long without one.
 pub const DEFAULT_ADOPT_WAIT: u32 = 600;
 
+/// The settings a loader with a built-in key (`ZBOOT_PUBLIC_KEY`) takes only from its own
+/// build (`ZBOOT_SETTINGS`, or the defaults), never from `zbmanifest.txt`: each would let
+/// whoever can write the boot partition weaken a verified boot (docs/security.md).
+/// - `root_a`, `root_b`, `safe_root`: a signed kernel pointed at another root file system;
+/// - `watchdog_timeout`: the hang guard turned off (0) or stretched;
+/// - `recovery_image`: recovery pointed at another file name.
+///
+/// `public_key` is guarded too, where it is used: the built-in key wins (`recovery`).
+pub const GUARDED_KEYS: [&str; 5] = [
+    "root_a",
+    "root_b",
+    "safe_root",
+    "watchdog_timeout",
+    "recovery_image",
+];
+
 impl<'a> Manifest<'a> {
+    /// Replaces the [`GUARDED_KEYS`] with `trusted`'s values (the build's); returns the keys
+    /// this manifest set to something that means otherwise, now ignored. Roots are compared
+    /// by the partition they name on a `table` disk, so `root_a=/dev/mmcblk0p2` (what
+    /// `zbctl disk create` writes) is no change from the default.
+    pub fn guard(
+        &mut self,
+        trusted: &Manifest<'a>,
+        table: TableKind,
+    ) -> heapless::Vec<&'static str, 5> {
+        let mut ignored = heapless::Vec::new();
+        let mut note = |key: &'static str, differs: bool, set: bool| {
+            if differs && set {
+                let _ = ignored.push(key);
+            }
+        };
+        let root = |slot, value| slot_root_on(table, slot, value).ok();
+        for (key, slot, mine, theirs) in [
+            ("root_a", Slot::A, self.root_a, trusted.root_a),
+            ("root_b", Slot::B, self.root_b, trusted.root_b),
+            ("safe_root", Slot::Safe, self.safe_root, trusted.safe_root),
+        ] {
+            note(key, root(slot, mine) != root(slot, theirs), mine.is_some());
+        }
+        note(
+            "watchdog_timeout",
+            self.watchdog_timeout != trusted.watchdog_timeout,
+            self.watchdog_timeout.is_some(),
+        );
+        note(
+            "recovery_image",
+            self.recovery_image != trusted.recovery_image,
+            self.recovery_image.is_some(),
+        );
+        self.root_a = trusted.root_a;
+        self.root_b = trusted.root_b;
+        self.safe_root = trusted.safe_root;
+        self.watchdog_timeout = trusted.watchdog_timeout;
+        self.recovery_image = trusted.recovery_image;
+        ignored
+    }
+
     /// Parses the file's bytes.
     pub fn parse(input: &'a [u8]) -> Result<Self, ManifestError> {
         let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
@@ -359,6 +419,33 @@ fn parse_key(value: &str) -> Result<[u8; 32], ManifestErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guarded_settings_come_from_the_build_only() {
+        let on_disk = b"root_a=/dev/mmcblk0p6\nwatchdog_timeout=0\nrecovery_image=other.zi\n\
+            max_boot_failure=5\nroot_b=/dev/mmcblk0p3\nsafe_root=/dev/mmcblk0p5\n";
+        let mut manifest = Manifest::parse(on_disk).unwrap();
+        let trusted = Manifest::parse(b"watchdog_timeout=10\nroot_b=/dev/mmcblk0p3\n").unwrap();
+        // safe_root names the default SAFE root of an MBR disk: no change, no warning.
+        let ignored = manifest.guard(&trusted, TableKind::Mbr);
+        assert_eq!(
+            ignored.as_slice(),
+            ["root_a", "watchdog_timeout", "recovery_image"]
+        );
+        assert_eq!(manifest.root_a, None, "the default");
+        assert_eq!(
+            manifest.root_b,
+            Some("/dev/mmcblk0p3"),
+            "the same as the build's"
+        );
+        assert_eq!(manifest.watchdog_timeout, Some(10), "the build's");
+        assert_eq!(manifest.recovery_image, None);
+        assert_eq!(manifest.max_boot_failure, Some(5), "not guarded");
+        // Every guarded key is a key of the format.
+        for key in GUARDED_KEYS {
+            assert!(KEYS.contains(&key), "{key}");
+        }
+    }
     use std::string::ToString;
 
     #[test]

@@ -116,9 +116,11 @@ fn build(test_build: bool) -> Result<()> {
         for (variable, unset) in [
             (
                 "ZBOOT_PUBLIC_KEY",
-                "none (unsigned recovery images accepted unless zbmanifest.txt has public_key=)",
+                "none (integrity only: unsigned slots boot, unsigned recovery images are \
+                 accepted unless zbmanifest.txt has public_key=)",
             ),
             ("ZBOOT_RECOVERY_BUTTON", "none"),
+            ("ZBOOT_SETTINGS", "none (the guarded settings take their defaults)"),
         ] {
             let value = std::env::var(variable).unwrap_or_default();
             println!(
