@@ -12,6 +12,8 @@
 //! - `ZBOOT_SETTINGS`: the path of a `zbmanifest.txt`-format file with the settings a
 //!   loader with a key takes from its build only (`root_a`, `root_b`, `safe_root`,
 //!   `watchdog_timeout`, `recovery_image`; docs/security.md). Needs `ZBOOT_PUBLIC_KEY`.
+//! - `ZBOOT_MIN_VERSION`: an anti-rollback floor built in (a u32): no slot whose signed
+//!   version is below it boots, whatever the slot state says. Needs `ZBOOT_PUBLIC_KEY`.
 //!
 //! A bad value stops the build with a message naming the setting.
 
@@ -48,6 +50,7 @@ fn build_config() -> Result<String, String> {
     println!("cargo::rerun-if-env-changed=ZBOOT_PUBLIC_KEY");
     println!("cargo::rerun-if-env-changed=ZBOOT_RECOVERY_BUTTON");
     println!("cargo::rerun-if-env-changed=ZBOOT_SETTINGS");
+    println!("cargo::rerun-if-env-changed=ZBOOT_MIN_VERSION");
     let mut out = String::new();
 
     let key = match std::env::var("ZBOOT_PUBLIC_KEY") {
@@ -99,6 +102,25 @@ fn build_config() -> Result<String, String> {
         _ => Vec::new(),
     };
     let _ = writeln!(out, "pub const BUILT_IN_SETTINGS: &[u8] = &{settings:?};");
+    let min_version = match std::env::var("ZBOOT_MIN_VERSION") {
+        Ok(value) if !value.trim().is_empty() => {
+            if key.is_none() {
+                return Err(
+                    "ZBOOT_MIN_VERSION: a floor only means something for signed slots: set \
+                     ZBOOT_PUBLIC_KEY too"
+                        .into(),
+                );
+            }
+            value.trim().parse::<u32>().map_err(|_| {
+                format!(
+                    "ZBOOT_MIN_VERSION: \"{}\" is not a version (0 to 4294967295)",
+                    value.trim()
+                )
+            })?
+        }
+        _ => 0,
+    };
+    let _ = writeln!(out, "pub const MIN_VERSION: u32 = {min_version};");
     Ok(out)
 }
 

@@ -146,8 +146,10 @@ pub fn print_banner(boot: &BootInfo, peripherals: &mut Peripherals, device_tree:
     );
     match crate::config::PROVISIONED_KEY {
         Some(key) => log::info!(
-            "verified boot: slots boot only when signed by the built-in key {} (slot.sig)",
-            recovery_proto::slot_signature::fingerprint(&key)
+            "verified boot: slots boot only when signed by the built-in key {} (slot.sig), \
+             version {} or later",
+            recovery_proto::slot_signature::fingerprint(&key),
+            crate::config::MIN_VERSION
         ),
         None => log::info!(
             "integrity only: no key built in; slots are checked against slot.txt, not for \

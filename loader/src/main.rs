@@ -158,7 +158,8 @@ fn main(boot: BootInfo) -> ! {
             medium.partition(),
             slot,
             &mut area,
-            selector.state().min_version,
+            // The state's minimum, raised to the build's floor: the state is not signed.
+            selector.state().min_version.max(config::MIN_VERSION),
             config::PROVISIONED_KEY.as_ref(),
         ) {
             Ok(loaded) => loaded,

@@ -154,7 +154,8 @@ impl LoaderImage {
             command
                 .env_remove("ZBOOT_PUBLIC_KEY")
                 .env_remove("ZBOOT_RECOVERY_BUTTON")
-                .env_remove("ZBOOT_SETTINGS");
+                .env_remove("ZBOOT_SETTINGS")
+                .env_remove("ZBOOT_MIN_VERSION");
         }
         match build {
             LoaderBuild::QemuTest => {
@@ -166,6 +167,7 @@ impl LoaderImage {
                     .args(["--features", "qemu-test"])
                     .env("ZBOOT_PUBLIC_KEY", public)
                     .env("ZBOOT_SETTINGS", provisioned_settings_file()?)
+                    .env("ZBOOT_MIN_VERSION", PROVISIONED_MIN_VERSION.to_string())
                     .env(
                         "ZBOOT_RECOVERY_BUTTON",
                         format!("{PROVISIONED_BUTTON_GPIO},active-high"),
@@ -225,6 +227,10 @@ pub fn provisioned_key_files() -> Result<(PathBuf, PathBuf)> {
 /// The hang guard's timeout [`LoaderBuild::QemuTestProvisioned`] takes from its build
 /// (`ZBOOT_SETTINGS`), whatever `zbmanifest.txt` says.
 pub const PROVISIONED_WATCHDOG_TIMEOUT: u8 = 10;
+
+/// The anti-rollback floor built into [`LoaderBuild::QemuTestProvisioned`]
+/// (`ZBOOT_MIN_VERSION`).
+pub const PROVISIONED_MIN_VERSION: u32 = 1;
 
 /// The `ZBOOT_SETTINGS` file of [`LoaderBuild::QemuTestProvisioned`].
 fn provisioned_settings_file() -> Result<PathBuf> {

@@ -12,7 +12,8 @@ pub mod linux;
 mod qemu;
 
 pub use build::{
-    LoaderBuild, LoaderImage, PROVISIONED_BUTTON_GPIO, PROVISIONED_WATCHDOG_TIMEOUT, Tools,
-    insn_count_plugin, minimal_dtb, provisioned_key_files, workspace_root,
+    LoaderBuild, LoaderImage, PROVISIONED_BUTTON_GPIO, PROVISIONED_MIN_VERSION,
+    PROVISIONED_WATCHDOG_TIMEOUT, Tools, insn_count_plugin, minimal_dtb, provisioned_key_files,
+    workspace_root,
 };
 pub use qemu::{Ending, Icount, Qemu, Run};

@@ -22,7 +22,8 @@ fn check(settings: &[(&str, &str)]) -> (bool, String) {
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("ZBOOT_PUBLIC_KEY")
         .env_remove("ZBOOT_RECOVERY_BUTTON")
-        .env_remove("ZBOOT_SETTINGS");
+        .env_remove("ZBOOT_SETTINGS")
+        .env_remove("ZBOOT_MIN_VERSION");
     for (name, value) in settings {
         command.env(name, value);
     }
@@ -106,6 +107,16 @@ fn bad_build_time_settings_stop_the_build_and_say_why() {
             "{text:?}: expected \"{expected}\" in:\n{stderr}"
         );
     }
+    let (success, stderr) = check(&[("ZBOOT_MIN_VERSION", "3")]);
+    assert!(
+        !success && stderr.contains("set ZBOOT_PUBLIC_KEY too"),
+        "{stderr}"
+    );
+    let (success, stderr) = check(&[("ZBOOT_PUBLIC_KEY", &hex), ("ZBOOT_MIN_VERSION", "v3")]);
+    assert!(
+        !success && stderr.contains("\"v3\" is not a version"),
+        "{stderr}"
+    );
     // And good values build.
     std::fs::write(
         settings.path(),
@@ -116,6 +127,7 @@ fn bad_build_time_settings_stop_the_build_and_say_why() {
         ("ZBOOT_PUBLIC_KEY", &hex),
         ("ZBOOT_RECOVERY_BUTTON", "GPIO26,active-low"),
         ("ZBOOT_SETTINGS", settings_path),
+        ("ZBOOT_MIN_VERSION", "3"),
     ]);
     assert!(success, "good settings build:\n{stderr}");
 }

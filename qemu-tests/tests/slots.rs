@@ -1059,7 +1059,9 @@ fn verified_boot_boots_a_signed_slot_and_names_the_mode() {
     assert_eq!(run.ending, Ending::GuestReset, "the test kernel resets");
     assert_eq!(booted(&run), ("A".into(), 1));
     assert!(run.console_has(&format!(
-        "verified boot: slots boot only when signed by the built-in key {fingerprint}"
+        "verified boot: slots boot only when signed by the built-in key {fingerprint} \
+         (slot.sig), version {} or later",
+        zboot_qemu_tests::PROVISIONED_MIN_VERSION
     )));
     assert!(run.console_has(&format!(
         "slot A: slot.sig: product version 1 signed by key {fingerprint} (built in): \
@@ -1238,6 +1240,18 @@ fn verified_boot_refuses_a_downgraded_slot_once_the_minimum_moved() {
         "{}",
         disk.last_reason()
     );
+
+    // The state is not signed: whoever lowers its minimum still meets the build's floor.
+    let floor = zboot_qemu_tests::PROVISIONED_MIN_VERSION;
+    let disk = signed_disk(floor);
+    assert_eq!(disk.status()["min_version"], 0);
+    disk.forge("A", None, cmdline, floor - 1, Resign::With(&key));
+    let run = disk.boot_provisioned();
+    assert!(run.console_has(&format!(
+        "slot A: A/slot.txt: image version {} is below the minimum accepted version {floor}",
+        floor - 1
+    )));
+    assert_eq!(booted(&run), ("B".into(), 1));
 }
 
 #[test]

@@ -120,7 +120,11 @@ fn build(test_build: bool) -> Result<()> {
                  accepted unless zbmanifest.txt has public_key=)",
             ),
             ("ZBOOT_RECOVERY_BUTTON", "none"),
-            ("ZBOOT_SETTINGS", "none (the guarded settings take their defaults)"),
+            (
+                "ZBOOT_SETTINGS",
+                "none (the guarded settings take their defaults)",
+            ),
+            ("ZBOOT_MIN_VERSION", "none (the slot state's minimum only)"),
         ] {
             let value = std::env::var(variable).unwrap_or_default();
             println!(
