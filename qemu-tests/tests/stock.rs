@@ -523,6 +523,29 @@ fn zboot_on_a_stock_disk_boots_the_stock_kernel_as_the_firmware_would() {
         std::fs::read(&disk).unwrap() == before,
         "zboot wrote nothing to a stock disk"
     );
+
+    // A loader with a key built in boots nothing unsigned: it waits for a stick instead.
+    let provisioned = LoaderImage::get(LoaderBuild::QemuTestProvisioned).unwrap();
+    let run = Qemu::new(&provisioned.image)
+        .dtb(&files.dtb)
+        .emmc(&disk)
+        .sd_card()
+        .stop_at("waiting for a (new) stick")
+        .run()
+        .unwrap();
+    println!("{run}");
+    assert_eq!(run.ending, Ending::StopText);
+    assert!(run.console_has(
+        "stock layout: not booted, since this zboot boots only slots signed by its built-in key"
+    ));
+    assert!(
+        !run.console_has("kernel8.img: "),
+        "the stock kernel is not even read"
+    );
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "nothing written to the stock disk"
+    );
 }
 
 #[test]
