@@ -8,8 +8,8 @@ mod common;
 
 use common::{
     BOOT, ROOT_B, assert_active_untouched, cmdline_file, compare_root_with_image,
-    convert_small_image, create_small_disk, mtype, noise, ok, s, slot_state, status, tar, zbctl,
-    zbctl_env,
+    convert_small_image, convert_small_image_with, create_small_disk, mtype, noise, ok, s,
+    slot_field, slot_state, status, tar, zbctl, zbctl_env,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -273,17 +273,6 @@ fn fingerprint(public: &Path) -> String {
     recovery_proto::slot_signature::fingerprint(&bytes.try_into().unwrap()).to_string()
 }
 
-/// A slot's field in a [`status`].
-fn slot_field(status: &serde_json::Value, slot: &str, field: &str) -> serde_json::Value {
-    status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == slot)
-        .unwrap()[field]
-        .clone()
-}
-
 #[test]
 fn image_sign_signs_the_slot_inside_and_install_carries_it() {
     let f = fixture();
@@ -370,26 +359,13 @@ fn a_signature_that_does_not_sign_what_install_writes_is_refused() {
     fs::write(boot.join("A/slot.txt"), slot_txt).unwrap();
     tar(&boot, &dir.path().join("boot.tar"));
     tar(&root, &dir.path().join("root.tar"));
-    ok(&[
-        "image",
-        "convert",
-        "-b",
-        s(&dir.path().join("boot.tar")),
-        "-r",
-        s(&dir.path().join("root.tar")),
-        "-o",
-        s(&dir.path().join("v.zi")),
-        "--name",
-        "os",
-        "--version",
+    convert_small_image_with(
+        dir.path(),
+        "v.zi",
         "5",
-        "--boot-mib",
-        "40",
-        "--root-mib",
         "24",
-        "--sign-key",
-        s(&f.path("release.key")),
-    ]);
+        &["--sign-key", s(&f.path("release.key"))],
+    );
     let before = fs::read(&disk).unwrap();
     fails(
         &["--image", s(&disk), "install", s(&dir.path().join("v.zi"))],

@@ -331,7 +331,7 @@ fn find_file_in_dir(dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Reads a file from a FAT volume (`None` if it is not there).
-fn read_fat_file<T: fatfs::ReadWriteSeek>(
+pub(crate) fn read_fat_file<T: fatfs::ReadWriteSeek>(
     dir: &fatfs::Dir<'_, T>,
     path: &str,
 ) -> Result<Option<Vec<u8>>> {

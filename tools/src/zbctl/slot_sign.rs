@@ -4,7 +4,7 @@
 //! The format and the signed message are `recovery_proto::slot_signature`'s, the same code
 //! the loader verifies with.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use anyhow::{Context, Result, anyhow};
 use ed25519_dalek::SigningKey;
@@ -12,6 +12,8 @@ use recovery_proto::Slot;
 use recovery_proto::slot_manifest::SlotManifest;
 use recovery_proto::slot_signature::{self, Fingerprint, SlotSignature};
 use sha2::Digest;
+
+use super::install::read_fat_file as read;
 
 /// The signature's file name in a slot directory.
 pub const FILE: &str = "slot.sig";
@@ -175,16 +177,6 @@ pub fn carried(
 /// A key's fingerprint, for messages.
 pub fn fingerprint_of(key: &[u8; 32]) -> Fingerprint {
     slot_signature::fingerprint(key)
-}
-
-fn read<T: fatfs::ReadWriteSeek>(dir: &fatfs::Dir<'_, T>, path: &str) -> Result<Option<Vec<u8>>> {
-    let Ok(mut file) = dir.open_file(path) else {
-        return Ok(None);
-    };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .with_context(|| format!("reading {path}"))?;
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]

@@ -154,15 +154,21 @@ pub fn status(disk: &Path) -> serde_json::Value {
 
 /// A slot's state (`good`, `bad`, ...) in a [`status`].
 pub fn slot_state(status: &serde_json::Value, slot: &str) -> String {
+    slot_field(status, slot, "state")
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A field of a slot in a [`status`].
+pub fn slot_field(status: &serde_json::Value, slot: &str, field: &str) -> serde_json::Value {
     status["slots"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == slot)
-        .unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
+        .unwrap()[field]
+        .clone()
 }
 
 /// A file of the boot partition (at 1 MiB) of a disk image, read with mtools.
@@ -199,15 +205,27 @@ pub fn assert_active_untouched(before: &[u8], disk: &Path) {
 /// `dir/name`: an image named `os` at `version`, laid out for the small
 /// test disk (40 MiB boot) with a `root_mib` root, in 256 KiB chunks.
 pub fn convert_small_image(dir: &Path, name: &str, version: &str, root_mib: &str) {
-    ok(&[
+    convert_small_image_with(dir, name, version, root_mib, &[]);
+}
+
+/// [`convert_small_image`] with more `image convert` arguments.
+pub fn convert_small_image_with(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    root_mib: &str,
+    extra: &[&str],
+) {
+    let (boot, root, output) = (dir.join("boot.tar"), dir.join("root.tar"), dir.join(name));
+    let mut args = vec![
         "image",
         "convert",
         "-b",
-        s(&dir.join("boot.tar")),
+        s(&boot),
         "-r",
-        s(&dir.join("root.tar")),
+        s(&root),
         "-o",
-        s(&dir.join(name)),
+        s(&output),
         "--name",
         "os",
         "--version",
@@ -218,7 +236,9 @@ pub fn convert_small_image(dir: &Path, name: &str, version: &str, root_mib: &str
         root_mib,
         "--chunk-kib",
         "256",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
 }
 
 /// Writes every region into a disk file of the image's layout with the loader's reader
