@@ -10,6 +10,7 @@ pub mod bench;
 pub mod capture;
 pub mod disk;
 pub mod disk_create;
+pub mod discover;
 pub mod fat_fixup;
 pub mod image;
 pub mod image_convert;
@@ -69,9 +70,8 @@ impl TargetArgs {
             (Some(dir), None, None) => Ok(Target::BootDir(dir.clone())),
             (None, Some(dev), None) => Ok(Target::Device(dev.clone())),
             (None, None, Some(img)) => Ok(Target::Image(img.clone())),
-            (None, None, None) => bail!(
-                "say where the slot state is: --boot-dir /boot/firmware, --device /dev/mmcblk0 or --image disk.img"
-            ),
+            // On a running unit: found as a user would (docs/slot-state.md).
+            (None, None, None) => discover::find(&discover::Places::system()),
             _ => bail!("give only one of --boot-dir, --device and --image"),
         }
     }
