@@ -295,6 +295,10 @@ fn image_passes_sfdisk_fsck_mtools_e2fsck_and_zbctl() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["active"], "A", "{status}");
     assert_eq!(status["max_boot_failure"], 4, "{status}");
+    // The state records the versions the slots' slot.txt name (A: 7; SAFE: the default 0).
+    assert_eq!(status["slots"][0]["image_version"], 7, "{status}");
+    assert_eq!(status["slots"][0]["files_version"], 7, "{status}");
+    assert_eq!(status["slots"][2]["image_version"], 0, "{status}");
 }
 
 #[test]

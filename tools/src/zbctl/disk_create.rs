@@ -1181,6 +1181,16 @@ fn write_image(
         &mut log,
     )
     .context("initialising the slot state")?;
+    // The state records each slot's version as slot.txt names it (`status`, anti-rollback).
+    if args.slots.iter().any(|spec| spec.version != 0) {
+        super::edit(&Target::Image(args.output.clone()), &mut log, |state| {
+            for spec in &args.slots {
+                state.slot_mut(spec.slot).image_version = spec.version;
+            }
+            Ok(String::new())
+        })
+        .context("recording the slots' versions in the slot state")?;
+    }
     Ok(parts)
 }
 
