@@ -132,6 +132,22 @@ fn image_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// The LBA a message reports, which must say what it counts from: here the image, from its
+/// first sector.
+fn reported_lba(out: &str, image: &Path) -> usize {
+    let lba = out
+        .split("(LBA ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no LBA in {out}"));
+    assert!(
+        out.contains(&format!("(LBA {lba} of {}, ", image.display())),
+        "{out}"
+    );
+    lba
+}
+
 #[test]
 fn init_boot_mark_good_try_set_active_on_an_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,6 +191,7 @@ fn init_boot_mark_good_try_set_active_on_an_image() {
     let before = image_bytes(&path);
     let out = ok(&target, &["mark-good"]);
     assert!(out.contains("slot A confirmed good; wrote copy"), "{out}");
+    let lba = reported_lba(&out, &path);
     let after = image_bytes(&path);
     // Exactly one sector changed.
     let changed: Vec<usize> = (0..before.len() / BLOCK_SIZE)
@@ -185,6 +202,7 @@ fn init_boot_mark_good_try_set_active_on_an_image() {
         .collect();
     assert_eq!(changed.len(), 1);
     assert!(lbas.contains(&(changed[0] as u64)));
+    assert_eq!(changed[0], lba, "the sector the message named");
     let newest = copies(&path)
         .0
         .into_iter()

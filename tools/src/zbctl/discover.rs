@@ -84,8 +84,8 @@ pub fn find(places: &Places) -> Result<Target> {
 fn disk_of(places: &Places, root: &str) -> Result<PathBuf, String> {
     let partition = if let Some(uuid) = root.strip_prefix("PARTUUID=") {
         let link = places.by_partuuid.join(uuid.to_ascii_lowercase());
-        let node = std::fs::canonicalize(&link)
-            .map_err(|error| format!("{}: {error}", link.display()))?;
+        let node =
+            std::fs::canonicalize(&link).map_err(|error| format!("{}: {error}", link.display()))?;
         node.file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .ok_or_else(|| format!("{} has no name", node.display()))?
@@ -101,8 +101,8 @@ fn disk_of(places: &Places, root: &str) -> Result<PathBuf, String> {
             entry.display()
         ));
     }
-    let resolved = std::fs::canonicalize(&entry)
-        .map_err(|error| format!("{}: {error}", entry.display()))?;
+    let resolved =
+        std::fs::canonicalize(&entry).map_err(|error| format!("{}: {error}", entry.display()))?;
     let disk = resolved
         .parent()
         .and_then(Path::file_name)
@@ -136,11 +136,8 @@ mod tests {
             std::os::unix::fs::symlink(target, sys_block.join(name)).unwrap();
             std::fs::write(root.join("dev").join(name), "").unwrap();
         }
-        std::os::unix::fs::symlink(
-            root.join("dev/mmcblk0p2"),
-            by_partuuid.join("5a6b7c8d-02"),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(root.join("dev/mmcblk0p2"), by_partuuid.join("5a6b7c8d-02"))
+            .unwrap();
         let places = Places {
             cmdline: cmdline.into(),
             by_partuuid,
@@ -174,7 +171,10 @@ mod tests {
         // A system zboot did not boot (a workstation): its root disk is not looked at.
         let (_dir, places) = tree("root=/dev/mmcblk0p2", "");
         let error = find(&places).unwrap_err().to_string();
-        assert!(error.contains("no zboot.slot= in the kernel command line"), "{error}");
+        assert!(
+            error.contains("no zboot.slot= in the kernel command line"),
+            "{error}"
+        );
 
         // Nothing: the error says where it looked and how to say it.
         let (_dir, places) = tree(

@@ -8,9 +8,9 @@
 pub mod adopt;
 pub mod bench;
 pub mod capture;
+pub mod discover;
 pub mod disk;
 pub mod disk_create;
-pub mod discover;
 pub mod fat_fixup;
 pub mod image;
 pub mod image_convert;
@@ -349,8 +349,8 @@ fn edit(
     {
         Some(saved) => writeln!(
             out,
-            "{message}; wrote copy {} (LBA {}, sequence {})",
-            saved.copy, saved.lba, saved.sequence
+            "{message}; wrote copy {} (LBA {} of {}, sequence {})",
+            saved.copy, saved.lba, opened.lbas_of, saved.sequence
         )?,
         None => writeln!(out, "{message}; state unchanged, nothing written")?,
     }

@@ -46,8 +46,12 @@ impl Target {
 pub struct StateTarget {
     /// The device (for `--boot-dir`, the state file itself: copies at LBAs 0 and 1).
     pub disk: FileDisk,
-    /// LBAs of copy 0 and copy 1.
+    /// LBAs of copy 0 and copy 1, counted in sectors of [`Self::lbas_of`].
     pub lbas: [u64; 2],
+    /// What the LBAs count from: the device or image opened (a partition device counts
+    /// from the partition's start, a whole disk or disk image from the disk's), or the
+    /// state file itself.
+    pub lbas_of: String,
     /// Human description of where the state is.
     pub description: String,
     /// Whether `disk` is a whole disk (a partition table was read), where the reflash
@@ -113,6 +117,7 @@ pub fn open(target: &Target) -> Result<StateTarget> {
             Ok(StateTarget {
                 disk,
                 lbas: [0, 1],
+                lbas_of: path.display().to_string(),
                 description: path.display().to_string(),
                 whole_disk: false,
             })
@@ -129,6 +134,7 @@ pub fn open(target: &Target) -> Result<StateTarget> {
                 disk,
                 whole_disk: location.partition.is_some(),
                 lbas: location.lbas,
+                lbas_of: path.display().to_string(),
                 description: format!(
                     "{}, {partition}, {STATE_FILE_NAME} at LBA {} and {}",
                     path.display(),
