@@ -154,12 +154,15 @@ fn main(boot: BootInfo) -> ! {
             }
         };
         let attempt = outcome.reason.attempt().unwrap_or(1);
+        // The state's minimum, raised to the build's floor: the state is not signed.
+        // (`MIN_VERSION` is 0 unless the build sets ZBOOT_MIN_VERSION.)
+        #[allow(clippy::unnecessary_min_or_max)]
+        let minimum = selector.state().min_version.max(config::MIN_VERSION);
         let loaded = match slot_files::load(
             medium.partition(),
             slot,
             &mut area,
-            // The state's minimum, raised to the build's floor: the state is not signed.
-            selector.state().min_version.max(config::MIN_VERSION),
+            minimum,
             config::PROVISIONED_KEY.as_ref(),
         ) {
             Ok(loaded) => loaded,
