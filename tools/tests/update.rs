@@ -1155,7 +1155,7 @@ fn state_changed_by_another_command_meanwhile_is_not_overwritten() {
     );
     let disk = disk_for(&server, "/os.zi");
     let lock = disk.dir.path().join("update.lock");
-    let child = Command::new(env!("CARGO_BIN_EXE_zbctl"))
+    let child = common::zbctl_command()
         .args([
             "--image",
             s(&disk.path),

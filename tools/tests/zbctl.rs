@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
 use recovery_proto::locate::locate_state;
 use recovery_proto::{
@@ -65,7 +65,7 @@ fn image(dir: &Path, fat16: bool, files: &[(&str, usize)], remove: &[&str]) -> P
 }
 
 fn zbctl(target: &[&str], args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_zbctl"))
+    let output = common::zbctl_command()
         .args(target)
         .args(args)
         .output()

@@ -55,6 +55,17 @@ enum Task {
     },
     /// Measure zboot: image size and guest instruction counts under QEMU.
     Bench,
+    /// Build the `zboot` Debian package (zbctl, its systemd units, man pages, completions)
+    /// into target/zboot/deb/, and check it with lintian when it is installed.
+    Deb {
+        /// The architectures (default: arm64 and amd64).
+        #[arg(long, value_enum)]
+        arch: Vec<zboot_tools::deb::Arch>,
+        /// Then run the zbctl tests (updates over loopback HTTPS, the state commands) on the
+        /// packaged arm64 binary under qemu-aarch64.
+        #[arg(long)]
+        test: bool,
+    },
     /// Fuzz the parsers of untrusted bytes (recovery-proto/fuzz, cargo-fuzz + libFuzzer).
     Fuzz {
         /// Each target for a few seconds on the pinned stable toolchain without a sanitizer
@@ -89,6 +100,7 @@ fn main() -> Result<()> {
         }
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Bench => bench(),
+        Task::Deb { arch, test } => deb(&arch, test),
         Task::Fuzz {
             smoke,
             runs,
@@ -684,6 +696,65 @@ fn fuzz(smoke: bool, runs: u64, targets: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn deb(arches: &[zboot_tools::deb::Arch], test: bool) -> Result<()> {
+    use zboot_tools::deb::Arch;
+    let root = workspace_root();
+    let out = root.join("target").join("zboot").join("deb");
+    std::fs::create_dir_all(&out)?;
+    let arches = if arches.is_empty() {
+        vec![Arch::Arm64, Arch::Amd64]
+    } else {
+        arches.to_vec()
+    };
+    for arch in arches {
+        let deb = zboot_tools::deb::build(&root, arch, &out)?;
+        println!("{}", deb.display());
+        if Command::new("lintian").arg("--version").output().is_ok() {
+            let mut lintian = Command::new("lintian");
+            lintian.args(["--fail-on", "error"]);
+            lintian.arg(&deb);
+            run_checked(lintian, "lintian")?;
+        } else {
+            println!("lintian not installed: package not checked (scripts/setup installs it)");
+        }
+        if test && arch == Arch::Arm64 {
+            test_shipped_binary(&deb)?;
+        }
+    }
+    Ok(())
+}
+
+/// The zbctl tests that cover TLS, resume, refusal and the state commands, run on the
+/// arm64 binary as the package ships it, under Debian's qemu-user.
+fn test_shipped_binary(deb: &std::path::Path) -> Result<()> {
+    let unpacked = deb.with_extension("unpacked");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let mut extract = Command::new("dpkg-deb");
+    extract.arg("--extract").arg(deb).arg(&unpacked);
+    run_checked(extract, "dpkg-deb --extract")?;
+    let binary = unpacked.join("usr/bin/zbctl");
+    let under_test = format!(
+        "qemu-aarch64 -L /usr/aarch64-linux-gnu {}",
+        binary.display()
+    );
+    let mut version = Command::new("sh");
+    version.args(["-c", &format!("{under_test} --version")]);
+    run_checked(version, "the packaged zbctl under qemu-aarch64")?;
+    let mut tests = cargo();
+    tests
+        .args([
+            "test",
+            "-p",
+            "zboot-tools",
+            "--test",
+            "update",
+            "--test",
+            "zbctl",
+        ])
+        .env("ZBCTL_UNDER_TEST", &under_test);
+    run_checked(tests, "zbctl tests on the packaged arm64 binary")
+}
+
 fn ci() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
@@ -718,5 +789,8 @@ fn ci() -> Result<()> {
 
     fuzz(true, 0, &[])?;
 
-    test(&[])
+    test(&[])?;
+
+    // The packages, lintian, and the shipped arm64 binary's tests under qemu-aarch64.
+    deb(&[], true)
 }

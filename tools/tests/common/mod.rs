@@ -10,17 +10,29 @@ pub use metadata::run;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs the built `zbctl` binary.
-pub fn zbctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zbctl"))
-        .args(args)
-        .output()
-        .unwrap()
+/// The `zbctl` under test: the one cargo built, or the command line in
+/// `$ZBCTL_UNDER_TEST` (`cargo xtask deb --test`: the packaged arm64 binary under
+/// `qemu-aarch64`).
+pub fn zbctl_command() -> Command {
+    match std::env::var("ZBCTL_UNDER_TEST") {
+        Ok(line) if !line.trim().is_empty() => {
+            let mut words = line.split_whitespace();
+            let mut command = Command::new(words.next().unwrap());
+            command.args(words);
+            command
+        }
+        _ => Command::new(env!("CARGO_BIN_EXE_zbctl")),
+    }
 }
 
-/// Runs the built `zbctl` binary with extra environment variables.
+/// Runs the `zbctl` under test.
+pub fn zbctl(args: &[&str]) -> Output {
+    zbctl_command().args(args).output().unwrap()
+}
+
+/// Runs the `zbctl` under test with extra environment variables.
 pub fn zbctl_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zbctl"))
+    zbctl_command()
         .args(args)
         .envs(env.iter().copied())
         .output()
