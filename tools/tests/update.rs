@@ -998,6 +998,74 @@ fn latest_pointer_over_plain_http_needs_allow_http() {
 }
 
 #[test]
+fn a_staged_rollout_takes_the_devices_whose_bucket_falls_below_it() {
+    let f = fixture();
+    let serial = "10000000c0ffee01";
+    let bucket = zboot_tools::zbctl::update::rollout_bucket(serial, "os-5.zi");
+    let pointer = |rollout: &str| format!("image=os-5.zi\nrollout={rollout}\n").into_bytes();
+    let check = |rollout: &str| {
+        let server = Server::start(
+            vec![
+                ("/fleet/latest", pointer(rollout), Behaviour::Normal),
+                ("/fleet/os-5.zi", f.bytes("os.zi"), Behaviour::Normal),
+            ],
+            Some("localhost"),
+        );
+        let disk = disk_for(&server, "/fleet/");
+        let lock = disk.dir.path().join("update.lock");
+        let out = zbctl_env(
+            &[
+                "--image",
+                s(&disk.path),
+                "update",
+                "check",
+                "--lock",
+                s(&lock),
+            ],
+            &[("ZBCTL_DEVICE_SERIAL", std::ffi::OsStr::new(serial))],
+        );
+        assert!(disk.unchanged());
+        (out, server.requests())
+    };
+    // The boundaries: exactly the bucket leaves the device out, one more takes it.
+    for (rollout, taken) in [
+        ("0".to_string(), false),
+        (bucket.to_string(), false),
+        ((bucket + 1).to_string(), true),
+        ("100".to_string(), true),
+    ] {
+        let (out, requests) = check(&rollout);
+        if taken {
+            expect(&out, 0, &["update available", "/fleet/os-5.zi"]);
+        } else {
+            expect(
+                &out,
+                6,
+                &[
+                    &format!("rolling out to {rollout}% of devices"),
+                    &format!("serial {serial}, bucket {bucket} of 0-99"),
+                ],
+            );
+            assert!(
+                requests.iter().all(|r| !r.contains("os-5.zi")),
+                "the image is not even asked for: {requests:?}"
+            );
+        }
+    }
+    // Out of range: refused with its line.
+    for rollout in ["101", "-1", "half"] {
+        let (out, _) = check(rollout);
+        expect(
+            &out,
+            7,
+            &[&format!(
+                "latest: line 2: rollout={rollout} is not a percentage"
+            )],
+        );
+    }
+}
+
+#[test]
 fn two_runs_never_overlap() {
     let f = fixture();
     let disk = f.disk("update_endpoint=/nonexistent/stick.img\nendpoint_type=USB\n");

@@ -21,6 +21,7 @@ use recovery_proto::image::format::HEADER_SIZE;
 use recovery_proto::image::{Header, ImageSource};
 use recovery_proto::manifest::Manifest;
 use recovery_proto::{Slot, SlotState, State};
+use sha2::{Digest, Sha256};
 
 use super::install::{self, AnySource, DynSource, Flow, InstallArgs};
 use super::target::{self, Target};
@@ -815,7 +816,22 @@ fn resolve_image_url(agent: &ureq::Agent, config: &Config) -> Result<String> {
         endpoint.clone()
     };
     let text = fetch_small(agent, &pointer)?;
-    let image = parse_latest(&text).map_err(|e| endpoint_error(format!("{pointer}: {e}")))?;
+    let latest = parse_latest(&text).map_err(|e| endpoint_error(format!("{pointer}: {e}")))?;
+    let image = latest.image;
+    if let Some(percent) = latest.rollout {
+        let serial = device_serial()?;
+        let bucket = rollout_bucket(&serial, image);
+        if bucket >= percent {
+            return Err(Finished {
+                code: exit::UP_TO_DATE,
+                message: format!(
+                    "{pointer}: {image} is rolling out to {percent}% of devices, and this one \
+                     (serial {serial}, bucket {bucket} of 0-99) is not among them yet"
+                ),
+            }
+            .into());
+        }
+    }
     if image.contains("://") {
         return Ok(image.to_string());
     }
@@ -829,19 +845,108 @@ fn join_url(base: &str, name: &str) -> String {
     format!("{base}/{}", name.trim_start_matches('/'))
 }
 
-/// The `latest` pointer file: `key=value` lines, `#` comments; `image=` names the `.zi`
-/// (relative to the pointer's URL, or absolute). Unknown keys are ignored.
-fn parse_latest(text: &str) -> Result<&str, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .find_map(|l| {
-            l.split_once('=')
-                .filter(|(k, _)| k.trim() == "image")
-                .map(|(_, v)| v.trim())
-        })
+/// The `latest` pointer file.
+#[derive(Debug, PartialEq, Eq)]
+struct Latest<'t> {
+    /// `image=`: the `.zi` (relative to the pointer's URL, or absolute).
+    image: &'t str,
+    /// `rollout=`: the percentage of devices that take it (docs/update.md).
+    rollout: Option<u8>,
+}
+
+/// The `latest` pointer file: `key=value` lines, `#` comments; `image=` names the `.zi`,
+/// `rollout=NN` (0 to 100) stages it. Unknown keys are ignored.
+fn parse_latest(text: &str) -> Result<Latest<'_>, String> {
+    let mut image = None;
+    let mut rollout = None;
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key.trim() {
+            "image" => image = Some(value.trim()),
+            "rollout" => {
+                let value = value.trim();
+                let percent = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|percent| *percent <= 100)
+                    .ok_or_else(|| {
+                        format!(
+                            "line {}: rollout={value} is not a percentage (a whole number from 0 \
+                             to 100)",
+                            index + 1
+                        )
+                    })?;
+                rollout = Some(percent);
+            }
+            _ => {}
+        }
+    }
+    let image = image
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| "not a latest pointer file: no image=<file name or URL> line".to_string())
+        .ok_or_else(|| "not a latest pointer file: no image=<file name or URL> line".to_string())?;
+    Ok(Latest { image, rollout })
+}
+
+/// The device's place in a staged rollout of `image`: 0 to 99, stable for the pair, and
+/// spread evenly over a fleet. The first 8 bytes (big-endian) of SHA-256 of
+/// `zboot rollout v1`, NUL, the serial, NUL, the image's name, modulo 100; by hand:
+/// `printf 'zboot rollout v1\0%s\0%s' SERIAL IMAGE | sha256sum`.
+pub fn rollout_bucket(serial: &str, image: &str) -> u8 {
+    let mut hash = Sha256::new();
+    hash.update(b"zboot rollout v1\0");
+    hash.update(serial.as_bytes());
+    hash.update(b"\0");
+    hash.update(image.as_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u8::try_from(u64::from_be_bytes(first) % 100).unwrap_or(0)
+}
+
+/// The device's serial number: `$ZBCTL_DEVICE_SERIAL` (tests), else the firmware's
+/// `/serial-number` in the device tree (the CM4's board serial), else `Serial` in
+/// `/proc/cpuinfo`, else `/etc/machine-id`.
+fn device_serial() -> Result<String> {
+    if let Ok(serial) = std::env::var("ZBCTL_DEVICE_SERIAL")
+        && !serial.trim().is_empty()
+    {
+        return Ok(serial.trim().to_string());
+    }
+    for path in [
+        "/sys/firmware/devicetree/base/serial-number",
+        "/proc/device-tree/serial-number",
+    ] {
+        if let Ok(bytes) = fs::read(path) {
+            let serial = String::from_utf8_lossy(&bytes)
+                .trim_matches(char::from(0))
+                .trim()
+                .to_string();
+            if !serial.is_empty() {
+                return Ok(serial);
+            }
+        }
+    }
+    if let Ok(cpuinfo) = fs::read_to_string("/proc/cpuinfo")
+        && let Some(serial) = cpuinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == "Serial").then(|| value.trim().to_string())
+        })
+    {
+        return Ok(serial);
+    }
+    match fs::read_to_string("/etc/machine-id") {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => bail!(
+            "a staged rollout needs this device's serial number, and there is none (no \
+             serial-number in the device tree, no Serial in /proc/cpuinfo, no /etc/machine-id)"
+        ),
+    }
 }
 
 /// Bytes of the `latest` pointer file read at most.
@@ -1333,11 +1438,66 @@ mod tests {
     #[test]
     fn latest_pointer_names_the_image() {
         assert_eq!(
-            parse_latest("# fleet\nversion=7\nimage = os-7.zi\n"),
+            parse_latest("# fleet\nversion=7\nimage = os-7.zi\n").map(|l| l.image),
             Ok("os-7.zi")
         );
         assert!(parse_latest("os-7.zi\n").is_err());
         assert!(parse_latest("image=\n").is_err());
+    }
+
+    #[test]
+    fn rollout_percentages_and_their_boundaries() {
+        for (text, rollout) in [
+            ("image=os.zi\nrollout=0\n", Some(0)),
+            ("image=os.zi\nrollout = 100\n", Some(100)),
+            ("image=os.zi\nrollout=37\n", Some(37)),
+            ("image=os.zi\n", None),
+        ] {
+            assert_eq!(parse_latest(text).unwrap().rollout, rollout, "{text}");
+        }
+        for (text, line) in [
+            ("image=os.zi\nrollout=101\n", 2),
+            ("# staged\nimage=os.zi\n\nrollout=-1\n", 4),
+            ("rollout=50%\nimage=os.zi\n", 1),
+            ("image=os.zi\nrollout=\n", 2),
+        ] {
+            let error = parse_latest(text).unwrap_err();
+            assert!(
+                error.starts_with(&format!("line {line}: rollout=")) && error.contains("0 to 100"),
+                "{text:?}: {error}"
+            );
+        }
+        // Stable, and different per image; spread evenly over a fleet.
+        assert_eq!(
+            rollout_bucket("10000000abcdef01", "os-7.zi"),
+            rollout_bucket("10000000abcdef01", "os-7.zi")
+        );
+        let buckets: Vec<u8> = (0..10_000)
+            .map(|serial| rollout_bucket(&format!("{serial:016x}"), "os-7.zi"))
+            .collect();
+        assert!(buckets.iter().all(|bucket| *bucket < 100));
+        let taken = |percent: u8| buckets.iter().filter(|b| **b < percent).count();
+        assert_eq!(taken(0), 0, "rollout=0 takes no device");
+        assert_eq!(taken(100), 10_000, "rollout=100 takes every device");
+        let twenty = taken(20);
+        assert!(
+            (1_800..=2_200).contains(&twenty),
+            "rollout=20 took {twenty} of 10000"
+        );
+        let moved = (0..1_000)
+            .filter(|serial| {
+                let serial = format!("{serial:016x}");
+                rollout_bucket(&serial, "os-7.zi") != rollout_bucket(&serial, "os-8.zi")
+            })
+            .count();
+        assert!(
+            moved > 900,
+            "each release draws its own canaries ({moved} of 1000 moved)"
+        );
+        // The bucket as docs/update.md computes it by hand (sha256sum of the same bytes).
+        let digest = Sha256::digest(b"zboot rollout v1\0SERIAL\0os.zi");
+        let first = u64::from_be_bytes(digest[..8].try_into().unwrap());
+        assert_eq!(u64::from(rollout_bucket("SERIAL", "os.zi")), first % 100);
     }
 
     #[test]
