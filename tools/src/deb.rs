@@ -409,3 +409,105 @@ fi
 
 exit 0
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a maintainer script with `deb-systemd-helper`, `deb-systemd-invoke` and
+    /// `systemctl` replaced by stubs that log their arguments; returns (log, stderr).
+    fn run_script(script: &str, args: &[&str], default_file: Option<&str>) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        for tool in ["deb-systemd-helper", "deb-systemd-invoke", "systemctl"] {
+            let stub = dir.path().join(tool);
+            fs::write(
+                &stub,
+                format!(
+                    "#!/bin/sh\necho \"{tool} $*\" >> {}\n[ \"$2\" = was-enabled ] && exit 1\nexit 0\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // The script's /etc/default/zboot, when given, through a copy that reads it from here.
+        let text = match default_file {
+            Some(settings) => {
+                let file = dir.path().join("default");
+                fs::write(&file, settings).unwrap();
+                script.replace("/etc/default/zboot", file.to_str().unwrap())
+            }
+            None => script.replace("/etc/default/zboot", "/nonexistent/zboot-default"),
+        };
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(&text)
+            .arg("script")
+            .args(args)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        (
+            fs::read_to_string(&log).unwrap_or_default(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn postinst_enables_the_units_starts_nothing_and_names_the_path_it_expected() {
+        let (calls, stderr) = run_script(POSTINST, &["configure", ""], None);
+        for unit in ["zboot-mark-good.service", "zboot-update.timer"] {
+            assert!(
+                calls.contains(&format!("deb-systemd-helper enable {unit}")),
+                "{calls}"
+            );
+        }
+        assert!(!calls.contains("start"), "nothing started: {calls}");
+        assert!(!calls.contains("zboot-update.service"), "{calls}");
+        // This build host has no FAT file system on /boot/firmware.
+        assert!(
+            stderr.contains("no FAT boot partition mounted on /boot/firmware"),
+            "{stderr}"
+        );
+        // Another place, from /etc/default/zboot: named in the warning.
+        let (_, stderr) = run_script(
+            POSTINST,
+            &["configure", ""],
+            Some("ZBOOT_BOOT_DIR=/srv/boot-partition\n"),
+        );
+        assert!(
+            stderr.contains("no FAT boot partition mounted on /srv/boot-partition"),
+            "{stderr}"
+        );
+        // An upgrade from a version where the admin disabled the timer leaves it so.
+        let (calls, _) = run_script(POSTINST, &["configure", "0.0.9"], None);
+        assert!(!calls.contains("deb-systemd-helper enable"), "{calls}");
+        assert!(
+            calls.contains("deb-systemd-helper update-state zboot-update.timer"),
+            "{calls}"
+        );
+    }
+
+    #[test]
+    fn removal_stops_the_timer_and_purge_forgets_the_units() {
+        let (calls, _) = run_script(PRERM, &["remove"], None);
+        if std::path::Path::new("/run/systemd/system").exists() {
+            assert!(
+                calls.contains("deb-systemd-invoke stop zboot-update.timer"),
+                "{calls}"
+            );
+        }
+        let (calls, _) = run_script(POSTRM, &["purge"], None);
+        assert!(
+            calls.contains("deb-systemd-helper purge zboot-mark-good.service zboot-update.timer"),
+            "{calls}"
+        );
+    }
+}
