@@ -498,7 +498,7 @@ mod tests {
     #[test]
     fn removal_stops_the_timer_and_purge_forgets_the_units() {
         let (calls, _) = run_script(PRERM, &["remove"], None);
-        if std::path::Path::new("/run/systemd/system").exists() {
+        if Path::new("/run/systemd/system").exists() {
             assert!(
                 calls.contains("deb-systemd-invoke stop zboot-update.timer"),
                 "{calls}"
