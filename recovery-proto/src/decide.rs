@@ -551,14 +551,15 @@ fn check(next: &mut State, slot: Slot, facts: Facts, max: u8) -> Result<u8, Skip
             failed: info.failed,
         });
     }
-    match facts.files(slot) {
+    let files = facts.files(slot);
+    match files {
         SlotFiles::Failed | SlotFiles::NotAuthentic => {
             info.failed += 1;
             if info.failed >= max {
                 info.state = SlotState::Bad;
             }
             let failed = info.failed;
-            return Err(if facts.files(slot) == SlotFiles::Failed {
+            return Err(if files == SlotFiles::Failed {
                 Skip::FilesFailed { failed }
             } else {
                 Skip::NotAuthentic { failed }

@@ -680,7 +680,6 @@ pub fn sign_slots_in_image(
     out: &mut dyn Write,
 ) -> Result<Option<Header>> {
     use super::image::{Opened, refuse};
-    use recovery_proto::image::{Decoder, ImageError};
 
     let mut opened = Opened::new(path, None)?;
     let mut source = opened.source.try_clone()?;
@@ -702,23 +701,11 @@ pub fn sign_slots_in_image(
                 .unwrap_or(Path::new(".")),
         )
         .context("making a scratch directory beside the image")?;
-    let mut decoder = Box::new(Decoder::new());
-    let mut buffer = vec![0u8; header.chunk_size as usize];
     let mut decode = |entry: &PartitionEntry| -> Result<PathBuf> {
         let file_path = scratch.path().join(format!("partition-{}", entry.number));
-        let file = File::create(&file_path)?;
+        let mut file = File::create(&file_path)?;
         file.set_len(entry.size())?;
-        for index in entry.first_region..entry.first_region + entry.region_count {
-            let chunk = image
-                .read_region(&mut source, index, &mut decoder, &mut buffer)
-                .map_err(|e: ImageError<_>| refuse(path, &e))?;
-            super::install::write_content(
-                &file,
-                chunk.region.offset,
-                chunk.region.length,
-                &chunk.content,
-            )?;
-        }
+        super::image_layout::decode_into(&image, &mut source, *entry, path, &mut file)?;
         Ok(file_path)
     };
     let boot = entries
@@ -786,26 +773,16 @@ fn slots_signed_by(path: &Path, name: &str, public: &[u8; 32]) -> Result<bool> {
     let root = fs.root_dir();
     let mut any = false;
     for slot in Slot::ALL {
-        let read = |file: &str| -> Option<Vec<u8>> {
-            let mut bytes = Vec::new();
-            let mut opened = root.open_file(&format!("{slot}/{file}")).ok()?;
-            std::io::Read::read_to_end(&mut opened, &mut bytes).ok()?;
-            Some(bytes)
-        };
-        let Some(slot_txt) = read("slot.txt") else {
-            if slot == Slot::A && read("kernel.img").is_some() {
+        let read = |file: &str| super::install::read_fat_file(&root, &format!("{slot}/{file}"));
+        let Some(slot_txt) = read("slot.txt")? else {
+            if slot == Slot::A && read("kernel.img")?.is_some() {
                 // Signing adds the slot.txt install writes.
                 return Ok(false);
             }
             continue;
         };
         any = true;
-        let signed = super::slot_sign::describe(&slot_txt, read(super::slot_sign::FILE).as_deref());
-        let expected = super::slot_sign::Signed::By {
-            signer: super::slot_sign::fingerprint_of(public),
-            image_name: name.to_string(),
-        };
-        if signed != expected {
+        if !super::slot_sign::signed_as(&root, slot, &slot_txt, name, public)? {
             return Ok(false);
         }
     }

@@ -177,7 +177,7 @@ pub fn check_image<S: ImageSource<Error = io::Error>>(
 
 /// Writes `entry`'s regions into `out` (zeroed, `entry.size()` bytes): data and non-zero
 /// fill; skip regions (free clusters) stay zero.
-fn decode_into<S: ImageSource<Error = io::Error>, W: Write + Seek>(
+pub(crate) fn decode_into<S: ImageSource<Error = io::Error>, W: Write + Seek>(
     image: &Image<'_>,
     source: &mut S,
     entry: PartitionEntry,

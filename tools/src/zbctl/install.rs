@@ -552,15 +552,7 @@ fn slot_files(
                 .map_err(|e| anyhow!("{what}: the image's A/{}: {e:?}", listed.name))?;
         }
     }
-    let mut manifest = SlotManifest::new(version);
-    for (name, bytes) in &files {
-        let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{name}: larger than 4 GiB"))?;
-        manifest
-            .add_file(name, size, Sha256::digest(bytes).into())
-            .map_err(|e| anyhow!("slot.txt: {e}"))?;
-    }
-    let text = manifest.to_string();
-    SlotManifest::parse(text.as_bytes()).map_err(|e| anyhow!("slot.txt: {e}"))?;
+    let text = generated_slot_txt(&files, version)?;
     // The signature travels with the files: an install on the device needs no private key.
     let image_sig = if from_a {
         read_fat_file(&root, &format!("A/{}", super::slot_sign::FILE))?
@@ -577,6 +569,21 @@ fn slot_files(
     }
     files.push(("slot.txt", text.into_bytes()));
     Ok(files)
+}
+
+/// The `slot.txt` install writes for `files` (in their order) at `version`, checked with
+/// the loader's parser.
+pub(crate) fn generated_slot_txt(files: &[(&str, Vec<u8>)], version: u32) -> Result<String> {
+    let mut manifest = SlotManifest::new(version);
+    for (name, bytes) in files {
+        let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{name}: larger than 4 GiB"))?;
+        manifest
+            .add_file(name, size, Sha256::digest(bytes).into())
+            .map_err(|e| anyhow!("slot.txt: {e}"))?;
+    }
+    let text = manifest.to_string();
+    SlotManifest::parse(text.as_bytes()).map_err(|e| anyhow!("slot.txt: {e}"))?;
+    Ok(text)
 }
 
 /// The target's boot partition with `slot`'s directory replaced by `files`, edited in
@@ -976,12 +983,7 @@ fn warn_layout(scratch: &File, what: &str, slot: Slot) {
 }
 
 /// Writes a region's content at byte `at` of `file`; returns the bytes written.
-pub(crate) fn write_content(
-    file: &File,
-    at: u64,
-    length: u64,
-    content: &Content<'_>,
-) -> Result<u64> {
+fn write_content(file: &File, at: u64, length: u64, content: &Content<'_>) -> Result<u64> {
     match content {
         Content::Data(bytes) => {
             file.write_all_at(bytes, at)?;

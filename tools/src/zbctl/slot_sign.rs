@@ -11,7 +11,6 @@ use ed25519_dalek::SigningKey;
 use recovery_proto::Slot;
 use recovery_proto::slot_manifest::SlotManifest;
 use recovery_proto::slot_signature::{self, Fingerprint, SlotSignature};
-use sha2::Digest;
 
 use super::install::read_fat_file as read;
 
@@ -55,12 +54,7 @@ pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
         signed.push((slot, manifest.image_version));
         // Already signed so: left as it is (signatures are deterministic, but rewriting the
         // file would still move it on the FAT).
-        let existing = read(root, &format!("{slot}/{FILE}"))?;
-        let wanted = Signed::By {
-            signer: fingerprint_of(&key.verifying_key().to_bytes()),
-            image_name: name.to_string(),
-        };
-        if describe(&text, existing.as_deref()) == wanted {
+        if signed_as(root, slot, &text, name, &key.verifying_key().to_bytes())? {
             continue;
         }
         let signature = sign_text(&text, name, key).with_context(|| format!("slot {slot}"))?;
@@ -75,6 +69,22 @@ pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
     Ok(signed)
 }
 
+/// Whether `slot`'s `slot.sig` signs `slot_txt` as image `name` by the key `public`.
+pub fn signed_as<T: fatfs::ReadWriteSeek>(
+    root: &fatfs::Dir<'_, T>,
+    slot: Slot,
+    slot_txt: &[u8],
+    name: &str,
+    public: &[u8; 32],
+) -> Result<bool> {
+    let existing = read(root, &format!("{slot}/{FILE}"))?;
+    let wanted = Signed::By {
+        signer: fingerprint_of(public),
+        image_name: name.to_string(),
+    };
+    Ok(describe(slot_txt, existing.as_deref()) == wanted)
+}
+
 /// The `slot.txt` `zbctl install` generates from an image's `A/` (the same files, in the
 /// same order, at the image's version).
 fn install_slot_txt<T: fatfs::ReadWriteSeek>(
@@ -87,15 +97,8 @@ fn install_slot_txt<T: fatfs::ReadWriteSeek>(
             files.push((name, bytes));
         }
     }
-    let mut manifest = SlotManifest::new(version);
-    for (name, bytes) in &files {
-        let size =
-            u32::try_from(bytes.len()).map_err(|_| anyhow!("A/{name}: larger than 4 GiB"))?;
-        manifest
-            .add_file(name, size, sha2::Sha256::digest(bytes).into())
-            .map_err(|e| anyhow!("A/slot.txt: {e}"))?;
-    }
-    Ok(manifest.to_string().into_bytes())
+    let text = super::install::generated_slot_txt(&files, version).context("A/slot.txt")?;
+    Ok(text.into_bytes())
 }
 
 /// What a slot directory's signature says, as `status` shows it.
