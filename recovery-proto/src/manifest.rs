@@ -57,6 +57,12 @@ pub struct Manifest<'a> {
     pub adopt_wait: Option<u32>,
     /// `diag`: print the bring-up diagnostics at every boot (docs/bring-up.md).
     pub diag: Option<bool>,
+    /// `report_url`: where `zbctl` posts its update reports (docs/update.md, "Update
+    /// reports"). The loader ignores it; `zbctl` accepts only an `https://` URL and names
+    /// [`Manifest::report_url_line`] when refusing another.
+    pub report_url: Option<&'a str>,
+    /// The line `report_url` is on (0 when it is not set).
+    pub report_url_line: u32,
     /// Unknown keys.
     pub warnings: heapless::Vec<Warning<'a>, MAX_WARNINGS>,
     /// Warnings that did not fit.
@@ -153,7 +159,7 @@ impl fmt::Display for ManifestError {
 }
 
 /// Known keys, in the order of `seen` bookkeeping.
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 20] = [
     "new_update_needed",
     "root_dev",
     "root_a",
@@ -173,6 +179,7 @@ const KEYS: [&str; 19] = [
     "adopt",
     "adopt_wait",
     "diag",
+    "report_url",
 ];
 
 /// `adopt_wait` when the manifest does not say: ten minutes, time enough to fetch a stick,
@@ -296,6 +303,9 @@ impl<'a> Manifest<'a> {
                 return Err(error(ManifestErrorKind::EmptyValue { key: name }));
             }
             manifest.set(canonical, name, value).map_err(error)?;
+            if name == "report_url" {
+                manifest.report_url_line = line;
+            }
         }
         Ok(manifest)
     }
@@ -324,6 +334,7 @@ impl<'a> Manifest<'a> {
             15 => self.allow_http = Some(parse_bool(name, value)?),
             16 => self.adopt = Some(parse_bool(name, value)?),
             17 => self.adopt_wait = Some(parse_number(name, value, 0, 86_400)? as u32),
+            19 => self.report_url = Some(value),
             _ => self.diag = Some(parse_bool(name, value)?),
         }
         Ok(())
@@ -510,6 +521,33 @@ mod tests {
             m.warnings[0].to_string(),
             "zbmanifest.txt line 16: unknown key 'colour' ignored"
         );
+    }
+
+    #[test]
+    fn report_url_is_a_known_key_with_its_line() {
+        let m = Manifest::parse(b"# reports\n\nreport_url = https://ops.example.invalid/zboot#x\n")
+            .unwrap();
+        assert_eq!(m.report_url, Some("https://ops.example.invalid/zboot#x"));
+        assert_eq!(m.report_url_line, 3);
+        assert!(
+            m.warnings.is_empty(),
+            "not an unknown key: {:?}",
+            m.warnings
+        );
+        // The scheme is zbctl's to check: a loader never refuses a manifest over it.
+        let m = Manifest::parse(b"report_url=http://ops.example.invalid/\n").unwrap();
+        assert_eq!(m.report_url, Some("http://ops.example.invalid/"));
+        assert_eq!(Manifest::parse(b"diag=no\n").unwrap().report_url_line, 0);
+        assert!(matches!(
+            Manifest::parse(b"report_url=https://a/\nREPORT_URL=https://b/\n"),
+            Err(ManifestError {
+                line: 2,
+                kind: ManifestErrorKind::Duplicate {
+                    key: "report_url",
+                    first_line: 1
+                }
+            })
+        ));
     }
 
     #[test]
