@@ -84,7 +84,7 @@ pub struct InstallArgs {
 }
 
 /// What an install did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstallReport {
     /// Bytes written to the slot's root partition (data + fill regions).
     pub root_bytes: u64,
@@ -99,6 +99,12 @@ pub struct InstallReport {
     /// Root data bytes not written (nor downloaded) because the slot already held them
     /// ([`Flow::Stream`]).
     pub reused_bytes: u64,
+    /// The slot the image went to.
+    pub slot: Option<Slot>,
+    /// The image's name (its header).
+    pub image_name: String,
+    /// The image's version.
+    pub image_version: u32,
 }
 
 impl InstallReport {
@@ -788,6 +794,9 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
     let mut report = InstallReport {
         image_used: used_bytes(image, None),
         image_root_used: used_bytes(image, Some(root_index)),
+        slot: Some(disk.slot),
+        image_name: image.header().name().to_string(),
+        image_version: image.header().image_version,
         ..InstallReport::default()
     };
     let base = disk.root.start_lba * SECTOR;

@@ -21,6 +21,8 @@ pub mod image_tar;
 pub mod init;
 pub mod install;
 pub mod key;
+pub mod report;
+pub mod report_send;
 pub mod secure_boot;
 pub mod slot_sign;
 pub mod status;
@@ -44,6 +46,9 @@ pub struct Cli {
     /// Where the state is.
     #[command(flatten)]
     pub target: TargetArgs,
+    /// Where update reports are queued.
+    #[command(flatten)]
+    pub reports: ReportArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -74,6 +79,22 @@ impl TargetArgs {
             (None, None, None) => discover::find(&discover::Places::system()),
             _ => bail!("give only one of --boot-dir, --device and --image"),
         }
+    }
+}
+
+/// The update-report queue (docs/update.md, "Update reports").
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The directory update reports are queued in (default: $ZBOOT_REPORT_DIR, else
+    /// /var/lib/zboot/reports); used only when zbmanifest.txt has `report_url=`.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    /// The queue.
+    pub fn queue(&self) -> report::Queue {
+        report::Queue::new(self.report_dir.as_deref())
     }
 }
 
@@ -189,6 +210,10 @@ pub enum Command {
     /// `update check` looks, `update apply` installs into the slot that is not ACTIVE.
     #[command(subcommand)]
     Update(update::UpdateCommand),
+    /// Update reports for zbmanifest.txt's `report_url`: `report send` posts the queued ones
+    /// (docs/update.md, "Update reports").
+    #[command(subcommand)]
+    Report(report_send::ReportCommand),
     /// USB recovery sticks: `usb create` makes a stick image holding a `.zi`.
     #[command(subcommand)]
     Usb(usb::UsbCommand),
@@ -229,11 +254,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         | Command::SecureBoot(_)
         | Command::Usb(_)
         | Command::Bench { .. } => Ok(()),
-        Command::Install(command) => {
-            install::install_locked(&target, &command.args, command.lock.as_deref(), out)
-                .map(|_| ())
-        }
-        Command::Update(command) => update::run(&target, command, out),
+        Command::Install(command) => install_command(&target, command, &cli.reports, out),
+        Command::Update(command) => update::run(&target, command, &cli.reports.queue(), out),
+        Command::Report(command) => report_send::run(&target, &cli.reports.queue(), command, out),
         Command::Adopt(args) => adopt::adopt(&target, args, out),
         Command::InitState(args) => init::init_state(&target, args, out),
         Command::Status { json } => {
@@ -257,17 +280,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::MarkGood { slot } => {
-            let running = match slot {
-                Some(slot) => Some(Slot::from(*slot)),
-                None if !matches!(target, Target::Image(_)) => running_slot_from_cmdline(),
-                None => None,
-            };
-            edit(&target, out, |state| {
-                let slot = state.mark_good(running).context("mark-good refused")?;
-                Ok(format!("slot {slot} confirmed good"))
-            })
-        }
+        Command::MarkGood { slot } => mark_good(&target, *slot, &cli.reports, out),
         Command::SetActive { slot, version } => edit(&target, out, |state| {
             state.set_active(Slot::from(*slot), *version);
             Ok(format!(
@@ -276,14 +289,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 state.slot(state.active).state,
                 state.backup
             ))
-        }),
+        })
+        .map(|_| ()),
         Command::Try { slot, version } => edit(&target, out, |state| {
             state.try_once(Slot::from(*slot), *version);
             Ok(format!(
                 "slot {} will be tried on the next boot only",
                 Slot::from(*slot)
             ))
-        }),
+        })
+        .map(|_| ()),
         Command::SetMinimum { version, force } => set_minimum(&target, *version, *force, out),
         Command::RequestRecovery { cancel } => edit(&target, out, |state| {
             state.request_recovery(!cancel);
@@ -292,7 +307,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             } else {
                 "RECOVERY requested for the next boot".to_string()
             })
-        }),
+        })
+        .map(|_| ()),
     }
 }
 
@@ -331,14 +347,72 @@ fn set_minimum(target: &Target, version: u32, force: bool, out: &mut dyn Write) 
             .context("set-minimum refused")?;
         Ok(format!("minimum image version now {version}"))
     })
+    .map(|_| ())
 }
 
-/// Reads the state, applies `change`, writes one sector if anything changed.
+/// `mark-good`: confirms the running boot, then queues its update reports (after the state
+/// is on the medium, and local files only: never a wait for the network).
+fn mark_good(
+    target: &Target,
+    slot: Option<SlotArg>,
+    reports: &ReportArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let running = match slot {
+        Some(slot) => Some(Slot::from(slot)),
+        None if !matches!(target, Target::Image(_)) => running_slot_from_cmdline(),
+        None => None,
+    };
+    let mut confirming = None;
+    let state = edit(target, out, |state| {
+        confirming = report::Confirming::of(state);
+        let slot = state.mark_good(running).context("mark-good refused")?;
+        Ok(format!("slot {slot} confirmed good"))
+    })?;
+    if let Some(confirming) = confirming {
+        report::after_mark_good(target, &reports.queue(), confirming, &state);
+    }
+    Ok(())
+}
+
+/// `zbctl install`, and its `installed` report when zbmanifest.txt has `report_url=` (one
+/// that is not https:// is refused before anything is written).
+fn install_command(
+    target: &Target,
+    command: &InstallCommand,
+    reports: &ReportArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let settings = report::settings(target)?;
+    let result = install::install_locked(target, &command.args, command.lock.as_deref(), out);
+    if settings.is_some() {
+        report::enqueue_all(&reports.queue(), vec![installed_record(target, &result)]);
+    }
+    result.map(|_| ())
+}
+
+/// The `installed` record of a `zbctl install` run.
+fn installed_record(target: &Target, result: &Result<install::InstallReport>) -> report::Record {
+    let state = report::current_state(target);
+    match result {
+        Ok(installed) => {
+            report::Record::new(report::Event::Installed, installed.slot, state.as_ref())
+                .image(&installed.image_name, installed.image_version)
+                .because("zbctl install")
+        }
+        Err(error) => {
+            report::Record::new(report::Event::Installed, None, state.as_ref()).failed(error)
+        }
+    }
+}
+
+/// Reads the state, applies `change`, writes one sector if anything changed (synced before
+/// this returns); returns the new state.
 fn edit(
     target: &Target,
     out: &mut dyn Write,
     change: impl FnOnce(&mut State) -> Result<String>,
-) -> Result<()> {
+) -> Result<State> {
     let mut opened = target::open(target)?;
     let (old, mut store, _) = target::load(&mut opened)?;
     let mut new = old;
@@ -354,7 +428,7 @@ fn edit(
         )?,
         None => writeln!(out, "{message}; state unchanged, nothing written")?,
     }
-    Ok(())
+    Ok(new)
 }
 
 /// `check-manifest`: parse with the loader's own parser.
@@ -373,6 +447,8 @@ fn check_manifest(file: &std::path::Path, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     let key = manifest.public_key.map(|k| status::hex(&k));
+    report::settings_of(&manifest)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
     writeln!(out, "{}: ok", file.display())?;
     for (name, value) in [
         ("root_a", manifest.root_a.map(str::to_string)),
@@ -403,6 +479,7 @@ fn check_manifest(file: &std::path::Path, out: &mut dyn Write) -> Result<()> {
         ("update_name", manifest.update_name.map(str::to_string)),
         ("ca_cert", manifest.ca_cert.map(str::to_string)),
         ("allow_http", manifest.allow_http.map(|v| v.to_string())),
+        ("report_url", manifest.report_url.map(str::to_string)),
     ] {
         if let Some(value) = value {
             writeln!(out, "  {name} = {value}")?;

@@ -206,20 +206,24 @@ pub fn to_json(
             next_chunk: state.journal.next_chunk,
         },
         reflash_journal: None,
-        history: state
-            .history
-            .entries()
-            .iter()
-            .map(|entry| BootJson {
-                boot: entry.boot,
-                decision: entry.reason.decision().to_string(),
-                attempt: entry.reason.attempt(),
-                reason: entry.reason.to_string(),
-                reset: entry.reset.name(),
-                outcome: entry.outcome.name(),
-            })
-            .collect(),
+        history: history_json(state.history.entries()),
     }
+}
+
+/// Boot-history entries as `status --json` renders them (also the `history` of an update
+/// report).
+pub fn history_json(entries: &[recovery_proto::state::HistoryEntry]) -> Vec<BootJson> {
+    entries
+        .iter()
+        .map(|entry| BootJson {
+            boot: entry.boot,
+            decision: entry.reason.decision().to_string(),
+            attempt: entry.reason.attempt(),
+            reason: entry.reason.to_string(),
+            reset: entry.reset.name(),
+            outcome: entry.outcome.name(),
+        })
+        .collect()
 }
 
 /// Fills in each slot's `slot.txt` version and signature from the boot partition, with

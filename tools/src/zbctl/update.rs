@@ -7,7 +7,7 @@
 //! device's disk), resuming a broken, stalled or too slow download with a Range request from
 //! the first byte of the chunk being read, then arms the slot as a trial like `zbctl install`. docs/update.md is the operator's guide.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::install::{self, AnySource, DynSource, Flow, InstallArgs};
 use super::target::{self, Target};
+use super::{report, report_send};
 
 /// Exit codes of `zbctl update` (besides 2–5, an image refused: see `image::exit`).
 pub mod exit {
@@ -208,8 +209,14 @@ impl Config {
     }
 }
 
-/// Runs `zbctl update ...`.
-pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Result<()> {
+/// Runs `zbctl update ...`; `apply` queues its update reports in `reports` when
+/// zbmanifest.txt has `report_url=` (docs/update.md, "Update reports").
+pub fn run(
+    target: &Target,
+    command: &UpdateCommand,
+    reports: &report::Queue,
+    out: &mut dyn Write,
+) -> Result<()> {
     let (common, apply) = match command {
         UpdateCommand::Check(common) => (common, None),
         UpdateCommand::Apply(args) => (&args.common, Some(args)),
@@ -218,7 +225,15 @@ pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Res
     let (manifest_bytes, origin) = read_target_manifest(target)?;
     let manifest = Manifest::parse(&manifest_bytes).map_err(|e| anyhow!("{origin}: {e}"))?;
     let config = Config::from_manifest(&manifest, &origin)?;
+    let report_settings = report::settings_of(&manifest).map_err(|e| anyhow!("{origin}: {e}"))?;
     let interactive = std::io::stderr().is_terminal();
+    // The image and slot, once known: what a failure's report names.
+    let subject = RefCell::new(None);
+    let report = |outcome: &Result<Outcome>, received: Option<u64>| {
+        if let (Some(_), Some(settings)) = (apply, &report_settings) {
+            report_apply(target, reports, settings, outcome, received, &subject);
+        }
+    };
     // Set once the install marked the slot `bad`: from then on a failure leaves it so.
     let written = Cell::new(false);
     let slot_note = |written: &Cell<bool>| {
@@ -244,7 +259,7 @@ pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Res
                         what,
                         apply,
                         interactive,
-                        &written,
+                        (&written, &subject),
                         out,
                     )
                 })
@@ -254,12 +269,23 @@ pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Res
                     } else {
                         with_note(&error, slot_note(&written))
                     }
-                })?;
-            conclude(&outcome, None, out)
+                });
+            report(&outcome, None);
+            conclude(&outcome?, None, out)
         }
         EndpointKind::Https | EndpointKind::Http => {
-            let agent = agent(&config, common)?;
-            let url = resolve_image_url(&agent, &config)?;
+            let resolved = agent(&config, common).and_then(|agent| {
+                let url = resolve_image_url(&agent, &config)?;
+                Ok((agent, url))
+            });
+            let (agent, url) = match resolved {
+                Ok(resolved) => resolved,
+                Err(error) => {
+                    let failed = Err(error);
+                    report(&failed, None);
+                    return failed.map(|_: Outcome| ());
+                }
+            };
             let mut source = HttpSource::new(agent, url.clone(), common, interactive);
             let result = source.start().and_then(|()| {
                 process(
@@ -269,22 +295,80 @@ pub fn run(target: &Target, command: &UpdateCommand, out: &mut dyn Write) -> Res
                     &url,
                     apply,
                     interactive,
-                    &written,
+                    (&written, &subject),
                     out,
                 )
             });
             source.finish();
-            match (result, source.failure.take()) {
-                (Ok(outcome), _) => conclude(&outcome, Some(source.received), out),
+            let outcome = match (result, source.failure.take()) {
+                (Ok(outcome), _) => Ok(outcome),
                 (Err(error), _) if error.is::<Finished>() => Err(error),
                 (Err(_), Some(failure)) => Err(endpoint_error(format!(
                     "{url}: {failure}{}",
                     slot_note(&written)
                 ))),
                 (Err(error), None) => Err(with_note(&error, slot_note(&written))),
-            }
+            };
+            report(&outcome, Some(source.received));
+            conclude(&outcome?, Some(source.received), out)
         }
     }
+}
+
+/// The image and the slot a run is about, once its header has been read.
+type Subject = RefCell<Option<(String, u32, Slot)>>;
+
+/// Queues the reports of an `apply` run and sends the queue (bounded; its result is not the
+/// run's): `downloaded` and `installed` when it installed; when it failed, `downloaded`
+/// (the endpoint or the image was refused, exit 2-5 and 7) or `installed` (anything else)
+/// with the error. Runs that end without a failure (up to date, busy, pending) report
+/// nothing.
+fn report_apply(
+    target: &Target,
+    queue: &report::Queue,
+    settings: &report::Settings,
+    outcome: &Result<Outcome>,
+    received: Option<u64>,
+    subject: &Subject,
+) {
+    use report::{Event, Record};
+    let state = report::current_state(target);
+    let subject = subject.borrow().clone();
+    let record = |event| match &subject {
+        Some((name, version, slot)) => {
+            Record::new(event, Some(*slot), state.as_ref()).image(name, *version)
+        }
+        // Before the header was read: the slot an update goes to, no image.
+        None => {
+            let slot = state.as_ref().map(State::install_slot);
+            let mut record = Record::new(event, slot, state.as_ref());
+            record.image_version = None;
+            record
+        }
+    };
+    let records = match outcome {
+        Ok(outcome) => vec![
+            match received {
+                Some(bytes) => record(Event::Downloaded).because(format!("{bytes} bytes received")),
+                None => record(Event::Downloaded),
+            },
+            record(Event::Installed).because(outcome.line.clone()),
+        ],
+        Err(error) if error.is::<Finished>() => return,
+        Err(error) => {
+            let refused = error
+                .downcast_ref::<super::image::ExitError>()
+                .is_some_and(|e| (2..=5).contains(&e.code) || e.code == exit::ENDPOINT);
+            let event = if refused {
+                Event::Downloaded
+            } else {
+                Event::Installed
+            };
+            vec![record(event).failed(error)]
+        }
+    };
+    report::enqueue_all(queue, records);
+    report_send::send_after_update(settings, queue);
 }
 
 /// `error` with `note` appended, keeping an image refusal's exit code.
@@ -440,7 +524,7 @@ fn process(
     what: &str,
     apply: Option<&ApplyArgs>,
     interactive: bool,
-    written: &Cell<bool>,
+    (written, subject): (&Cell<bool>, &Subject),
     out: &mut dyn Write,
 ) -> Result<Outcome> {
     let state = installed_state(target)?;
@@ -465,6 +549,7 @@ fn process(
         }
         Verdict::Install(slot) => slot,
     };
+    subject.replace(Some((name.clone(), version, slot)));
     let Some(args) = apply else {
         return Ok(Outcome {
             line: format!(
@@ -736,7 +821,7 @@ fn agent(config: &Config, common: &UpdateArgs) -> Result<ureq::Agent> {
         .timeout_recv_response(timeout)
         .timeout_per_read(timeout);
     #[cfg(feature = "https")]
-    let builder = builder.tls_config(tls_config(config)?);
+    let builder = builder.tls_config(tls_config(config.ca_cert.as_deref())?);
     #[cfg(not(feature = "https"))]
     if config.kind == EndpointKind::Https {
         bail!(
@@ -751,10 +836,12 @@ fn agent(config: &Config, common: &UpdateArgs) -> Result<ureq::Agent> {
 /// Redirects followed (a CDN or object store may redirect once or twice; more is a loop).
 const MAX_REDIRECTS: u32 = 5;
 
+/// TLS for the update endpoint and the report endpoint (`report_send`): the roots from
+/// `ca_cert` (a PEM bundle), else the system store.
 #[cfg(feature = "https")]
-fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig> {
+pub(crate) fn tls_config(ca_cert: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
     use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
-    let certs: Vec<Certificate<'static>> = if let Some(path) = &config.ca_cert {
+    let certs: Vec<Certificate<'static>> = if let Some(path) = ca_cert {
         let pem = fs::read(path)
             .with_context(|| format!("ca_cert={}: reading the CA bundle", path.display()))?;
         let mut certs = Vec::new();
@@ -912,7 +999,7 @@ pub fn rollout_bucket(serial: &str, image: &str) -> u8 {
 /// The device's serial number: `$ZBCTL_DEVICE_SERIAL` (tests), else the firmware's
 /// `/serial-number` in the device tree (the CM4's board serial), else `Serial` in
 /// `/proc/cpuinfo`, else `/etc/machine-id`.
-fn device_serial() -> Result<String> {
+pub(crate) fn device_serial() -> Result<String> {
     if let Ok(serial) = std::env::var("ZBCTL_DEVICE_SERIAL")
         && !serial.trim().is_empty()
     {
@@ -983,7 +1070,7 @@ fn status_text(status: u16) -> String {
 }
 
 /// A ureq error as an operator reads it.
-fn describe(error: &ureq::Error) -> String {
+pub(crate) fn describe(error: &ureq::Error) -> String {
     match error {
         ureq::Error::Timeout(what) => format!("timed out ({what})"),
         ureq::Error::TooManyRedirects => {
