@@ -74,6 +74,8 @@ pub fn build(root: &Path, arch: Arch, out_dir: &Path) -> Result<PathBuf> {
         "zboot-mark-good.service",
         "zboot-update.service",
         "zboot-update.timer",
+        "zboot-report.service",
+        "zboot-report.timer",
     ] {
         let text = fs::read(root.join("tools/systemd").join(unit))?;
         put(&format!("lib/systemd/system/{unit}"), &text, 0o644)?;
@@ -288,8 +290,9 @@ fn control(arch: Arch, version: &str, depends: &str, kib: u64) -> String {
          fetches updates over HTTPS and shows why the unit booted what it booted.\n \
          .\n \
          The package enables zboot-mark-good.service, which confirms each healthy\n \
-         boot, and zboot-update.timer, which installs updates as trials; neither is\n \
-         started at installation.\n",
+         boot, zboot-update.timer, which installs updates as trials, and\n \
+         zboot-report.timer, which sends the queued update reports; none is started\n \
+         at installation.\n",
         arch.debian()
     );
     text
@@ -326,6 +329,11 @@ ZBOOT_BOOT_DIR=/boot/firmware
 
 # More arguments for `zbctl update apply`, e.g. --timeout 60 --retries 5.
 ZBOOT_UPDATE_ARGS=
+
+# Where update reports (zbmanifest.txt's report_url=) are queued; empty: the default,
+# /var/lib/zboot/reports. A directory on a partition both slots mount (DATA) keeps the
+# records of one slot for the other after an update's reboot.
+ZBOOT_REPORT_DIR=
 ";
 
 const COPYRIGHT: &str = "\
@@ -356,7 +364,7 @@ set -e
 
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ]; then
     if command -v deb-systemd-helper >/dev/null 2>&1; then
-        for unit in zboot-mark-good.service zboot-update.timer; do
+        for unit in zboot-mark-good.service zboot-update.timer zboot-report.timer; do
             if deb-systemd-helper --quiet was-enabled "$unit"; then
                 deb-systemd-helper enable "$unit" >/dev/null || true
             else
@@ -387,7 +395,7 @@ const PRERM: &str = r#"#!/bin/sh
 set -e
 
 if [ "$1" = "remove" ] && [ -d /run/systemd/system ]; then
-    deb-systemd-invoke stop zboot-update.timer >/dev/null 2>&1 || true
+    deb-systemd-invoke stop zboot-update.timer zboot-report.timer >/dev/null 2>&1 || true
 fi
 
 exit 0
@@ -400,11 +408,11 @@ if [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
 fi
 if [ "$1" = "remove" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
-    deb-systemd-helper mask zboot-mark-good.service zboot-update.timer >/dev/null || true
+    deb-systemd-helper mask zboot-mark-good.service zboot-update.timer zboot-report.timer >/dev/null || true
 fi
 if [ "$1" = "purge" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
-    deb-systemd-helper purge zboot-mark-good.service zboot-update.timer >/dev/null || true
-    deb-systemd-helper unmask zboot-mark-good.service zboot-update.timer >/dev/null || true
+    deb-systemd-helper purge zboot-mark-good.service zboot-update.timer zboot-report.timer >/dev/null || true
+    deb-systemd-helper unmask zboot-mark-good.service zboot-update.timer zboot-report.timer >/dev/null || true
 fi
 
 exit 0
@@ -463,14 +471,20 @@ mod tests {
     #[test]
     fn postinst_enables_the_units_starts_nothing_and_names_the_path_it_expected() {
         let (calls, stderr) = run_script(POSTINST, &["configure", ""], None);
-        for unit in ["zboot-mark-good.service", "zboot-update.timer"] {
+        for unit in [
+            "zboot-mark-good.service",
+            "zboot-update.timer",
+            "zboot-report.timer",
+        ] {
             assert!(
                 calls.contains(&format!("deb-systemd-helper enable {unit}")),
                 "{calls}"
             );
         }
         assert!(!calls.contains("start"), "nothing started: {calls}");
+        // The services run from their timers (the update service may reboot).
         assert!(!calls.contains("zboot-update.service"), "{calls}");
+        assert!(!calls.contains("zboot-report.service"), "{calls}");
         // This build host has no FAT file system on /boot/firmware.
         assert!(
             stderr.contains("no FAT boot partition mounted on /boot/firmware"),
@@ -500,13 +514,16 @@ mod tests {
         let (calls, _) = run_script(PRERM, &["remove"], None);
         if Path::new("/run/systemd/system").exists() {
             assert!(
-                calls.contains("deb-systemd-invoke stop zboot-update.timer"),
+                calls.contains("deb-systemd-invoke stop zboot-update.timer zboot-report.timer"),
                 "{calls}"
             );
         }
         let (calls, _) = run_script(POSTRM, &["purge"], None);
         assert!(
-            calls.contains("deb-systemd-helper purge zboot-mark-good.service zboot-update.timer"),
+            calls.contains(
+                "deb-systemd-helper purge zboot-mark-good.service zboot-update.timer \
+                 zboot-report.timer"
+            ),
             "{calls}"
         );
     }
