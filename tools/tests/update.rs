@@ -57,6 +57,8 @@ enum Behaviour {
     StallAt(u64),
     /// Sends up to this offset, then waits until [`Server::release`] is set.
     PauseAt(u64),
+    /// Takes `POST` bodies (update reports): kept in [`Server::posts`], answered 204.
+    Collect,
 }
 
 struct Route {
@@ -78,6 +80,10 @@ struct Server {
     sent: Arc<AtomicU64>,
     /// The certificate's PEM (the test's `ca_cert=`).
     ca: Option<String>,
+    /// `POST` bodies taken by a [`Behaviour::Collect`] route, in arrival order.
+    posts: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// TCP connections accepted.
+    connections: Arc<AtomicU64>,
 }
 
 trait Stream: Read + Write + Send {}
@@ -86,7 +92,12 @@ impl<T: Read + Write + Send> Stream for T {}
 impl Server {
     /// Starts a server: `tls` is the host name its certificate is for (None: plain HTTP).
     fn start(routes: Vec<(&str, Vec<u8>, Behaviour)>, tls: Option<&str>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, routes, tls)
+    }
+
+    /// [`Server::start`] on `port` (0: any free one).
+    fn start_on(port: u16, routes: Vec<(&str, Vec<u8>, Behaviour)>, tls: Option<&str>) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let routes: Arc<HashMap<String, Route>> = Arc::new(
             routes
@@ -123,14 +134,23 @@ impl Server {
         };
         let log = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(AtomicU64::new(0));
-        let (thread_log, thread_sent) = (log.clone(), sent.clone());
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (thread_log, thread_sent, thread_posts, thread_connections) = (
+            log.clone(),
+            sent.clone(),
+            posts.clone(),
+            connections.clone(),
+        );
         std::thread::spawn(move || {
             for connection in listener.incoming() {
                 let Ok(tcp) = connection else { continue };
-                let (routes, log, sent, config) = (
+                thread_connections.fetch_add(1, Ordering::SeqCst);
+                let (routes, log, sent, posts, config) = (
                     routes.clone(),
                     thread_log.clone(),
                     thread_sent.clone(),
+                    thread_posts.clone(),
                     config.clone(),
                 );
                 std::thread::spawn(move || {
@@ -141,7 +161,7 @@ impl Server {
                         )),
                         None => Box::new(tcp),
                     };
-                    let _ = serve(stream, &routes, &log, &sent);
+                    let _ = serve(stream, &routes, &log, &sent, &posts);
                 });
             }
         });
@@ -150,6 +170,8 @@ impl Server {
             log,
             sent,
             ca,
+            posts,
+            connections,
         }
     }
 
@@ -170,6 +192,7 @@ fn serve(
     routes: &HashMap<String, Route>,
     log: &Mutex<Vec<String>>,
     sent: &AtomicU64,
+    posts: &Mutex<Vec<Vec<u8>>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
@@ -177,8 +200,10 @@ fn serve(
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
+        let post = line.starts_with("POST ");
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut range = None;
+        let mut length = 0;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header)? == 0 {
@@ -188,11 +213,17 @@ fn serve(
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("range")
-            {
-                range = Some(value.trim().to_string());
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("range") {
+                    range = Some(value.trim().to_string());
+                } else if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
             }
+        }
+        let mut body = vec![0u8; length];
+        if post {
+            reader.read_exact(&mut body)?;
         }
         log.lock()
             .unwrap()
@@ -204,6 +235,12 @@ fn serve(
             continue;
         };
         let kind = match route.behaviour {
+            Behaviour::Collect => {
+                posts.lock().unwrap().push(body);
+                write!(out, "HTTP/1.1 204 No Content\r\n\r\n")?;
+                out.flush()?;
+                continue;
+            }
             Behaviour::NotFound => {
                 let body = b"<html>no such file</html>";
                 write!(
@@ -1320,3 +1357,7 @@ fn dripping_or_stalling_server_mid_body_is_cut_off_in_bounded_time() {
         disk.assert_active_untouched();
     }
 }
+
+// The update reports (report_url=) against the same server.
+#[path = "update/reports.rs"]
+mod reports;
