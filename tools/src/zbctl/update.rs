@@ -334,17 +334,15 @@ fn report_apply(
     use report::{Event, Record};
     let state = report::current_state(target);
     let subject = subject.borrow().clone();
-    let record = |event| match &subject {
-        Some((name, version, slot)) => {
-            Record::new(event, Some(*slot), state.as_ref()).image(name, *version)
+    let record = |event| {
+        if let Some((name, version, slot)) = &subject {
+            return Record::new(event, Some(*slot), state.as_ref()).image(name, *version);
         }
         // Before the header was read: the slot an update goes to, no image.
-        None => {
-            let slot = state.as_ref().map(State::install_slot);
-            let mut record = Record::new(event, slot, state.as_ref());
-            record.image_version = None;
-            record
-        }
+        let slot = state.as_ref().map(State::install_slot);
+        let mut record = Record::new(event, slot, state.as_ref());
+        record.image_version = None;
+        record
     };
     let records = match outcome {
         Ok(outcome) => vec![
