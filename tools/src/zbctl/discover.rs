@@ -4,7 +4,10 @@
 //! 1. on a system zboot booted (`zboot.slot=` in `/proc/cmdline`), the disk that `root=`
 //!    names (`root=PARTUUID=…` through `/dev/disk/by-partuuid`, or `root=/dev/mmcblk0p2`):
 //!    zboot wrote that `root=` itself, for a root on the disk whose boot partition holds
-//!    the state;
+//!    the state. Without udev (an initramfs, a busybox system) there is no
+//!    `/dev/disk/by-partuuid`: then each whole disk's partition table is read for the
+//!    PARTUUID, as the kernel itself resolves `root=PARTUUID=` (mainline's partition uevent
+//!    carries `PARTN` but no PARTUUID, so sysfs alone cannot name it);
 //! 2. else the FAT file system mounted on `/boot/firmware` (Raspberry Pi OS, Debian), then
 //!    on `/boot`.
 //!
@@ -84,8 +87,18 @@ pub fn find(places: &Places) -> Result<Target> {
 fn disk_of(places: &Places, root: &str) -> Result<PathBuf, String> {
     let partition = if let Some(uuid) = root.strip_prefix("PARTUUID=") {
         let link = places.by_partuuid.join(uuid.to_ascii_lowercase());
-        let node =
-            std::fs::canonicalize(&link).map_err(|error| format!("{}: {error}", link.display()))?;
+        let node = match std::fs::canonicalize(&link) {
+            Ok(node) => node,
+            Err(error) => {
+                return disk_with_partuuid(places, uuid).ok_or_else(|| {
+                    format!(
+                        "{}: {error}, and no disk in {} has a partition with that PARTUUID",
+                        link.display(),
+                        places.sys_block.display()
+                    )
+                });
+            }
+        };
         node.file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .ok_or_else(|| format!("{} has no name", node.display()))?
@@ -108,6 +121,32 @@ fn disk_of(places: &Places, root: &str) -> Result<PathBuf, String> {
         .and_then(Path::file_name)
         .ok_or_else(|| format!("{} has no parent disk", resolved.display()))?;
     Ok(places.dev.join(disk))
+}
+
+/// The whole disk whose partition table (MBR or GPT) holds a partition with PARTUUID
+/// `uuid`: the disks are the entries of `/sys/class/block` without a `partition` attribute.
+/// Disks that cannot be opened or hold no table are passed over.
+fn disk_with_partuuid(places: &Places, uuid: &str) -> Option<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(&places.sys_block)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| !entry.path().join("partition").exists())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| places.dev.join(name))
+        .find(|disk| {
+            let Ok(file) = std::fs::File::open(disk) else {
+                return false;
+            };
+            let Ok(mut device) = super::disk::FileDisk::new(file) else {
+                return false;
+            };
+            recovery_proto::partition::Partitions::read(&mut device)
+                .is_ok_and(|partitions| partitions.find_partuuid(uuid).is_some())
+        })
 }
 
 #[cfg(test)]
@@ -148,6 +187,25 @@ mod tests {
         (dir, places)
     }
 
+    /// A 4 MiB disk whose MBR (disk signature `signature`) holds a FAT partition 1 and a
+    /// Linux partition 2.
+    fn mbr_disk(signature: u32) -> Vec<u8> {
+        let mut disk = vec![0u8; 4 << 20];
+        disk[440..444].copy_from_slice(&signature.to_le_bytes());
+        for (index, (kind, start, sectors)) in [(0x0c_u8, 2048_u32, 2048_u32), (0x83, 4096, 4096)]
+            .into_iter()
+            .enumerate()
+        {
+            let entry = &mut disk[446 + 16 * index..462 + 16 * index];
+            entry[4] = kind;
+            entry[8..12].copy_from_slice(&start.to_le_bytes());
+            entry[12..16].copy_from_slice(&sectors.to_le_bytes());
+        }
+        disk[510] = 0x55;
+        disk[511] = 0xaa;
+        disk
+    }
+
     #[test]
     fn the_root_partitions_disk_then_the_mounted_boot_partition() {
         let (dir, places) = tree(
@@ -158,6 +216,20 @@ mod tests {
         assert_eq!(find(&places).unwrap(), Target::Device(dev.clone()));
         let (_dir, places) = tree("root=/dev/mmcblk0p2 rootwait zboot.slot=B", "");
         assert!(matches!(find(&places).unwrap(), Target::Device(d) if d.ends_with("dev/mmcblk0")));
+
+        // No /dev/disk/by-partuuid (no udev): the disks' partition tables are read.
+        let (dir, places) = tree("root=PARTUUID=5a6b7c8d-02 zboot.slot=A", "");
+        std::fs::remove_dir_all(&places.by_partuuid).unwrap();
+        let error = find(&places).unwrap_err().to_string();
+        assert!(
+            error.contains("no disk in") && error.contains("has a partition with that PARTUUID"),
+            "{error}"
+        );
+        let disk = dir.path().join("dev/mmcblk0");
+        std::fs::write(&disk, mbr_disk(0x5a6b_7c8d)).unwrap();
+        assert_eq!(find(&places).unwrap(), Target::Device(disk.clone()));
+        std::fs::write(&disk, mbr_disk(0x1111_2222)).unwrap();
+        assert!(find(&places).is_err(), "another disk signature");
 
         // No usable root=: the FAT mounted on /boot/firmware, then /boot.
         let mounts = "/dev/mmcblk0p2 / ext4 rw 0 0\n/dev/mmcblk0p1 /boot/firmware vfat rw 0 0\n";

@@ -205,6 +205,26 @@ pub fn install_locked(
             disk.key.as_ref(),
             description,
         )?;
+        // On a running unit the boot partition is mounted (/boot/firmware): freeze it as
+        // `update apply` does (docs/update.md, step 4), once the image has been checked and
+        // before the first write, then read the partition again as the mount left it.
+        let frozen = match target {
+            Target::Device(device) => {
+                super::update::freeze_boot_mounts(device, disk.boot_partition_number())?
+            }
+            _ => Vec::new(),
+        };
+        if !frozen.is_empty() {
+            disk = open_target(target, args)?;
+            for mount in &frozen {
+                writeln!(
+                    out,
+                    "{} remounted read-only until the reboot: install edits the boot \
+                     partition's FAT directly",
+                    mount.display()
+                )?;
+            }
+        }
         install_from(
             &mut disk,
             &image,

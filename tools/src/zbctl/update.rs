@@ -683,7 +683,7 @@ fn conclude(outcome: &Outcome, downloaded: Option<u64>, out: &mut dyn Write) -> 
 /// unwritten ones that the direct edit would overwrite). `mount -o remount,ro` writes out what
 /// it holds; nothing is written through it afterwards, until the reboot that starts the new
 /// slot. Returns the mount points.
-fn freeze_boot_mounts(disk: &Path, partition: u32) -> Result<Vec<PathBuf>> {
+pub(crate) fn freeze_boot_mounts(disk: &Path, partition: u32) -> Result<Vec<PathBuf>> {
     let Some(device) = partition_device(disk, partition)? else {
         // A disk image file: its partitions are not block devices of their own.
         return Ok(Vec::new());
