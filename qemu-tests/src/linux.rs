@@ -151,8 +151,11 @@ impl LinuxFiles {
     }
 }
 
-/// `zbctl` for the device: a static `aarch64-unknown-linux-musl` binary
-/// (linker settings in `.cargo/config.toml`), built once per process.
+/// `zbctl` for the device: the binary the arm64 Debian package ships (`cargo xtask deb`,
+/// docs/update.md), HTTPS included: the `dist` profile for `aarch64-unknown-linux-gnu`,
+/// ring's C compiled and the binary linked by Debian's `gcc-aarch64-linux-gnu`. It is
+/// dynamically linked against glibc; the initramfs carries the libraries it needs from the
+/// Debian arm64 root ([`LinuxFiles::debian_root`]). Built once per process.
 pub fn device_zbctl() -> Result<PathBuf> {
     static ZBCTL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     ZBCTL
@@ -161,25 +164,29 @@ pub fn device_zbctl() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-const DEVICE_TARGET: &str = "aarch64-unknown-linux-musl";
+const DEVICE_TARGET: &str = "aarch64-unknown-linux-gnu";
+/// The cross compiler and linker, as `tools/src/deb.rs` uses them.
+const DEVICE_GCC: &str = "aarch64-linux-gnu-gcc";
 
 fn build_device_zbctl() -> Result<PathBuf> {
     let root = workspace_root();
     // Its own target directory, like the loader: an outer `cargo test` holds
     // the workspace's.
     let target_dir = root.join("target").join("device");
+    ensure!(
+        Command::new(DEVICE_GCC).arg("--version").output().is_ok(),
+        "{DEVICE_GCC} not found: the device zbctl needs Debian's gcc-aarch64-linux-gnu \
+         (scripts/setup installs it)"
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--package", "zboot-tools"])
+        .args(["build", "--profile", "dist", "--package", "zboot-tools"])
         .args(["--bin", "zbctl", "--target", DEVICE_TARGET])
-        // Without HTTPS: ring needs a C compiler for the target (see tools/Cargo.toml).
-        .arg("--no-default-features")
-        // Small enough for an initramfs: no debug info.
-        .args(["--config", "profile.release.debug=false"])
-        .args(["--config", "profile.release.strip=true"])
         .arg("--target-dir")
         .arg(&target_dir)
+        .env("CC_aarch64_unknown_linux_gnu", DEVICE_GCC)
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", DEVICE_GCC)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
@@ -189,11 +196,57 @@ fn build_device_zbctl() -> Result<PathBuf> {
         status.success(),
         "building zbctl for {DEVICE_TARGET} failed: {status} (rustup target add {DEVICE_TARGET})"
     );
-    Ok(target_dir.join(DEVICE_TARGET).join("release").join("zbctl"))
+    Ok(target_dir.join(DEVICE_TARGET).join("dist").join("zbctl"))
+}
+
+/// The shared objects the device zbctl loads (its `DT_NEEDED`, and the dynamic loader its
+/// `PT_INTERP` names, `/lib/ld-linux-aarch64.so.1`), as Debian's libc6 and libgcc-s1
+/// install them under `/usr/lib/aarch64-linux-gnu`.
+const DEVICE_LIBRARIES: [&str; 4] = [
+    "ld-linux-aarch64.so.1",
+    "libc.so.6",
+    "libm.so.6",
+    "libgcc_s.so.1",
+];
+
+/// [`DEVICE_LIBRARIES`] taken out of the Debian arm64 root's tarball: (name, bytes).
+fn device_libraries(files: &LinuxFiles) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let dir = tempfile::tempdir()?;
+    let members: Vec<String> = DEVICE_LIBRARIES
+        .iter()
+        .map(|name| format!("./usr/lib/aarch64-linux-gnu/{name}"))
+        .collect();
+    let output = Command::new("tar")
+        .arg("-xf")
+        .arg(&files.debian_root)
+        .arg("-C")
+        .arg(dir.path())
+        .args(&members)
+        .output()
+        .context("running tar")?;
+    ensure!(
+        output.status.success(),
+        "taking {} out of {} failed: {}",
+        members.join(" "),
+        files.debian_root.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut libraries = Vec::new();
+    for (name, member) in DEVICE_LIBRARIES.iter().zip(&members) {
+        let path = dir.path().join(member);
+        // A symbolic link would be followed on the host's file system, not the root's.
+        ensure!(
+            std::fs::symlink_metadata(&path)?.is_file(),
+            "{member} in {} is not a regular file",
+            files.debian_root.display()
+        );
+        libraries.push((*name, read(&path)?));
+    }
+    Ok(libraries)
 }
 
 /// The initramfs (`target/linux/initramfs.cpio.gz`): busybox, the modules,
-/// the device zbctl and `qemu-tests/linux/init`. Built once per process.
+/// the device zbctl with its libraries and `qemu-tests/linux/init`. Built once per process.
 pub fn initramfs(files: &LinuxFiles) -> Result<PathBuf> {
     static INITRAMFS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     INITRAMFS
@@ -219,6 +272,10 @@ fn build_initramfs(files: &LinuxFiles) -> Result<PathBuf> {
     archive.file("bin/busybox", 0o755, &read(&files.busybox)?);
     archive.symlink("bin/sh", "busybox");
     archive.file("bin/zbctl", 0o755, &read(&zbctl)?);
+    // In /lib: the loader's path, and a directory glibc's loader searches without a cache.
+    for (name, bytes) in device_libraries(files)? {
+        archive.file(&format!("lib/{name}"), 0o755, &bytes);
+    }
     archive.file("etc/modules.load", 0o644, &read(&files.modules_to_load)?);
     archive.directory("lib/modules");
     archive.tree(&files.modules, &format!("lib/modules/{}", files.release()))?;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::zbctl;
@@ -21,7 +21,7 @@ use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run};
 const DISK_ID: &str = "2b0071e5";
 
 struct Card {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     image: PathBuf,
     dtb: PathBuf,
 }
@@ -30,14 +30,21 @@ impl Card {
     /// A card with Debian's kernel and the initramfs in A, B and SAFE;
     /// `extra` adds words to a slot's command line.
     fn new(files: &LinuxFiles, extra: &[(&str, &str)]) -> Self {
-        Self::with_slot_a_dtb(files, extra, None)
+        Self::build(files, extra, (None, None), &["A", "B", "SAFE"])
     }
 
     /// [`Card::new`], and slot A carries `dtb` as its own `dtb.dtb`.
-    fn with_slot_a_dtb(
+    fn with_slot_a_dtb(files: &LinuxFiles, extra: &[(&str, &str)], dtb: &Path) -> Self {
+        Self::build(files, extra, (None, Some(dtb)), &["A", "B", "SAFE"])
+    }
+
+    /// A card whose `slots` are filled, the others left empty; slot A's kernel and DTB
+    /// can be replaced (`slot_a`).
+    fn build(
         files: &LinuxFiles,
         extra: &[(&str, &str)],
-        dtb: Option<&std::path::Path>,
+        slot_a: (Option<&Path>, Option<&Path>),
+        slots: &[&str],
     ) -> Self {
         require_programs().unwrap();
         let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
@@ -46,17 +53,35 @@ impl Card {
         let image = dir.path().join("emmc.img");
         let mut args =
             disk_create_arguments(files, &initramfs, &loader.image, &image, DISK_ID, extra);
-        if let Some(dtb) = dtb {
-            let spec = args
-                .iter_mut()
-                .find(|arg| arg.starts_with("A:kernel="))
-                .unwrap();
+        // Each slot is a `--slot S:…` and a `--cmdline S=…` pair.
+        let mut index = 0;
+        while index + 1 < args.len() {
+            let value = &args[index + 1];
+            let slot = value.split([':', '=']).next().unwrap_or_default();
+            if matches!(args[index].as_str(), "--slot" | "--cmdline") && !slots.contains(&slot) {
+                args.drain(index..index + 2);
+            } else {
+                index += 1;
+            }
+        }
+        let spec = args
+            .iter_mut()
+            .find(|arg| arg.starts_with("A:kernel="))
+            .unwrap();
+        if let Some(kernel) = slot_a.0 {
+            *spec = spec.replacen(
+                &files.kernel.display().to_string(),
+                &kernel.display().to_string(),
+                1,
+            );
+        }
+        if let Some(dtb) = slot_a.1 {
             *spec = format!("{spec},dtb={}", dtb.display());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         zbctl(&args);
         Self {
-            _dir: dir,
+            dir,
             image,
             dtb: files.dtb.clone(),
         }
@@ -66,10 +91,52 @@ impl Card {
         self.image.to_str().unwrap()
     }
 
+    fn status(&self) -> Value {
+        serde_json::from_str(&zbctl(&["status", "--json", "--image", self.path()])).unwrap()
+    }
+
+    /// A release of this card's system, version 2: a card like [`Card::new`]'s whose A has
+    /// `extra` on its command line, converted by `zbctl image convert` into a `.zi` and put
+    /// on a stick by `zbctl usb create`, as a user would carry it to a unit. Its A only,
+    /// with the kernel gzipped (as `vmlinuz` often is; zboot inflates it): every byte of
+    /// the image is read, hashed and written inside the emulated Linux.
+    fn release_stick(&self, files: &LinuxFiles, extra: &str) -> PathBuf {
+        let kernel = self.dir.path().join("vmlinuz.gz");
+        let gzip = std::process::Command::new("gzip")
+            .args(["-6", "-n", "-c"])
+            .arg(&files.kernel)
+            .output()
+            .unwrap();
+        assert!(gzip.status.success(), "gzip: {gzip:?}");
+        std::fs::write(&kernel, gzip.stdout).unwrap();
+        let release = Card::build(files, &[("A", extra)], (Some(&kernel), None), &["A"]);
+        let zi = self.dir.path().join("release.zi");
+        let stick = self.dir.path().join("stick.img");
+        zbctl(&[
+            "image",
+            "convert",
+            "--from-disk",
+            release.path(),
+            "-o",
+            zi.to_str().unwrap(),
+            "--name",
+            "device-test",
+            "--version",
+            "2",
+        ]);
+        zbctl(&[
+            "usb",
+            "create",
+            "--zi",
+            zi.to_str().unwrap(),
+            "-o",
+            stick.to_str().unwrap(),
+        ]);
+        stick
+    }
+
     fn failed_boots(&self, name: &str) -> u64 {
-        let status: Value =
-            serde_json::from_str(&zbctl(&["status", "--json", "--image", self.path()])).unwrap();
-        status["slots"]
+        self.status()["slots"]
             .as_array()
             .unwrap()
             .iter()
@@ -80,8 +147,27 @@ impl Card {
     }
 
     fn boot(&self) -> Run {
+        self.boot_with(None)
+    }
+
+    /// [`Card::boot`] with `stick` on the DWC2 port, where Linux's dwc2 and usb-storage
+    /// find it as `/dev/sda`.
+    fn boot_with(&self, stick: Option<&Path>) -> Run {
         let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
-        let run = Qemu::new(&loader.image)
+        let mut qemu = Qemu::new(&loader.image);
+        if let Some(stick) = stick {
+            // On the DWC2's root port itself (port=1): without a port, QEMU puts its
+            // full-speed hub in front of the stick (hw/usb/bus.c chains a `usb-hub` onto a
+            // bus's last free port), and Linux reads it at full speed, about 1 MB/s here.
+            let drive = format!("if=none,id=stick,format=raw,file={}", stick.display());
+            qemu = qemu.extra_args(&[
+                "-drive",
+                &drive,
+                "-device",
+                "usb-storage,drive=stick,port=1",
+            ]);
+        }
+        let run = qemu
             .dtb(&self.dtb)
             .emmc(&self.image)
             // Linux's sdhci-iproc on QEMU's eMMC model logs "Got data interrupt 0x00000022
@@ -89,8 +175,9 @@ impl Card {
             // /init killed by SIGSEGV), a QEMU model problem. Linux runs on the SD model,
             // as on a CM4 Lite; zboot's eMMC path is what the bare-metal scenarios cover.
             .sd_card()
-            // Linux under TCG: 10-40 s; the deadline only catches hangs.
-            .timeout(Duration::from_mins(3))
+            // Linux under TCG: 10-40 s, and 2-4 min with an install from a stick (Linux
+            // moves about 1.4 MB/s to QEMU's SD card); the deadline only catches hangs.
+            .timeout(Duration::from_mins(8))
             .run()
             .expect("running QEMU");
         println!("{run}");
@@ -184,7 +271,7 @@ fn debian_linux_boots_on_the_stock_dtb_shipped_in_the_slot() {
             .unwrap();
         assert!(status.success(), "{node} in the shipped DTB");
     }
-    let card = Card::with_slot_a_dtb(&files, &[], Some(&slot_dtb));
+    let card = Card::with_slot_a_dtb(&files, &[], &slot_dtb);
     let run = card.boot();
     assert!(
         run.console_has("slot device tree: from the firmware's tree: "),
@@ -245,6 +332,195 @@ fn a_panicking_linux_in_a_is_tried_three_times_then_b_boots_and_marks_good() {
     assert!(run.console_has("zboot-linux: mark-good: slot B confirmed good"));
     assert_eq!(card.failed_boots("B"), 0, "B confirmed by Linux user space");
     assert_eq!(card.failed_boots("A"), 3, "A stays abandoned");
+}
+
+/// The `zboot-linux: <prefix>: ` lines of `/init`, without the prefix.
+fn guest_lines<'a>(run: &'a Run, prefix: &str) -> Vec<&'a str> {
+    let prefix = format!("zboot-linux: {prefix}: ");
+    run.console
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Boots `card` with `stick` once: Linux in A installs the stick's release into B (from
+/// `zbtest=install` on A's command line) with the packaged `zbctl`, which finds the disk by
+/// itself. Returns the run after checking the console and that B is now the trial.
+fn install_from_the_stick(card: &Card, stick: &Path) -> Run {
+    let run = card.boot_with(Some(stick));
+    let line = linux_slot_line(&run);
+    assert!(line.starts_with("zboot-linux: slot=A attempt=1 "), "{line}");
+    assert!(run.console_has("zboot-linux: mark-good OK"));
+    let install = guest_lines(&run, "install");
+    let expected = [
+        "/boot/firmware remounted read-only until the reboot",
+        "installed device-test version 2 from /dev/sda:ZBOOT.ZI into slot B: root partition 3 \
+         (PARTUUID 2b0071e5-03), files in /B/ (kernel.img, initrd.img, cmdline.txt, slot.txt)",
+        "slot B is trial: ACTIVE from the next boot; unconfirmed after 3 boots it rolls back to A",
+        "exit 0",
+    ];
+    for needle in expected {
+        assert!(
+            install.iter().any(|line| line.starts_with(needle)),
+            "{needle:?} in {install:#?}"
+        );
+    }
+    assert_eq!(run.ending, Ending::GuestReset, "/init rebooted");
+    let status = card.status();
+    assert_eq!(status["active"], "B", "{status:#}");
+    assert_eq!(status["backup"], "A");
+    let b = slot_status(&status, "B");
+    assert_eq!(b["state"], "trial", "{b:#}");
+    assert_eq!(b["image_version"], 2);
+    assert_eq!(b["files_version"], 2);
+    run
+}
+
+fn slot_status<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|slot| slot["name"] == name)
+        .unwrap()
+}
+
+/// Scenario 3a of the device side (docs/linux.md): inside the Linux zboot booted from A,
+/// the packaged `zbctl` installs a release from a USB stick into B; zboot boots B as the
+/// trial, Linux confirms it, and A is kept as BACKUP.
+#[test]
+fn inside_linux_an_install_from_a_stick_boots_as_a_trial_and_is_confirmed() {
+    let Some(files) = LinuxFiles::or_skip(
+        "inside_linux_an_install_from_a_stick_boots_as_a_trial_and_is_confirmed",
+    ) else {
+        return;
+    };
+    let card = Card::new(&files, &[("A", "zbtest=install")]);
+    let stick = card.release_stick(&files, "");
+    install_from_the_stick(&card, &stick);
+
+    // The stick is gone; zboot starts the trial and Linux confirms it.
+    let run = card.boot();
+    assert!(run.console_has("decision: slot B: 0 failed boots of 3, booting B"));
+    let line = linux_slot_line(&run);
+    assert!(line.starts_with("zboot-linux: slot=B attempt=1 "), "{line}");
+    assert!(line.contains("p3 boot="), "B's root is partition 3: {line}");
+    assert!(run.console_has("zboot-linux: mark-good: slot B confirmed good"));
+    // What the user sees on the unit: B confirmed and ACTIVE, A its BACKUP, the history.
+    let status = guest_lines(&run, "status");
+    for needle in [
+        "active:    B   backup: A",
+        "B     good    0/3    2        2          #2",
+        "A     good    0/3    1        1          #1",
+        "B     files: slot.txt version 2, unsigned",
+        "  #1     A        reset power-on outcome good     slot A: 0 failed boots of 3",
+        "  #2     B        reset power-on outcome good     slot B: 0 failed boots of 3",
+    ] {
+        assert!(
+            status.iter().any(|line| line.starts_with(needle)),
+            "{needle:?} in {status:#?}"
+        );
+    }
+    // And on the card afterwards.
+    let status = card.status();
+    assert_eq!(status["active"], "B");
+    assert_eq!(status["backup"], "A");
+    let b = slot_status(&status, "B");
+    assert_eq!(
+        (&b["state"], &b["confirmed_version"], &b["failed_boots"]),
+        (&Value::from("good"), &Value::from(2), &Value::from(0)),
+        "{b:#}"
+    );
+    assert_eq!(slot_status(&status, "A")["state"], "good");
+    let decisions: Vec<&Value> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| &entry["decision"])
+        .collect();
+    assert_eq!(decisions, ["A", "B"]);
+}
+
+/// Scenario 3b: the same install, of a release whose kernel panics. zboot tries B up to
+/// `max_boot_failure` times, then rolls back to A, and the status and history say why.
+#[test]
+fn inside_linux_an_install_whose_kernel_panics_is_tried_three_times_then_a_is_back() {
+    let Some(files) = LinuxFiles::or_skip(
+        "inside_linux_an_install_whose_kernel_panics_is_tried_three_times_then_a_is_back",
+    ) else {
+        return;
+    };
+    let card = Card::new(&files, &[("A", "zbtest=install")]);
+    let stick = card.release_stick(&files, "zbtest=panic");
+    install_from_the_stick(&card, &stick);
+    for attempt in 1..=3_u32 {
+        let run = card.boot();
+        let line = linux_slot_line(&run);
+        assert!(
+            line.starts_with(&format!("zboot-linux: slot=B attempt={attempt} ")),
+            "{line}"
+        );
+        assert!(run.console_has("Kernel panic - not syncing"));
+        assert!(!run.console_has("zboot-linux: mark-good"));
+        assert_eq!(run.ending, Ending::GuestReset);
+        assert_eq!(card.failed_boots("B"), u64::from(attempt));
+    }
+    // The fifth boot: B used its attempts, zboot rolls back to A and says why.
+    let run = card.boot();
+    assert!(run.console_has(
+        "decision: slot B: 3 failed boots, marked bad; falling back to slot A: 0 failed boots \
+         of 3, booting A"
+    ));
+    let line = linux_slot_line(&run);
+    assert!(
+        line.starts_with("zboot-linux: slot=A attempt=1 "),
+        "rolled back: {line}"
+    );
+    assert!(run.console_has("zboot-linux: mark-good: slot A confirmed good"));
+    assert!(run.console_has("zboot-linux: no USB stick: nothing to install"));
+    let status = guest_lines(&run, "status");
+    for needle in [
+        "active:    A   backup: SAFE",
+        "A     good    0/3    1        1          #5",
+        "B     bad     3/3    2        0          never",
+        "  #2     B        reset power-on outcome failed   slot B: 0 failed boots of 3",
+        "  #4     B        reset power-on outcome failed   slot B: 2 failed boots of 3",
+        "  #5     A        reset power-on outcome good     slot B: 3 failed boots, marked bad; \
+         falling back to slot A",
+    ] {
+        assert!(
+            status.iter().any(|line| line.starts_with(needle)),
+            "{needle:?} in {status:#?}"
+        );
+    }
+    let status = card.status();
+    assert_eq!(status["active"], "A", "{status:#}");
+    let b = slot_status(&status, "B");
+    assert_eq!(
+        (&b["state"], &b["failed_boots"], &b["confirmed_version"]),
+        (&Value::from("bad"), &Value::from(3), &Value::from(0)),
+        "{b:#}"
+    );
+    let history: Vec<(String, String)> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["decision"].as_str().unwrap().to_owned(),
+                entry["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("A", "good"),
+        ("B", "failed"),
+        ("B", "failed"),
+        ("B", "failed"),
+        ("A", "good"),
+    ]
+    .map(|(slot, outcome)| (slot.to_owned(), outcome.to_owned()));
+    assert_eq!(history, expected);
 }
 
 /// The U-Boot comparison (`cargo xtask bench` prints the same table); slow,
