@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/https.rs"]
+mod https;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,11 +98,10 @@ impl Card {
     }
 
     /// A release of this card's system, version 2: a card like [`Card::new`]'s whose A has
-    /// `extra` on its command line, converted by `zbctl image convert` into a `.zi` and put
-    /// on a stick by `zbctl usb create`, as a user would carry it to a unit. Its A only,
-    /// with the kernel gzipped (as `vmlinuz` often is; zboot inflates it): every byte of
-    /// the image is read, hashed and written inside the emulated Linux.
-    fn release_stick(&self, files: &LinuxFiles, extra: &str) -> PathBuf {
+    /// `extra` on its command line, converted by `zbctl image convert` into a `.zi`. Its A
+    /// only, with the kernel gzipped (as `vmlinuz` often is; zboot inflates it): every byte
+    /// of the image is read, hashed and written inside the emulated Linux.
+    fn release(&self, files: &LinuxFiles, extra: &str) -> PathBuf {
         let kernel = self.dir.path().join("vmlinuz.gz");
         let gzip = std::process::Command::new("gzip")
             .args(["-6", "-n", "-c"])
@@ -111,7 +112,6 @@ impl Card {
         std::fs::write(&kernel, gzip.stdout).unwrap();
         let release = Card::build(files, &[("A", extra)], (Some(&kernel), None), &["A"]);
         let zi = self.dir.path().join("release.zi");
-        let stick = self.dir.path().join("stick.img");
         zbctl(&[
             "image",
             "convert",
@@ -124,6 +124,14 @@ impl Card {
             "--version",
             "2",
         ]);
+        zi
+    }
+
+    /// [`Card::release`] on a stick made by `zbctl usb create`, as a user would carry it
+    /// to a unit.
+    fn release_stick(&self, files: &LinuxFiles, extra: &str) -> PathBuf {
+        let zi = self.release(files, extra);
+        let stick = self.dir.path().join("stick.img");
         zbctl(&[
             "usb",
             "create",
@@ -133,6 +141,36 @@ impl Card {
             stick.to_str().unwrap(),
         ]);
         stick
+    }
+
+    /// Writes `name` into the root of the card's boot partition (mtools).
+    fn put_boot_file(&self, name: &str, bytes: &[u8]) {
+        let mbr = std::fs::read(&self.image).unwrap();
+        let start = u32::from_le_bytes(mbr[454..458].try_into().unwrap());
+        let local = self.dir.path().join(name);
+        std::fs::write(&local, bytes).unwrap();
+        let status = std::process::Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@{}", self.path(), u64::from(start) * 512))
+            .arg(&local)
+            .arg(format!("::{name}"))
+            .status()
+            .expect("running mcopy (mtools)");
+        assert!(status.success(), "mcopy {name}");
+    }
+
+    fn read_boot_file(&self, name: &str) -> String {
+        let mbr = std::fs::read(&self.image).unwrap();
+        let start = u32::from_le_bytes(mbr[454..458].try_into().unwrap());
+        let output = std::process::Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{}", self.path(), u64::from(start) * 512))
+            .arg(format!("::{name}"))
+            .output()
+            .expect("running mtype (mtools)");
+        assert!(output.status.success(), "mtype {name}");
+        String::from_utf8(output.stdout).unwrap()
     }
 
     fn failed_boots(&self, name: &str) -> u64 {
@@ -147,15 +185,24 @@ impl Card {
     }
 
     fn boot(&self) -> Run {
-        self.boot_with(None)
+        self.boot_with(&Attached::Nothing)
     }
 
-    /// [`Card::boot`] with `stick` on the DWC2 port, where Linux's dwc2 and usb-storage
-    /// find it as `/dev/sda`.
-    fn boot_with(&self, stick: Option<&Path>) -> Run {
+    /// [`Card::boot`] with a USB device on the DWC2 port.
+    fn boot_with(&self, attached: &Attached) -> Run {
         let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the loader");
         let mut qemu = Qemu::new(&loader.image);
-        if let Some(stick) = stick {
+        if let Attached::Network = attached {
+            // QEMU's usb-net (Linux: cdc_ether) on its user-mode network: the guest is
+            // 10.0.2.15, the host's loopback is 10.0.2.2. On the root port, as the stick.
+            qemu = qemu.extra_args(&[
+                "-netdev",
+                "user,id=net",
+                "-device",
+                "usb-net,netdev=net,port=1",
+            ]);
+        }
+        if let Attached::Stick(stick) = attached {
             // On the DWC2's root port itself (port=1): without a port, QEMU puts its
             // full-speed hub in front of the stick (hw/usb/bus.c chains a `usb-hub` onto a
             // bus's last free port), and Linux reads it at full speed, about 1 MB/s here.
@@ -175,14 +222,25 @@ impl Card {
             // /init killed by SIGSEGV), a QEMU model problem. Linux runs on the SD model,
             // as on a CM4 Lite; zboot's eMMC path is what the bare-metal scenarios cover.
             .sd_card()
-            // Linux under TCG: 10-40 s, and 2-4 min with an install from a stick (Linux
-            // moves about 1.4 MB/s to QEMU's SD card); the deadline only catches hangs.
-            .timeout(Duration::from_mins(8))
+            // Linux under TCG: 10-40 s, and 3-6 min with an install from a stick or the
+            // network (Linux moves about 1.4 MB/s to QEMU's SD card); the deadline only
+            // catches hangs.
+            .timeout(Duration::from_mins(15))
             .run()
             .expect("running QEMU");
         println!("{run}");
         run
     }
+}
+
+/// What is on the DWC2 port during a boot.
+enum Attached<'a> {
+    Nothing,
+    /// A USB stick holding this image, where Linux's dwc2 and usb-storage find it as
+    /// `/dev/sda`.
+    Stick(&'a Path),
+    /// A USB network adapter.
+    Network,
 }
 
 /// The `zboot-linux: slot=…` line of `/init`.
@@ -347,7 +405,7 @@ fn guest_lines<'a>(run: &'a Run, prefix: &str) -> Vec<&'a str> {
 /// `zbtest=install` on A's command line) with the packaged `zbctl`, which finds the disk by
 /// itself. Returns the run after checking the console and that B is now the trial.
 fn install_from_the_stick(card: &Card, stick: &Path) -> Run {
-    let run = card.boot_with(Some(stick));
+    let run = card.boot_with(&Attached::Stick(stick));
     let line = linux_slot_line(&run);
     assert!(line.starts_with("zboot-linux: slot=A attempt=1 "), "{line}");
     assert!(run.console_has("zboot-linux: mark-good OK"));
@@ -521,6 +579,109 @@ fn inside_linux_an_install_whose_kernel_panics_is_tried_three_times_then_a_is_ba
     ]
     .map(|(slot, outcome)| (slot.to_owned(), outcome.to_owned()));
     assert_eq!(history, expected);
+}
+
+/// Scenario 3c: an update over the network. QEMU's raspi4b has no Ethernet, but its DWC2
+/// port takes QEMU's usb-net, which Linux drives with cdc_ether; QEMU's user-mode network
+/// carries the guest's TCP to an HTTPS server on the host. Inside Linux booted from A, a
+/// bare `zbctl update apply` follows the `latest` pointer of `zbmanifest.txt`'s endpoint,
+/// checks the server against `ca_cert=`, installs the release into B as a trial and posts
+/// its update reports; zboot then boots B and Linux confirms it.
+#[test]
+fn inside_linux_an_update_over_the_network_boots_as_a_trial_and_is_confirmed() {
+    let Some(files) = LinuxFiles::or_skip(
+        "inside_linux_an_update_over_the_network_boots_as_a_trial_and_is_confirmed",
+    ) else {
+        return;
+    };
+    // The board has no clock; the certificate check needs today's date.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let card = Card::new(
+        &files,
+        &[("A", &format!("zbtest=update zbtest.time={now}"))],
+    );
+    let zi = card.release(&files, "");
+    let server = https::FileServer::start(
+        [
+            ("/latest".to_owned(), b"image=release.zi\n".to_vec()),
+            ("/release.zi".to_owned(), std::fs::read(&zi).unwrap()),
+        ]
+        .into(),
+    );
+    let manifest = format!(
+        "{}\nupdate_endpoint={}\nca_cert=/boot/firmware/ca.pem\nreport_url={}\n",
+        card.read_boot_file("zbmanifest.txt").trim_end(),
+        server.guest_url("/latest"),
+        server.guest_url("/report"),
+    );
+    card.put_boot_file("zbmanifest.txt", manifest.as_bytes());
+    card.put_boot_file("ca.pem", server.ca_pem.as_bytes());
+
+    let run = card.boot_with(&Attached::Network);
+    let line = linux_slot_line(&run);
+    assert!(line.starts_with("zboot-linux: slot=A attempt=1 "), "{line}");
+    assert!(
+        run.console_has("zboot-linux: network: eth0 (cdc_ether), 10.0.2.15/24 via 10.0.2.2"),
+        "Linux drives QEMU's usb-net"
+    );
+    let update = guest_lines(&run, "update");
+    let expected = [
+        format!(
+            "installed device-test version 2 from {} into slot B as a trial",
+            server.guest_url("/release.zi")
+        ),
+        "exit 0".to_owned(),
+    ];
+    for needle in &expected {
+        assert!(
+            update.iter().any(|line| line.starts_with(needle.as_str())),
+            "{needle:?} in {update:#?}"
+        );
+    }
+    let requests = server.requests.lock().unwrap().clone();
+    assert_eq!(requests.first().map(String::as_str), Some("GET /latest"));
+    assert!(
+        requests.iter().any(|request| request == "GET /release.zi"),
+        "{requests:?}"
+    );
+    // The reports reached the endpoint, as JSON records naming the step.
+    let events: Vec<(String, Value)> = server
+        .posts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(path, body)| (path.clone(), serde_json::from_slice(body).unwrap()))
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(path, record)| {
+            assert_eq!(path, "/report");
+            assert_eq!(record["slot"], "B", "{record:#}");
+            assert_eq!(record["image_version"], 2, "{record:#}");
+            assert_eq!(record["outcome"], "ok", "{record:#}");
+            record["event"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["downloaded", "installed"], "{events:#?}");
+    let status = card.status();
+    assert_eq!(status["active"], "B", "{status:#}");
+    assert_eq!(slot_status(&status, "B")["state"], "trial");
+
+    let run = card.boot();
+    let line = linux_slot_line(&run);
+    assert!(line.starts_with("zboot-linux: slot=B attempt=1 "), "{line}");
+    assert!(run.console_has("zboot-linux: mark-good: slot B confirmed good"));
+    let status = card.status();
+    let b = slot_status(&status, "B");
+    assert_eq!(
+        (&b["state"], &b["confirmed_version"]),
+        (&Value::from("good"), &Value::from(2)),
+        "{b:#}"
+    );
+    assert_eq!(status["backup"], "A");
 }
 
 /// The U-Boot comparison (`cargo xtask bench` prints the same table); slow,
