@@ -95,18 +95,16 @@ impl LinuxFiles {
         let dir = root.join("target").join("linux");
         // Always: it returns at once when what is there matches what it fetches (its
         // module list included), without the network.
-        {
-            let output = Command::new(root.join("scripts").join("fetch-linux"))
-                .output()
-                .context("running scripts/fetch-linux")?;
-            ensure!(
-                output.status.success(),
-                "scripts/fetch-linux failed ({}):\n{}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let output = Command::new(root.join("scripts").join("fetch-linux"))
+            .output()
+            .context("running scripts/fetch-linux")?;
+        ensure!(
+            output.status.success(),
+            "scripts/fetch-linux failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         let modules_root = dir.join("modules").join("lib").join("modules");
         let modules = std::fs::read_dir(&modules_root)
             .with_context(|| format!("reading {}", modules_root.display()))?
