@@ -202,6 +202,10 @@ impl Card {
                 "usb-net,netdev=net,port=1",
             ]);
         }
+        if let Attached::Stick(_) = attached {
+            // See `install_from_the_stick`: a kernel oops there hangs `reboot -f`.
+            qemu = qemu.stop_at(SD_PROBE_OOPS);
+        }
         if let Attached::Stick(stick) = attached {
             // On the DWC2's root port itself (port=1): without a port, QEMU puts its
             // full-speed hub in front of the stick (hw/usb/bus.c chains a `usb-hub` onto a
@@ -232,6 +236,9 @@ impl Card {
         run
     }
 }
+
+/// The kernel oops of the sd driver's race with the SCSI scan (see `install_from_the_stick`).
+const SD_PROBE_OOPS: &str = "pc : sd_done+";
 
 /// What is on the DWC2 port during a boot.
 enum Attached<'a> {
@@ -405,7 +412,25 @@ fn guest_lines<'a>(run: &'a Run, prefix: &str) -> Vec<&'a str> {
 /// `zbtest=install` on A's command line) with the packaged `zbctl`, which finds the disk by
 /// itself. Returns the run after checking the console and that B is now the trial.
 fn install_from_the_stick(card: &Card, stick: &Path) -> Run {
-    let run = card.boot_with(&Attached::Stick(stick));
+    // Debian's 6.1 kernel can oops in sd_done while its sd driver binds QEMU's stick (a
+    // command of the SCSI scan completes through sd before the disk is set up: a race in
+    // the kernel, seen once in CI). Nothing of zboot's is involved and the stick never
+    // appears, so that boot is repeated on the card as it was before it, at most twice.
+    let before = card.dir.path().join("before-install.img");
+    std::fs::copy(&card.image, &before).unwrap();
+    let mut run = card.boot_with(&Attached::Stick(stick));
+    for _ in 0..2 {
+        if !run.console_has(SD_PROBE_OOPS) {
+            break;
+        }
+        println!("Linux oopsed binding the stick (sd_done): repeating the boot");
+        std::fs::copy(&before, &card.image).unwrap();
+        run = card.boot_with(&Attached::Stick(stick));
+    }
+    assert!(
+        !run.console_has(SD_PROBE_OOPS),
+        "three kernel oopses in a row"
+    );
     let line = linux_slot_line(&run);
     assert!(line.starts_with("zboot-linux: slot=A attempt=1 "), "{line}");
     assert!(run.console_has("zboot-linux: mark-good OK"));
