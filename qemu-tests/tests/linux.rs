@@ -143,16 +143,21 @@ impl Card {
         stick
     }
 
-    /// Writes `name` into the root of the card's boot partition (mtools).
-    fn put_boot_file(&self, name: &str, bytes: &[u8]) {
+    /// `image@@offset` of the boot partition (MBR entry 1), for mtools.
+    fn mtools_image(&self) -> String {
         let mbr = std::fs::read(&self.image).unwrap();
         let start = u32::from_le_bytes(mbr[454..458].try_into().unwrap());
+        format!("{}@@{}", self.path(), u64::from(start) * 512)
+    }
+
+    /// Writes `name` into the root of the card's boot partition (mtools).
+    fn put_boot_file(&self, name: &str, bytes: &[u8]) {
         let local = self.dir.path().join(name);
         std::fs::write(&local, bytes).unwrap();
         let status = std::process::Command::new("mcopy")
             .arg("-o")
             .arg("-i")
-            .arg(format!("{}@@{}", self.path(), u64::from(start) * 512))
+            .arg(self.mtools_image())
             .arg(&local)
             .arg(format!("::{name}"))
             .status()
@@ -161,11 +166,9 @@ impl Card {
     }
 
     fn read_boot_file(&self, name: &str) -> String {
-        let mbr = std::fs::read(&self.image).unwrap();
-        let start = u32::from_le_bytes(mbr[454..458].try_into().unwrap());
         let output = std::process::Command::new("mtype")
             .arg("-i")
-            .arg(format!("{}@@{}", self.path(), u64::from(start) * 512))
+            .arg(self.mtools_image())
             .arg(format!("::{name}"))
             .output()
             .expect("running mtype (mtools)");
