@@ -497,17 +497,33 @@ fn write_image(
     })?;
     log::info!("recovery: {name}: {} bytes", file.len());
 
-    // Work memory from the load area: the manifest and one region.
+    // Work memory from the load area: the manifest, one region, and the rest of RAM for
+    // the verified payload (each byte read from the stick and hashed once when it fits:
+    // docs/recovery.md, "Each byte hashed once").
     let start = layout::KERNEL_BASE;
-    let (manifest, output) = area
+    let work_start = start + MANIFEST_BUFFER;
+    let work = area.top().saturating_sub(work_start);
+    let (manifest, work) = area
         .two_regions(
             ("image manifest", start, MANIFEST_BUFFER),
-            ("image region", start + MANIFEST_BUFFER, MAX_OUTPUT_BUFFER),
+            ("image region and payload cache", work_start, work),
         )
         .map_err(|error| {
             log::error!("recovery: {error}");
             Attempt::Refused(BlinkCode::BadImage)
         })?;
+    if work.len() < MAX_OUTPUT_BUFFER {
+        log::error!(
+            "recovery: {} bytes of RAM above the manifest, a region needs {MAX_OUTPUT_BUFFER}",
+            work.len()
+        );
+        return Err(Attempt::Refused(BlinkCode::BadImage));
+    }
+    let (output, cache) = work.split_at_mut(MAX_OUTPUT_BUFFER);
+    log::info!(
+        "recovery: {} MiB of RAM keep the verified payload between the passes",
+        cache.len() >> 20
+    );
     let mut decoder = Decoder::with_clock(|| Instant::now().ticks());
     let mut report = ProgressReport {
         led: ActLed::new(gpio),
@@ -534,6 +550,7 @@ fn write_image(
             manifest,
             output,
             decoder: &mut decoder,
+            cache,
         },
         |pass, progress| report.update(pass, progress),
     );
@@ -615,6 +632,12 @@ fn report_written(summary: &reflash::Summary) {
         summary.bytes_written,
         summary.bytes_skipped
     );
+    log::info!(
+        "recovery: write pass: {} payload bytes from RAM (read and hashed once), {} read \
+         and checked again",
+        summary.payload_from_memory,
+        summary.payload_read_again
+    );
     match summary.data {
         DataOutcome::Kept(extent) => log::info!(
             "recovery: the DATA partition was left in place ({} sectors at LBA {}: the user's \
@@ -641,7 +664,7 @@ fn report_written(summary: &reflash::Summary) {
 
 /// Where the reflash's time went, in generic-timer ticks (the benchmark
 /// turns them into guest instructions under `-icount`; on a CM4 they are
-/// 54 MHz ticks). USB counts every stick read, inflate and SHA-256 the
+/// 54 MHz ticks). USB counts every stick read, inflate and hash the
 /// decoder's own work, eMMC the writes; "other" is the rest (FAT mapping,
 /// the journal's sector writes, progress, copying).
 fn report_time_split(
@@ -657,7 +680,7 @@ fn report_time_split(
         .saturating_sub(decode.hashing);
     log::info!(
         "recovery: time split (timer ticks at {} Hz): total {total}, USB read {usb}, \
-         inflate {}, SHA-256 {}, eMMC write {emmc}, other {other}",
+         inflate {}, hash {}, eMMC write {emmc}, other {other}",
         generic_timer::frequency(),
         decode.inflating,
         decode.hashing,

@@ -1,7 +1,7 @@
 //! A slot's boot files: found on the boot partition, read into place, verified against `slot.txt`.
 //!
 //! Every file `slot.txt` lists is checked for size before it is read and for
-//! its SHA-256 after; nothing of a slot is used until all of its files have
+//! its digest (BLAKE3, or SHA-256 in a format-1 `slot.txt`) after; nothing of a slot is used until all of its files have
 //! passed. Gzip kernels are verified as stored, then inflated into place
 //! (with the gzip CRC-32 and length checked too).
 //!
@@ -18,10 +18,9 @@ use recovery_proto::block::BLOCK_SIZE;
 use recovery_proto::decide::SlotFiles;
 use recovery_proto::gzip::{self, GzipError};
 use recovery_proto::kernel_image::{ImageHeader, ImageHeaderError};
-use recovery_proto::slot_manifest::{FileMismatch, SlotManifest, SlotManifestError};
+use recovery_proto::slot_manifest::{Algorithm, FileMismatch, SlotManifest, SlotManifestError};
 use recovery_proto::slot_signature::{self, SlotSignature, SlotSignatureError};
 use recovery_proto::{Slot, slot_signature::fingerprint};
-use sha2::{Digest, Sha256};
 
 use crate::boot_partition::{BootPartition, FileError, FileInfo, LoadStats};
 use crate::layout::{self, DoesNotFit, LoadArea};
@@ -237,12 +236,16 @@ impl Loader<'_, '_, '_> {
             .load(file, destination)
             .map_err(|error| self.fail(name, Problem::File(error)))?;
         self.report.add(file.size, stats);
-        let check = if let Some(listed) = &listed {
-            let digest: [u8; 32] = Sha256::digest(&destination[..file.size as usize]).into();
+        let check = if let (Some(listed), Some(manifest)) = (&listed, self.manifest) {
+            let algorithm = manifest.algorithm();
+            let digest = algorithm.digest(&destination[..file.size as usize]);
             listed
-                .verify(u64::from(file.size), &digest)
+                .verify(u64::from(file.size), algorithm, &digest)
                 .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
-            "SHA-256 OK"
+            match algorithm {
+                Algorithm::Sha256 => "SHA-256 OK",
+                Algorithm::Blake3 => "BLAKE3 OK",
+            }
         } else {
             "not verified (no slot.txt)"
         };

@@ -385,7 +385,7 @@ fn a_kernel_that_fails_verification_falls_back_in_the_same_boot() {
     let run = disk.boot();
     disk.assert_only_state_written(&before);
     assert!(
-        run.console_has("slot A: A/kernel.img: SHA-256 differs from slot.txt; falling back"),
+        run.console_has("slot A: A/kernel.img: BLAKE3 differs from slot.txt; falling back"),
         "names the slot, the file and the problem"
     );
     assert_eq!(
@@ -395,6 +395,56 @@ fn a_kernel_that_fails_verification_falls_back_in_the_same_boot() {
     );
     assert_eq!(disk.failed_boots("A"), 1, "A's failure is counted");
     assert_eq!(disk.failed_boots("B"), 1);
+}
+
+/// A unit whose slots were written before BLAKE3 (`slot.txt` format 1, SHA-256) keeps
+/// booting them after its zboot.img is updated; a damaged file is still caught, by SHA-256.
+#[test]
+fn a_format_1_slot_txt_with_sha256_digests_still_boots() {
+    use recovery_proto::slot_manifest::{Algorithm, SlotManifest};
+    let disk = all_good();
+    let names = ["kernel.img", "cmdline.txt"];
+    let files: Vec<(&str, Vec<u8>)> = names
+        .into_iter()
+        .map(|name| (name, disk.read_file(&format!("A/{name}"))))
+        .collect();
+    let mut manifest = SlotManifest::with_algorithm(0, Algorithm::Sha256);
+    for (name, bytes) in &files {
+        let digest = Algorithm::Sha256.digest(bytes);
+        manifest
+            .add_file(name, u32::try_from(bytes.len()).unwrap(), digest)
+            .unwrap();
+    }
+    let text = manifest.to_string();
+    assert!(text.starts_with("format=1\n"), "{text}");
+    disk.replace_file("A/slot.txt", text.as_bytes());
+    let run = disk.boot();
+    assert!(
+        run.console_has("A/kernel.img: ") && run.console_has("bytes, SHA-256 OK"),
+        "checked by SHA-256:\n{}",
+        run.console
+    );
+    assert_eq!(booted(&run), ("A".into(), 1));
+    assert_eq!(
+        disk.read_file("A/slot.txt"),
+        text.as_bytes(),
+        "left as it was"
+    );
+    disk.mark_good();
+    assert_eq!(disk.failed_boots("A"), 0);
+
+    // The same slot with its kernel damaged: the format-1 digest catches it.
+    let mut kernel = disk.read_file("A/kernel.img");
+    kernel[100] ^= 0xff;
+    disk.replace_file("A/kernel.img", &kernel);
+    let run = disk.boot();
+    assert!(
+        run.console_has("slot A: A/kernel.img: SHA-256 differs from slot.txt; falling back"),
+        "{}",
+        run.console
+    );
+    assert_eq!(booted(&run).0, "B");
+    assert_eq!(disk.failed_boots("A"), 1);
 }
 
 #[test]
@@ -1002,7 +1052,6 @@ impl Disk {
         version: u32,
         resign: Resign<'_>,
     ) {
-        use sha2::Digest;
         if let Some(kernel) = kernel {
             self.replace_file(&format!("{slot}/kernel.img"), kernel);
         }
@@ -1014,9 +1063,8 @@ impl Disk {
             .collect();
         for (name, bytes) in &files {
             let size = u32::try_from(bytes.len()).unwrap();
-            manifest
-                .add_file(name, size, sha2::Sha256::digest(bytes).into())
-                .unwrap();
+            let digest = manifest.algorithm().digest(bytes);
+            manifest.add_file(name, size, digest).unwrap();
         }
         let slot_txt = manifest.to_string();
         self.replace_file(&format!("{slot}/slot.txt"), slot_txt.as_bytes());

@@ -22,6 +22,7 @@ pub mod block;
 pub mod cmdline;
 pub mod config_txt;
 pub mod decide;
+pub mod digest;
 pub mod dtb;
 pub mod fat;
 #[cfg(test)]

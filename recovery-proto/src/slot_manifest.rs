@@ -1,10 +1,11 @@
-//! `slot.txt`: the per-slot manifest of boot files (sizes and SHA-256), parsed without allocation.
+//! `slot.txt`: the per-slot manifest of boot files (sizes and digests), parsed without allocation.
 //!
 //! Format (`docs/disk-layout.md`): `key=value` lines, `#` comments, blank lines and CRLF
-//! tolerated. The first non-comment line is `format=1`, so that a loader refuses a newer
-//! format by its number instead of by whatever line it trips over first. Then exactly one
-//! `image_version=N` and one `file=NAME size=N sha256=HEX` line per file (attributes in any
-//! order). Anything else is an error naming the line: the manifest is what makes the slot's
+//! tolerated. The first non-comment line is `format=2` (or `format=1`), so that a loader
+//! refuses a newer format by its number instead of by whatever line it trips over first.
+//! Then exactly one `image_version=N` and one `file=NAME size=N blake3=HEX` line per file
+//! (attributes in any order); format 1, which older `zbctl` wrote, has `sha256=HEX`
+//! instead ([`crate::digest`]). Anything else is an error naming the line: the manifest is what makes the slot's
 //! files trustworthy, so nothing in it is guessed or skipped.
 //!
 //! The same type writes the canonical text ([`fmt::Display`]), so `zbctl` and the loader share
@@ -12,10 +13,13 @@
 
 use core::fmt;
 
+pub use crate::digest::Algorithm;
 use crate::fat::short_name;
 
-/// The format this parser reads and writes.
-pub const FORMAT: u32 = 1;
+/// The format `zbctl` writes: BLAKE3 digests.
+pub const FORMAT: u32 = 2;
+/// The first format, SHA-256 digests: still read, and written on request.
+pub const FORMAT_SHA256: u32 = 1;
 /// File lines kept; a slot has kernel, initrd, DTB and command line, with room to spare.
 pub const MAX_FILES: usize = 8;
 /// Files every slot must list: without them there is nothing to boot.
@@ -28,8 +32,8 @@ pub struct SlotFile<'a> {
     pub name: &'a str,
     /// Size in bytes as stored (FAT file sizes are 32-bit).
     pub size: u32,
-    /// SHA-256 of the bytes as stored.
-    pub sha256: [u8; 32],
+    /// Digest of the bytes as stored, by the manifest's [`SlotManifest::algorithm`].
+    pub digest: [u8; 32],
     /// 1-based line it was read from (0 when built in code).
     pub line: u32,
 }
@@ -39,8 +43,8 @@ pub struct SlotFile<'a> {
 pub enum FileMismatch {
     /// Another size.
     Size { expected: u32, found: u64 },
-    /// Another SHA-256.
-    Hash,
+    /// Another digest.
+    Hash { algorithm: Algorithm },
 }
 
 impl fmt::Display for FileMismatch {
@@ -49,7 +53,7 @@ impl fmt::Display for FileMismatch {
             FileMismatch::Size { expected, found } => {
                 write!(f, "is {found} bytes, slot.txt says {expected}")
             }
-            FileMismatch::Hash => f.write_str("SHA-256 differs from slot.txt"),
+            FileMismatch::Hash { algorithm } => write!(f, "{algorithm} differs from slot.txt"),
         }
     }
 }
@@ -67,13 +71,19 @@ impl SlotFile<'_> {
         }
     }
 
-    /// Checks the size and the SHA-256 the loader computed over the bytes it read.
-    pub fn verify(&self, size: u64, sha256: &[u8; 32]) -> Result<(), FileMismatch> {
+    /// Checks the size and the digest (by `algorithm`, the manifest's) the loader computed
+    /// over the bytes it read.
+    pub fn verify(
+        &self,
+        size: u64,
+        algorithm: Algorithm,
+        digest: &[u8; 32],
+    ) -> Result<(), FileMismatch> {
         self.check_size(size)?;
-        if *sha256 == self.sha256 {
+        if *digest == self.digest {
             Ok(())
         } else {
-            Err(FileMismatch::Hash)
+            Err(FileMismatch::Hash { algorithm })
         }
     }
 }
@@ -83,6 +93,7 @@ impl SlotFile<'_> {
 pub struct SlotManifest<'a> {
     /// `image_version`: compared with the state's anti-rollback minimum.
     pub image_version: u32,
+    algorithm: Algorithm,
     files: heapless::Vec<SlotFile<'a>, MAX_FILES>,
 }
 
@@ -113,14 +124,14 @@ pub enum SlotManifestError {
     MissingImageVersion,
     /// The file name is not an 8.3 name.
     BadFileName { line: u32 },
-    /// A `file=` line without `size=` or `sha256=`.
+    /// A `file=` line without `size=` or the digest (`blake3=`, `sha256=` in format 1).
     MissingAttribute { line: u32, attribute: &'static str },
-    /// A `file=` attribute other than `size` and `sha256`, or one without `=`.
-    UnknownAttribute { line: u32 },
+    /// A `file=` attribute other than `size` and the format's digest, or one without `=`.
+    UnknownAttribute { line: u32, algorithm: Algorithm },
     /// A `file=` attribute given twice on its line.
     DuplicateAttribute { line: u32, attribute: &'static str },
-    /// `sha256=` is not 64 hex digits.
-    BadHash { line: u32 },
+    /// The digest is not 64 hex digits.
+    BadHash { line: u32, algorithm: Algorithm },
     /// The same file (any case) listed again.
     DuplicateFile { line: u32, first_line: u32 },
     /// More than [`MAX_FILES`] file lines.
@@ -144,7 +155,8 @@ impl fmt::Display for SlotManifestError {
             E::MissingFormat => write!(f, "slot.txt: empty (no format={FORMAT} line)"),
             E::UnknownFormat { found } => write!(
                 f,
-                "slot.txt: format {found} is not known to this loader (it reads format {FORMAT})"
+                "slot.txt: format {found} is not known to this loader (it reads formats \
+                 {FORMAT_SHA256} and {FORMAT})"
             ),
             E::UnknownKey { line } => write!(
                 f,
@@ -169,15 +181,20 @@ impl fmt::Display for SlotManifestError {
             E::MissingAttribute { line, attribute } => {
                 write!(f, "slot.txt line {line}: file without {attribute}=")
             }
-            E::UnknownAttribute { line } => write!(
+            E::UnknownAttribute { line, algorithm } => write!(
                 f,
-                "slot.txt line {line}: unknown file attribute (expected size= and sha256=)"
+                "slot.txt line {line}: unknown file attribute (expected size= and {}=)",
+                algorithm.key()
             ),
             E::DuplicateAttribute { line, attribute } => {
                 write!(f, "slot.txt line {line}: {attribute}= given twice")
             }
-            E::BadHash { line } => {
-                write!(f, "slot.txt line {line}: sha256= is not 64 hex digits")
+            E::BadHash { line, algorithm } => {
+                write!(
+                    f,
+                    "slot.txt line {line}: {}= is not 64 hex digits",
+                    algorithm.key()
+                )
             }
             E::DuplicateFile { line, first_line } => write!(
                 f,
@@ -195,25 +212,47 @@ impl fmt::Display for SlotManifestError {
 }
 
 impl<'a> SlotManifest<'a> {
-    /// An empty manifest to fill with [`SlotManifest::add_file`] and write with `Display`.
+    /// An empty manifest of the current [`FORMAT`] (BLAKE3) to fill with
+    /// [`SlotManifest::add_file`] and write with `Display`.
     pub fn new(image_version: u32) -> Self {
+        Self::with_algorithm(image_version, Algorithm::Blake3)
+    }
+
+    /// An empty manifest whose digests are by `algorithm` (SHA-256: format 1, for loaders
+    /// older than format 2).
+    pub fn with_algorithm(image_version: u32, algorithm: Algorithm) -> Self {
         Self {
             image_version,
+            algorithm,
             files: heapless::Vec::new(),
         }
     }
 
-    /// Adds a file (for writers); the same checks as the parser, `line` 0.
+    /// The hash function of every `file=` line's digest.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The `format=` number.
+    pub fn format(&self) -> u32 {
+        match self.algorithm {
+            Algorithm::Sha256 => FORMAT_SHA256,
+            Algorithm::Blake3 => FORMAT,
+        }
+    }
+
+    /// Adds a file (for writers) with the digest of its bytes by [`Self::algorithm`]; the
+    /// same checks as the parser, `line` 0.
     pub fn add_file(
         &mut self,
         name: &'a str,
         size: u32,
-        sha256: [u8; 32],
+        digest: [u8; 32],
     ) -> Result<(), SlotManifestError> {
         self.push(SlotFile {
             name,
             size,
-            sha256,
+            digest,
             line: 0,
         })
     }
@@ -280,9 +319,11 @@ impl<'a> SlotManifest<'a> {
                     line,
                     key: "format",
                 })?;
-                if found != FORMAT {
-                    return Err(SlotManifestError::UnknownFormat { found });
-                }
+                manifest.algorithm = match found {
+                    FORMAT_SHA256 => Algorithm::Sha256,
+                    FORMAT => Algorithm::Blake3,
+                    _ => return Err(SlotManifestError::UnknownFormat { found }),
+                };
                 format_line = line;
                 continue;
             }
@@ -310,7 +351,7 @@ impl<'a> SlotManifest<'a> {
                     version_line = line;
                 }
                 "file" => {
-                    let file = parse_file_line(value, line)?;
+                    let file = parse_file_line(value, line, manifest.algorithm)?;
                     manifest.push(file)?;
                 }
                 _ => return Err(SlotManifestError::UnknownKey { line }),
@@ -327,18 +368,22 @@ impl<'a> SlotManifest<'a> {
     }
 }
 
-/// `NAME size=N sha256=HEX` (the value of a `file=` line).
-fn parse_file_line(value: &str, line: u32) -> Result<SlotFile<'_>, SlotManifestError> {
+/// `NAME size=N blake3=HEX` (the value of a `file=` line; `sha256=` in format 1).
+fn parse_file_line(
+    value: &str,
+    line: u32,
+    algorithm: Algorithm,
+) -> Result<SlotFile<'_>, SlotManifestError> {
     let mut words = value.split_ascii_whitespace();
     let name = words
         .next()
         .ok_or(SlotManifestError::BadFileName { line })?;
     let mut size = None;
-    let mut sha256 = None;
+    let mut digest = None;
     for word in words {
         let (attribute, value) = word
             .split_once('=')
-            .ok_or(SlotManifestError::UnknownAttribute { line })?;
+            .ok_or(SlotManifestError::UnknownAttribute { line, algorithm })?;
         match attribute {
             "size" => {
                 if size.is_some() {
@@ -351,16 +396,17 @@ fn parse_file_line(value: &str, line: u32) -> Result<SlotFile<'_>, SlotManifestE
                     parse_u32(value).ok_or(SlotManifestError::BadNumber { line, key: "size" })?,
                 );
             }
-            "sha256" => {
-                if sha256.is_some() {
+            key if key == algorithm.key() => {
+                if digest.is_some() {
                     return Err(SlotManifestError::DuplicateAttribute {
                         line,
-                        attribute: "sha256",
+                        attribute: algorithm.key(),
                     });
                 }
-                sha256 = Some(parse_hash(value).ok_or(SlotManifestError::BadHash { line })?);
+                digest =
+                    Some(parse_hash(value).ok_or(SlotManifestError::BadHash { line, algorithm })?);
             }
-            _ => return Err(SlotManifestError::UnknownAttribute { line }),
+            _ => return Err(SlotManifestError::UnknownAttribute { line, algorithm }),
         }
     }
     Ok(SlotFile {
@@ -369,9 +415,9 @@ fn parse_file_line(value: &str, line: u32) -> Result<SlotFile<'_>, SlotManifestE
             line,
             attribute: "size",
         })?,
-        sha256: sha256.ok_or(SlotManifestError::MissingAttribute {
+        digest: digest.ok_or(SlotManifestError::MissingAttribute {
             line,
-            attribute: "sha256",
+            attribute: algorithm.key(),
         })?,
         line,
     })
@@ -403,11 +449,17 @@ fn parse_hash(value: &str) -> Option<[u8; 32]> {
 /// The canonical text: what `zbctl disk create` writes and [`SlotManifest::parse`] reads back.
 impl fmt::Display for SlotManifest<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "format={FORMAT}")?;
+        writeln!(f, "format={}", self.format())?;
         writeln!(f, "image_version={}", self.image_version)?;
         for file in &self.files {
-            write!(f, "file={} size={} sha256=", file.name, file.size)?;
-            for byte in file.sha256 {
+            write!(
+                f,
+                "file={} size={} {}=",
+                file.name,
+                file.size,
+                self.algorithm.key()
+            )?;
+            for byte in file.digest {
                 write!(f, "{byte:02x}")?;
             }
             writeln!(f)?;
@@ -446,21 +498,30 @@ mod tests {
         assert_eq!(m.files().len(), 2);
         let kernel = m.file("KERNEL.IMG").unwrap();
         assert_eq!(
-            (kernel.size, kernel.line, kernel.sha256[0]),
+            (kernel.size, kernel.line, kernel.digest[0]),
             (31_457_792, 4, 0x9f)
         );
         let cmdline = m.file("cmdline.txt").unwrap();
-        assert_eq!(cmdline.sha256, kernel.sha256);
+        assert_eq!(cmdline.digest, kernel.digest);
         assert_eq!(cmdline.check_size(57), Ok(()));
         assert_eq!(
-            cmdline.verify(58, &cmdline.sha256),
+            cmdline.verify(58, Algorithm::Sha256, &cmdline.digest),
             Err(FileMismatch::Size {
                 expected: 57,
                 found: 58
             })
         );
-        assert_eq!(cmdline.verify(57, &[0; 32]), Err(FileMismatch::Hash));
-        assert_eq!(cmdline.verify(57, &kernel.sha256), Ok(()));
+        assert_eq!(
+            cmdline.verify(57, Algorithm::Sha256, &[0; 32]),
+            Err(FileMismatch::Hash {
+                algorithm: Algorithm::Sha256
+            })
+        );
+        assert_eq!(
+            cmdline.verify(57, Algorithm::Sha256, &kernel.digest),
+            Ok(())
+        );
+        assert_eq!(m.algorithm(), Algorithm::Sha256);
         assert!(m.file("initrd.img").is_none());
     }
 
@@ -483,14 +544,65 @@ mod tests {
         );
         let written = m.to_string();
         assert!(
-            written.starts_with("format=1\nimage_version=42\nfile=kernel.img size=10 sha256=abab")
+            written.starts_with("format=2\nimage_version=42\nfile=kernel.img size=10 blake3=abab")
         );
         let parsed = SlotManifest::parse(written.as_bytes()).unwrap();
         assert_eq!(parsed.image_version, 42);
+        assert_eq!(parsed.algorithm(), Algorithm::Blake3);
         assert_eq!(parsed.files().len(), 3);
         for (a, b) in parsed.files().iter().zip(m.files()) {
-            assert_eq!((a.name, a.size, a.sha256), (b.name, b.size, b.sha256));
+            assert_eq!((a.name, a.size, a.digest), (b.name, b.size, b.digest));
         }
+        // Format 1 (SHA-256) is still written on request and read back.
+        let mut old = SlotManifest::with_algorithm(3, Algorithm::Sha256);
+        old.add_file("kernel.img", 10, [0xcd; 32]).unwrap();
+        old.add_file("cmdline.txt", 3, [1; 32]).unwrap();
+        let written = old.to_string();
+        assert!(
+            written.starts_with("format=1\nimage_version=3\nfile=kernel.img size=10 sha256=cdcd")
+        );
+        let parsed = SlotManifest::parse(written.as_bytes()).unwrap();
+        assert_eq!(parsed.algorithm(), Algorithm::Sha256);
+        assert_eq!(parsed.file("kernel.img").unwrap().digest, [0xcd; 32]);
+    }
+
+    #[test]
+    fn format_2_takes_blake3_and_refuses_sha256() {
+        let k = std::format!("file=kernel.img size=1 blake3={HASH}");
+        let c = std::format!("file=cmdline.txt size=1 blake3={HASH}");
+        let input = text(&["format=2", "image_version=1", &k, &c]);
+        let m = SlotManifest::parse(input.as_bytes()).unwrap();
+        assert_eq!(m.algorithm(), Algorithm::Blake3);
+        assert_eq!(m.file("kernel.img").unwrap().digest[0], 0x9f);
+        assert_eq!(
+            m.file("kernel.img")
+                .unwrap()
+                .verify(1, Algorithm::Blake3, &[0; 32])
+                .unwrap_err()
+                .to_string(),
+            "BLAKE3 differs from slot.txt"
+        );
+        let old = std::format!("file=kernel.img size=1 sha256={HASH}");
+        let error = SlotManifest::parse(text(&["format=2", "image_version=1", &old]).as_bytes())
+            .unwrap_err();
+        assert_eq!(
+            error,
+            SlotManifestError::UnknownAttribute {
+                line: 3,
+                algorithm: Algorithm::Blake3
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "slot.txt line 3: unknown file attribute (expected size= and blake3=)"
+        );
+        assert_eq!(
+            SlotManifest::parse(b"format=2\nfile=kernel.img size=1 blake3=ab").unwrap_err(),
+            SlotManifestError::BadHash {
+                line: 2,
+                algorithm: Algorithm::Blake3
+            }
+        );
     }
 
     #[test]
@@ -504,8 +616,8 @@ mod tests {
             (text(&["# only", ""]), E::MissingFormat),
             (text(&["image_version=1"]), E::FormatNotFirst { line: 1 }),
             (
-                text(&["format=2", "whatever"]),
-                E::UnknownFormat { found: 2 }
+                text(&["format=3", "whatever"]),
+                E::UnknownFormat { found: 3 }
             ),
             (
                 text(&["format=one"]),
@@ -572,14 +684,20 @@ mod tests {
             ),
             (
                 text(&["format=1", "file=kernel.img size=1 sha256=abc"]),
-                E::BadHash { line: 2 }
+                E::BadHash {
+                    line: 2,
+                    algorithm: Algorithm::Sha256
+                }
             ),
             (
                 text(&[
                     "format=1",
                     &std::format!("file=kernel.img size=1 sha256={}", HASH.replace('9', "g"))
                 ]),
-                E::BadHash { line: 2 }
+                E::BadHash {
+                    line: 2,
+                    algorithm: Algorithm::Sha256
+                }
             ),
             (
                 text(&[
@@ -614,11 +732,17 @@ mod tests {
             ),
             (
                 text(&["format=1", "file=kernel.img mode=1"]),
-                E::UnknownAttribute { line: 2 }
+                E::UnknownAttribute {
+                    line: 2,
+                    algorithm: Algorithm::Sha256
+                }
             ),
             (
                 text(&["format=1", "file=kernel.img 1"]),
-                E::UnknownAttribute { line: 2 }
+                E::UnknownAttribute {
+                    line: 2,
+                    algorithm: Algorithm::Sha256
+                }
             ),
             (text(&["format=1", "file="]), E::BadFileName { line: 2 }),
             (
@@ -653,7 +777,11 @@ mod tests {
             E::TooManyFiles { line: 10 }
         );
         assert_eq!(
-            E::BadHash { line: 4 }.to_string(),
+            E::BadHash {
+                line: 4,
+                algorithm: Algorithm::Sha256
+            }
+            .to_string(),
             "slot.txt line 4: sha256= is not 64 hex digits"
         );
         assert_eq!(

@@ -1,10 +1,10 @@
 //! `slot.sig`: the ed25519 signature of a slot's manifest, and the message it signs.
 //!
-//! `slot.txt` makes a slot's files *consistent* (each file's size and SHA-256); `slot.sig`
+//! `slot.txt` makes a slot's files *consistent* (each file's size and digest); `slot.sig`
 //! makes them *authentic*: an ed25519 signature (RFC 8032, pure) by the product's key over
 //! a canonical message built from the parsed `slot.txt` and the image's name
 //! ([`signed_message`]). The message does not name the slot letter, so the same signed
-//! files serve A, B or SAFE. `slot.txt` itself is unchanged (format 1), so a loader that
+//! files serve A, B or SAFE. `slot.txt` itself is unchanged by signing, so a loader that
 //! does not know `slot.sig` still boots the slot.
 //!
 //! Format (`docs/disk-layout.md`), `key=value` lines as in `slot.txt`, `format=1` first,
@@ -18,15 +18,18 @@
 //! signature=<128 hex digits>
 //! ```
 //!
-//! The message: [`SIGNATURE_CONTEXT`], then the image name and a NUL, the image version
-//! (u32, little-endian), the number of files (u32 LE), then per file in the order of
-//! their lower-case names: the lower-case name and a NUL, the size (u32 LE) and the
-//! SHA-256. Parsed without allocation; the message is built into a caller's buffer.
+//! The message: [`SIGNATURE_CONTEXT`] (for a format-1, SHA-256 `slot.txt`) or
+//! [`SIGNATURE_CONTEXT_BLAKE3`] (format 2), then the image name and a NUL, the image
+//! version (u32, little-endian), the number of files (u32 LE), then per file in the order
+//! of their lower-case names: the lower-case name and a NUL, the size (u32 LE) and the
+//! digest. The context names the digest's hash function, so a signature never vouches
+//! for a digest read as another function's. Parsed without allocation; the message is built into a caller's buffer.
 
 use core::fmt;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
+use crate::digest::Algorithm;
 use crate::slot_manifest::{MAX_FILES, SlotManifest};
 
 /// The only format this parser reads and writes.
@@ -36,6 +39,9 @@ pub const ALGORITHM: &str = "ed25519";
 /// Domain separation: this key's signatures over slot manifests cannot be taken for its
 /// signatures over anything else (a `.zi` header has its own context).
 pub const SIGNATURE_CONTEXT: &[u8] = b"zboot slot manifest signature v1\0";
+/// The context of a format-2 `slot.txt`'s message, whose digests are BLAKE3 (the same
+/// length as [`SIGNATURE_CONTEXT`]).
+pub const SIGNATURE_CONTEXT_BLAKE3: &[u8] = b"zboot slot manifest signature v2\0";
 /// The longest image name.
 pub const MAX_NAME: usize = 64;
 /// The largest `slot.sig` read: its five lines fit in far less.
@@ -340,7 +346,10 @@ pub fn signed_message<'b>(
         a.cmp(b)
     });
     let mut out = Writer { buffer, at: 0 };
-    out.put(SIGNATURE_CONTEXT)?;
+    out.put(match manifest.algorithm() {
+        Algorithm::Sha256 => SIGNATURE_CONTEXT,
+        Algorithm::Blake3 => SIGNATURE_CONTEXT_BLAKE3,
+    })?;
     out.put(image_name.as_bytes())?;
     out.put(&[0])?;
     out.put(&manifest.image_version.to_le_bytes())?;
@@ -351,7 +360,7 @@ pub fn signed_message<'b>(
         }
         out.put(&[0])?;
         out.put(&file.size.to_le_bytes())?;
-        out.put(&file.sha256)?;
+        out.put(&file.digest)?;
     }
     let Writer { buffer, at } = out;
     buffer.get(..at).ok_or(SlotSignatureError::MessageTooLong)

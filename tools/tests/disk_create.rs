@@ -13,7 +13,6 @@ use std::process::{Command, Output};
 use recovery_proto::manifest::Manifest;
 use recovery_proto::partition::Partitions;
 use recovery_proto::slot_manifest::SlotManifest;
-use sha2::{Digest, Sha256};
 use zboot_tools::zbctl::disk::FileDisk;
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -249,9 +248,10 @@ fn image_passes_sfdisk_fsck_mtools_e2fsck_and_zbctl() {
     );
     for file in manifest.files() {
         let bytes = mtype(&boot, &format!("/A/{}", file.name));
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        let algorithm = manifest.algorithm();
+        let hash = algorithm.digest(&bytes);
         assert_eq!(
-            file.verify(bytes.len() as u64, &hash),
+            file.verify(bytes.len() as u64, algorithm, &hash),
             Ok(()),
             "{}",
             file.name

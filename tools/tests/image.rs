@@ -126,7 +126,7 @@ fn tarballs_make_an_image_whose_file_systems_check_clean() {
         boot["skip_bytes"].as_u64().unwrap() > 30 << 20,
         "free FAT clusters are skipped: {boot}"
     );
-    assert!(ok(&["image", "verify", s(zi)]).contains("every chunk's SHA-256 matches"));
+    assert!(ok(&["image", "verify", s(zi)]).contains("every chunk's BLAKE3 matches"));
 
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
@@ -224,12 +224,71 @@ fn truncated_wrong_magic_and_newer_version_exit_2() {
     fs::write(&zi, &magic).unwrap();
     fails(&["image", "verify", s(&zi)], 2, "not a .zi image");
     let mut newer = bytes.clone();
-    newer[8] = 2;
+    newer[8] = 3;
     fs::write(&zi, &newer).unwrap();
     fails(
         &["image", "inspect", s(&zi)],
         2,
-        "format version 2 is not supported",
+        "format version 3 is not supported",
+    );
+}
+
+/// `--hash sha256` makes a version-1 image (SHA-256 digests) for units whose loader predates
+/// BLAKE3; the default is version 2 (BLAKE3). Both verify, and say which.
+#[test]
+fn hash_sha256_makes_a_version_1_image_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, root) = tarballs(dir.path(), true);
+    let zi = dir.path().join("old.zi");
+    ok(&[
+        "image",
+        "convert",
+        "-b",
+        s(&boot),
+        "-r",
+        s(&root),
+        "-o",
+        s(&zi),
+        "--name",
+        "old",
+        "--version",
+        "1",
+        "--boot-mib",
+        "40",
+        "--root-mib",
+        "24",
+        "--hash",
+        "sha256",
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["image", "inspect", "--json", s(&zi)])).unwrap();
+    assert_eq!(
+        (json["format_version"].as_u64(), json["hash"].as_str()),
+        (Some(1), Some("sha256"))
+    );
+    assert!(ok(&["image", "verify", s(&zi)]).contains("every chunk's SHA-256 matches"));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["image", "inspect", "--json", s(&sample().1)])).unwrap();
+    assert_eq!(
+        (json["format_version"].as_u64(), json["hash"].as_str()),
+        (Some(2), Some("blake3"))
+    );
+    // A chunk's digest is what the standard tool prints for its bytes.
+    let regions: serde_json::Value = serde_json::from_str(&ok(&[
+        "image",
+        "inspect",
+        "--json",
+        "--regions",
+        s(&sample().1),
+    ]))
+    .unwrap();
+    assert!(
+        regions["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|region| region["digest"].as_str().is_some_and(|hex| hex.len() == 64)),
+        "{regions}"
     );
 }
 

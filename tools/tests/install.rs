@@ -349,11 +349,9 @@ fn a_signature_that_does_not_sign_what_install_writes_is_refused() {
         .map(|name| (*name, fs::read(boot.join("A").join(name)).unwrap()))
         .collect();
     for (name, bytes) in &contents {
-        use sha2::Digest;
         let size = u32::try_from(bytes.len()).unwrap();
-        manifest
-            .add_file(name, size, sha2::Sha256::digest(bytes).into())
-            .unwrap();
+        let digest = manifest.algorithm().digest(bytes);
+        manifest.add_file(name, size, digest).unwrap();
     }
     let slot_txt = manifest.to_string();
     fs::write(boot.join("A/slot.txt"), slot_txt).unwrap();

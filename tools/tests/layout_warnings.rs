@@ -158,6 +158,7 @@ fn fatless_image(dir: &Path) -> PathBuf {
         table: TableKind::Mbr,
         disk_signature: 0x5a5a_0011,
         disk_size: 4096 * 512,
+        algorithm: recovery_proto::slot_manifest::Algorithm::Blake3,
     };
     let writer = ImageWriter::new(fs::File::create(&path).unwrap(), meta, plan).unwrap();
     writer.finish().unwrap();
@@ -254,7 +255,7 @@ fn inspect_and_verify_name_what_a_layoutless_image_lacks() {
         text.lines()
             .next()
             .unwrap()
-            .contains("every chunk's SHA-256 matches"),
+            .contains("every chunk's BLAKE3 matches"),
         "{text}"
     );
     assert!(has_line(&text, NO_LAYOUT_LINE), "{text}");

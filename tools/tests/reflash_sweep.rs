@@ -143,13 +143,19 @@ struct Memory {
     manifest: Vec<u8>,
     output: Vec<u8>,
     decoder: Box<Decoder>,
+    cache: Vec<u8>,
 }
+
+/// The verified-payload cache of the sweep's reflashes: smaller than the sweep's images, so
+/// cuts land both where the write pass takes chunks from RAM and where it reads them again.
+const CACHE_BYTES: usize = 512 * 1024;
 
 thread_local! {
     static MEMORY: RefCell<Memory> = RefCell::new(Memory {
         manifest: vec![0u8; 1 << 20],
         output: vec![0u8; 1 << 20],
         decoder: Box::new(Decoder::new()),
+        cache: vec![0u8; CACHE_BYTES],
     });
 }
 
@@ -163,6 +169,7 @@ fn run_reflash(zi: &[u8], disk: &mut RamDisk) -> Outcome {
                 manifest: &mut memory.manifest,
                 output: &mut memory.output,
                 decoder: &mut memory.decoder,
+                cache: &mut memory.cache,
             },
             |_, _| {},
         )

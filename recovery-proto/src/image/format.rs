@@ -8,11 +8,17 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::digest::Algorithm;
+
 /// The first 8 bytes of every `.zi` file.
 pub const MAGIC: [u8; 8] = *b"ZBOOT-ZI";
-/// The format version this code reads and writes. A reader refuses any other (a newer
-/// writer bumps it for any change an older reader would misread).
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this code writes: every digest in the file (the header's own, the
+/// manifest's, each chunk's) is BLAKE3. A reader refuses versions it does not know (a
+/// newer writer bumps it for any change an older reader would misread).
+pub const FORMAT_VERSION: u16 = 2;
+/// The first format version, identical but for SHA-256 digests: still read and written on
+/// request (for loaders older than version 2).
+pub const FORMAT_VERSION_SHA256: u16 = 1;
 /// Size of the header record.
 pub const HEADER_SIZE: usize = 256;
 /// Size of one partition entry and of one region entry in the manifest.
@@ -23,8 +29,9 @@ pub const TRAILER_SIZE: usize = 128;
 pub const TRAILER_MAGIC: [u8; 8] = *b"ZBOOTSIG";
 /// Signature algorithm 1: ed25519 (RFC 8032, pure, not prehashed).
 pub const ALGORITHM_ED25519: u16 = 1;
-/// What is signed: this 16-byte prefix, then the 256 header bytes (which carry the
-/// manifest's SHA-256, which carries every chunk's SHA-256). The prefix keeps a `.zi`
+/// What is signed: this 16-byte prefix, then the 256 header bytes (which carry the format
+/// version, so the digest function, and the manifest's digest, which carries every chunk's
+/// digest). The prefix keeps a `.zi`
 /// signature from ever being valid for another message the same key signs.
 pub const SIGNATURE_CONTEXT: [u8; 16] = *b"zboot .zi sig v1";
 /// Length of the signed message.
@@ -59,9 +66,9 @@ mod header_at {
     pub const RESERVED_68: usize = 68;
     pub const DISK_SIZE: usize = 72;
     pub const NAME: usize = 80;
-    pub const MANIFEST_SHA256: usize = 144;
+    pub const MANIFEST_DIGEST: usize = 144;
     pub const RESERVED_176: usize = 176;
-    pub const HEADER_SHA256: usize = 224;
+    pub const HEADER_DIGEST: usize = 224;
 }
 
 /// The partition table kind the image's layout describes.
@@ -252,8 +259,10 @@ pub struct Header {
     pub disk_size: u64,
     /// Image name, UTF-8, NUL-padded.
     pub name: [u8; NAME_SIZE],
-    /// SHA-256 of the manifest bytes.
-    pub manifest_sha256: [u8; 32],
+    /// Digest of the manifest bytes.
+    pub manifest_digest: [u8; 32],
+    /// The hash function of every digest in the file: BLAKE3 in version 2, SHA-256 in 1.
+    pub algorithm: Algorithm,
 }
 
 /// One partition of the layout (64 bytes in the manifest).
@@ -296,8 +305,9 @@ pub struct RegionEntry {
     pub length: u64,
     /// Offset of the stored bytes from the start of the payload (data only; 0 otherwise).
     pub payload_offset: u64,
-    /// SHA-256 of the uncompressed bytes (data only; zeros otherwise).
-    pub sha256: [u8; 32],
+    /// Digest of the uncompressed bytes by the header's algorithm (data only; zeros
+    /// otherwise).
+    pub digest: [u8; 32],
 }
 
 /// The signature trailer (128 bytes at the end of a signed file).
@@ -317,8 +327,8 @@ pub enum FormatError {
     BadMagic { found: [u8; 8] },
     /// A format version this reader does not know (a newer zbctl made it).
     UnsupportedVersion { found: u16, supported: u16 },
-    /// The header's own SHA-256 does not match (corrupt header).
-    HeaderHashMismatch,
+    /// The header's own digest does not match (corrupt header).
+    HeaderHashMismatch { algorithm: Algorithm },
     /// A reserved byte is not zero.
     ReservedNotZero { at: usize },
     /// A field has a value this version does not accept.
@@ -338,11 +348,12 @@ impl fmt::Display for FormatError {
             ),
             FormatError::UnsupportedVersion { found, supported } => write!(
                 f,
-                ".zi format version {found} is not supported (this reader knows version \
-                 {supported}); use a zboot/zbctl that reads it, or rebuild the image"
+                ".zi format version {found} is not supported (this reader knows versions \
+                 {FORMAT_VERSION_SHA256} to {supported}); use a zboot/zbctl that reads it, or \
+                 rebuild the image"
             ),
-            FormatError::HeaderHashMismatch => {
-                f.write_str("header SHA-256 mismatch (corrupt header)")
+            FormatError::HeaderHashMismatch { algorithm } => {
+                write!(f, "header {algorithm} mismatch (corrupt header)")
             }
             FormatError::ReservedNotZero { at } => {
                 write!(f, "reserved byte at offset {at} is not zero")
@@ -400,9 +411,26 @@ fn bad(at: usize, field: &'static str, value: u64) -> FormatError {
     FormatError::BadField { at, field, value }
 }
 
-/// SHA-256 of `bytes`.
+/// SHA-256 of `bytes` (the image's identity in the reflash journal, whatever its version).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+/// The digest function of format `version`, if this reader knows it.
+pub fn version_algorithm(version: u16) -> Option<Algorithm> {
+    match version {
+        FORMAT_VERSION_SHA256 => Some(Algorithm::Sha256),
+        FORMAT_VERSION => Some(Algorithm::Blake3),
+        _ => None,
+    }
+}
+
+/// The format version whose digests are by `algorithm`.
+pub fn algorithm_version(algorithm: Algorithm) -> u16 {
+    match algorithm {
+        Algorithm::Sha256 => FORMAT_VERSION_SHA256,
+        Algorithm::Blake3 => FORMAT_VERSION,
+    }
 }
 
 impl Header {
@@ -417,15 +445,13 @@ impl Header {
             return Err(FormatError::BadMagic { found: magic });
         }
         let version = f.u16(at::VERSION);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let stored_hash: [u8; 32] = f.array(at::HEADER_SHA256);
-        if sha256(bytes.get(..at::HEADER_SHA256).unwrap_or_default()) != stored_hash {
-            return Err(FormatError::HeaderHashMismatch);
+        let algorithm = version_algorithm(version).ok_or(FormatError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        })?;
+        let stored_hash: [u8; 32] = f.array(at::HEADER_DIGEST);
+        if algorithm.digest(bytes.get(..at::HEADER_DIGEST).unwrap_or_default()) != stored_hash {
+            return Err(FormatError::HeaderHashMismatch { algorithm });
         }
         let header_size = f.u16(at::HEADER_SIZE);
         if usize::from(header_size) != HEADER_SIZE {
@@ -434,7 +460,7 @@ impl Header {
         f.zeros(at::RESERVED_28, 4)?;
         f.zeros(at::RESERVED_61, 3)?;
         f.zeros(at::RESERVED_68, 4)?;
-        f.zeros(at::RESERVED_176, at::HEADER_SHA256 - at::RESERVED_176)?;
+        f.zeros(at::RESERVED_176, at::HEADER_DIGEST - at::RESERVED_176)?;
         let chunk_size = f.u32(at::CHUNK_SIZE);
         if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
         {
@@ -498,16 +524,21 @@ impl Header {
             disk_signature: f.u32(at::DISK_SIGNATURE),
             disk_size,
             name,
-            manifest_sha256: f.array(at::MANIFEST_SHA256),
+            manifest_digest: f.array(at::MANIFEST_DIGEST),
+            algorithm,
         })
     }
 
-    /// Encodes the header with its SHA-256.
+    /// Encodes the header with its own digest.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         use header_at as at;
         let mut b = [0u8; HEADER_SIZE];
         put(&mut b, 0, &MAGIC);
-        put(&mut b, at::VERSION, &FORMAT_VERSION.to_le_bytes());
+        put(
+            &mut b,
+            at::VERSION,
+            &algorithm_version(self.algorithm).to_le_bytes(),
+        );
         put(&mut b, at::HEADER_SIZE, &(HEADER_SIZE as u16).to_le_bytes());
         put(&mut b, at::CHUNK_SIZE, &self.chunk_size.to_le_bytes());
         put(&mut b, at::PARTITIONS, &self.partition_count.to_le_bytes());
@@ -529,9 +560,11 @@ impl Header {
         );
         put(&mut b, at::DISK_SIZE, &self.disk_size.to_le_bytes());
         put(&mut b, at::NAME, &self.name);
-        put(&mut b, at::MANIFEST_SHA256, &self.manifest_sha256);
-        let hash = sha256(b.get(..at::HEADER_SHA256).unwrap_or_default());
-        put(&mut b, at::HEADER_SHA256, &hash);
+        put(&mut b, at::MANIFEST_DIGEST, &self.manifest_digest);
+        let hash = self
+            .algorithm
+            .digest(b.get(..at::HEADER_DIGEST).unwrap_or_default());
+        put(&mut b, at::HEADER_DIGEST, &hash);
         b
     }
 
@@ -662,7 +695,7 @@ impl RegionEntry {
         let offset = f.u64(8);
         let length = f.u64(16);
         let payload_offset = f.u64(24);
-        let sha256: [u8; 32] = f.array(32);
+        let digest: [u8; 32] = f.array(32);
         if offset % SECTOR != 0 {
             return Err(bad(8, "region offset", offset));
         }
@@ -714,7 +747,7 @@ impl RegionEntry {
             offset,
             length,
             payload_offset,
-            sha256,
+            digest,
         })
     }
 
@@ -735,7 +768,7 @@ impl RegionEntry {
         put(&mut b, 8, &self.offset.to_le_bytes());
         put(&mut b, 16, &self.length.to_le_bytes());
         put(&mut b, 24, &self.payload_offset.to_le_bytes());
-        put(&mut b, 32, &self.sha256);
+        put(&mut b, 32, &self.digest);
         b
     }
 
@@ -802,7 +835,8 @@ mod tests {
             disk_signature: 0x1234_abcd,
             disk_size: 1 << 20,
             name: Header::name_field("demo"),
-            manifest_sha256: [9; 32],
+            manifest_digest: [9; 32],
+            algorithm: Algorithm::Blake3,
         }
     }
 
@@ -820,17 +854,22 @@ mod tests {
             Err(FormatError::BadMagic { .. })
         ));
         let mut b = bytes;
-        b[8] = 2;
+        b[8] = 3;
         assert_eq!(
             Header::decode(&b),
             Err(FormatError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         );
         let mut b = bytes;
         b[100] ^= 1;
-        assert_eq!(Header::decode(&b), Err(FormatError::HeaderHashMismatch));
+        assert_eq!(
+            Header::decode(&b),
+            Err(FormatError::HeaderHashMismatch {
+                algorithm: Algorithm::Blake3
+            })
+        );
     }
 
     #[test]
@@ -889,7 +928,7 @@ mod tests {
             offset: 4096,
             length: 8192,
             payload_offset: 77,
-            sha256: [3; 32],
+            digest: [3; 32],
         };
         assert_eq!(RegionEntry::decode(&r.encode(), 65536), Ok(r));
         assert!(

@@ -24,6 +24,6 @@ pub use format::{
     RegionKind, Role, TableKind, Trailer,
 };
 pub use reader::{
-    Chunk, Chunks, Content, DecodeProfile, Decoder, Image, ImageError, ImageSource, Part, Progress,
-    SignatureCheck, SliceSource,
+    Check, Chunk, Chunks, Content, DecodeProfile, Decoder, Image, ImageError, ImageSource, Part,
+    Progress, SignatureCheck, SliceSource,
 };

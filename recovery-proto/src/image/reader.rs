@@ -8,10 +8,11 @@
 
 use core::fmt;
 
+use crate::digest::Algorithm;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
-use sha2::{Digest, Sha256};
 
 use super::format::{
     Compression, ENTRY_SIZE, FormatError, HEADER_SIZE, Header, MAX_CHUNK_SIZE, PartitionEntry,
@@ -110,8 +111,8 @@ pub enum ImageError<E> {
     },
     /// The manifest does not fit the caller's buffer.
     ManifestTooLarge { size: u64, capacity: usize },
-    /// The manifest's SHA-256 is not the one in the header.
-    ManifestHashMismatch { at: u64 },
+    /// The manifest's digest is not the one in the header.
+    ManifestHashMismatch { at: u64, algorithm: Algorithm },
     /// A key is provisioned and the image carries no signature.
     SignatureRequired,
     /// Signed by another key than the provisioned one.
@@ -133,12 +134,13 @@ pub enum ImageError<E> {
         expected: u64,
         found: u64,
     },
-    /// The chunk's SHA-256 is not the manifest's.
+    /// The chunk's digest is not the manifest's.
     ChunkHashMismatch {
         region: u32,
         partition: u8,
         offset: u64,
         at: u64,
+        algorithm: Algorithm,
     },
 }
 
@@ -171,9 +173,9 @@ impl<E: fmt::Debug> fmt::Display for ImageError<E> {
                 "manifest of {size} bytes does not fit the reader's {capacity}-byte buffer \
                  (too many regions: use a larger chunk size)"
             ),
-            ImageError::ManifestHashMismatch { at } => write!(
+            ImageError::ManifestHashMismatch { at, algorithm } => write!(
                 f,
-                "manifest at offset {at}: SHA-256 mismatch with the header (corrupt manifest)"
+                "manifest at offset {at}: {algorithm} mismatch with the header (corrupt manifest)"
             ),
             ImageError::SignatureRequired => f.write_str(
                 "the image is not signed, but a public key is provisioned: unsigned images \
@@ -217,10 +219,11 @@ impl<E: fmt::Debug> fmt::Display for ImageError<E> {
                 partition,
                 offset,
                 at,
+                algorithm,
             } => write!(
                 f,
                 "payload: chunk of region {region} (partition {partition}, offset {offset}) at \
-                 file offset {at}: SHA-256 mismatch"
+                 file offset {at}: {algorithm} mismatch"
             ),
         }
     }
@@ -335,8 +338,11 @@ impl<'m> Image<'m> {
             })?;
         let manifest_at = header.manifest_offset();
         read(source, manifest_at, manifest)?;
-        if Sha256::digest(&*manifest).as_slice() != header.manifest_sha256 {
-            return Err(ImageError::ManifestHashMismatch { at: manifest_at });
+        if header.algorithm.digest(manifest) != header.manifest_digest {
+            return Err(ImageError::ManifestHashMismatch {
+                at: manifest_at,
+                algorithm: header.algorithm,
+            });
         }
         check_layout(&header, manifest).map_err(|error| ImageError::Format {
             part: Part::Manifest,
@@ -425,7 +431,7 @@ impl<'m> Image<'m> {
         (bytes, self.header.payload_size)
     }
 
-    /// Reads region `index`: for data, inflates its chunk into `out` and checks its SHA-256
+    /// Reads region `index`: for data, inflates its chunk into `out` and checks its digest
     /// before returning it.
     pub fn read_region<'o, S: ImageSource>(
         &self,
@@ -433,6 +439,20 @@ impl<'m> Image<'m> {
         index: u32,
         decoder: &mut Decoder,
         out: &'o mut [u8],
+    ) -> Result<Chunk<'o>, ImageError<S::Error>> {
+        self.read_region_checking(source, index, decoder, out, Check::Digest)
+    }
+
+    /// [`Image::read_region`], with the digest check left out when `check` says the
+    /// caller already checked these stored bytes (and holds them where nothing changes
+    /// them: a reflash's verified payload in RAM). Inflating is still checked for length.
+    pub fn read_region_checking<'o, S: ImageSource>(
+        &self,
+        source: &mut S,
+        index: u32,
+        decoder: &mut Decoder,
+        out: &'o mut [u8],
+        check: Check,
     ) -> Result<Chunk<'o>, ImageError<S::Error>> {
         let count = self.header.region_count;
         let region = self
@@ -463,14 +483,17 @@ impl<'m> Image<'m> {
                         |decoder| decoder.inflate(source, at, index, &region, out),
                     )?,
                 }
-                let digest =
-                    decoder.timed(|profile| &mut profile.hashing, |_| Sha256::digest(&*out));
-                if digest.as_slice() != region.sha256 {
+                let algorithm = self.header.algorithm;
+                if check == Check::Digest
+                    && decoder.timed(|profile| &mut profile.hashing, |_| algorithm.digest(out))
+                        != region.digest
+                {
                     return Err(ImageError::ChunkHashMismatch {
                         region: index,
                         partition: partition.number,
                         offset: region.offset,
                         at,
+                        algorithm,
                     });
                 }
                 Content::Data(out)
@@ -490,7 +513,7 @@ fn format_offset(error: &FormatError) -> u64 {
     match error {
         FormatError::ReservedNotZero { at } | FormatError::BadField { at, .. } => *at as u64,
         FormatError::UnsupportedVersion { .. } => 8,
-        FormatError::HeaderHashMismatch => 224,
+        FormatError::HeaderHashMismatch { .. } => 224,
         FormatError::BadMagic { .. } => 0,
     }
 }
@@ -700,7 +723,7 @@ pub struct DecodeProfile {
     pub reading: u64,
     /// Inflating, not counting the reads it waited for.
     pub inflating: u64,
-    /// Computing chunk SHA-256s.
+    /// Computing chunk digests.
     pub hashing: u64,
 }
 
@@ -904,6 +927,15 @@ pub struct Chunks {
     payload_done: u64,
 }
 
+/// Whether reading a chunk checks its digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Against the manifest's digest (always, unless the caller verified these bytes).
+    Digest,
+    /// Not again: the caller verified the same stored bytes and kept them unchanged.
+    AlreadyVerified,
+}
+
 impl Chunks {
     /// Reads, inflates and verifies the next region; `None` after the last.
     pub fn next_chunk<'o, S: ImageSource>(
@@ -913,10 +945,23 @@ impl Chunks {
         decoder: &mut Decoder,
         out: &'o mut [u8],
     ) -> Result<Option<Chunk<'o>>, ImageError<S::Error>> {
+        self.next_chunk_checking(image, source, decoder, out, Check::Digest)
+    }
+
+    /// [`Chunks::next_chunk`] with the digest check as `check` says
+    /// ([`Image::read_region_checking`]).
+    pub fn next_chunk_checking<'o, S: ImageSource>(
+        &mut self,
+        image: &Image<'_>,
+        source: &mut S,
+        decoder: &mut Decoder,
+        out: &'o mut [u8],
+        check: Check,
+    ) -> Result<Option<Chunk<'o>>, ImageError<S::Error>> {
         if self.next >= image.header.region_count {
             return Ok(None);
         }
-        let chunk = image.read_region(source, self.next, decoder, out)?;
+        let chunk = image.read_region_checking(source, self.next, decoder, out, check)?;
         self.next += 1;
         self.bytes_done += chunk.region.length;
         self.payload_done += u64::from(chunk.region.stored_size);

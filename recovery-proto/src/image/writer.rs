@@ -11,8 +11,9 @@ use std::vec::Vec;
 
 use super::format::{
     Compression, ENTRY_SIZE, HEADER_SIZE, Header, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, PartitionEntry,
-    RegionEntry, RegionKind, SECTOR, TableKind, sha256,
+    RegionEntry, RegionKind, SECTOR, TableKind,
 };
+use crate::digest::Algorithm;
 
 /// What the header says besides sizes and hashes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub struct ImageMeta {
     pub disk_signature: u32,
     /// Least device size in bytes.
     pub disk_size: u64,
+    /// The digest function (BLAKE3: format version 2; SHA-256: version 1). The chunks
+    /// pushed must have been encoded with the same one.
+    pub algorithm: Algorithm,
 }
 
 /// One planned region: its kind and byte range in the partition.
@@ -65,13 +69,15 @@ pub struct EncodedChunk {
     pub compression: Compression,
     /// The bytes that go into the payload.
     pub stored: Vec<u8>,
-    /// SHA-256 of the uncompressed bytes.
-    pub sha256: [u8; 32],
+    /// Digest of the uncompressed bytes.
+    pub digest: [u8; 32],
+    /// The function of `digest`.
+    pub algorithm: Algorithm,
 }
 
 /// Compresses one chunk with raw DEFLATE at `level` (0–10); stores it as is when that is not
-/// smaller.
-pub fn encode_chunk(data: &[u8], level: u8) -> EncodedChunk {
+/// smaller. `algorithm` is the image's digest function.
+pub fn encode_chunk(data: &[u8], level: u8, algorithm: Algorithm) -> EncodedChunk {
     let compressed = miniz_oxide::deflate::compress_to_vec(data, level);
     let (compression, stored) = if compressed.len() < data.len() {
         (Compression::Deflate, compressed)
@@ -82,7 +88,8 @@ pub fn encode_chunk(data: &[u8], level: u8) -> EncodedChunk {
         length: data.len() as u64,
         compression,
         stored,
-        sha256: sha256(data),
+        digest: algorithm.digest(data),
+        algorithm,
     }
 }
 
@@ -176,7 +183,7 @@ impl<W: Write + Seek> ImageWriter<W> {
                     offset: region.offset,
                     length: region.length,
                     payload_offset: 0,
-                    sha256: [0; 32],
+                    digest: [0; 32],
                 });
             }
             if !planned.regions.is_empty() && at != planned.entry.size() {
@@ -233,7 +240,14 @@ impl<W: Write + Seek> ImageWriter<W> {
         region.stored_size = u32::try_from(chunk.stored.len())
             .map_err(|_| invalid("chunk larger than 4 GiB".into()))?;
         region.payload_offset = self.payload;
-        region.sha256 = chunk.sha256;
+        if chunk.algorithm != self.meta.algorithm {
+            return Err(invalid(std::format!(
+                "a {} chunk for a {} image",
+                chunk.algorithm,
+                self.meta.algorithm
+            )));
+        }
+        region.digest = chunk.digest;
         self.out.write_all(&chunk.stored)?;
         self.payload += chunk.stored.len() as u64;
         self.next_data += 1;
@@ -269,7 +283,8 @@ impl<W: Write + Seek> ImageWriter<W> {
             disk_signature: self.meta.disk_signature,
             disk_size: self.meta.disk_size,
             name: Header::name_field(&self.meta.name),
-            manifest_sha256: sha256(&manifest),
+            manifest_digest: self.meta.algorithm.digest(&manifest),
+            algorithm: self.meta.algorithm,
         };
         self.out.seek(SeekFrom::Start(self.start))?;
         self.out.write_all(&header.encode())?;
@@ -296,6 +311,16 @@ pub(crate) mod tests {
 
     /// A partition of 64 KiB: 20 KiB of text-like data, 12 KiB zeros (fill), 32 KiB free.
     pub(crate) fn sample_image() -> Vec<u8> {
+        sample_image_with(Algorithm::Blake3)
+    }
+
+    /// [`sample_image`] with its digests by `algorithm` (SHA-256: a format-1 image).
+    pub(crate) fn sample_image_with(algorithm: Algorithm) -> Vec<u8> {
+        sample_image_where(algorithm, false)
+    }
+
+    /// [`sample_image_with`], with the first chunk's digest damaged when `wrong_digest`.
+    fn sample_image_where(algorithm: Algorithm, wrong_digest: bool) -> Vec<u8> {
         let mut content = vec![0u8; 65536];
         for (i, byte) in content.iter_mut().take(20480).enumerate() {
             *byte = b"zboot image test data "[i % 22] ^ (i / 4096) as u8;
@@ -334,11 +359,16 @@ pub(crate) mod tests {
             table: TableKind::Mbr,
             disk_signature: 0xabcd_0001,
             disk_size: (2048 + 128) * 512,
+            algorithm,
         };
         let mut writer = ImageWriter::new(Cursor::new(Vec::new()), meta, vec![table]).unwrap();
         for (_, offset, length) in writer.data_regions() {
             let data = &content[offset as usize..(offset + length) as usize];
-            writer.push_chunk(&encode_chunk(data, 6)).unwrap();
+            let mut chunk = encode_chunk(data, 6, algorithm);
+            if wrong_digest && offset == 0 {
+                chunk.digest[0] ^= 1;
+            }
+            writer.push_chunk(&chunk).unwrap();
         }
         writer.finish().unwrap().0.into_inner()
     }
@@ -534,9 +564,51 @@ pub(crate) mod tests {
             }
         ));
         let mut bytes = sample_image();
-        bytes[8] = 2;
+        bytes[8] = 3;
         let error = open(&bytes, &mut manifest, None).unwrap_err();
-        assert!(std::format!("{error}").contains("format version 2 is not supported"));
+        assert!(std::format!("{error}").contains("format version 3 is not supported"));
+    }
+
+    #[test]
+    fn a_format_1_image_with_sha256_digests_is_still_read() {
+        let old = sample_image_with(Algorithm::Sha256);
+        assert_eq!(old[8], 1, "format version 1");
+        assert_eq!(
+            decode_all(&old).unwrap(),
+            decode_all(&sample_image()).unwrap()
+        );
+        let mut manifest = [0u8; 4096];
+        assert_eq!(
+            open(&old, &mut manifest, None).unwrap().header().algorithm,
+            Algorithm::Sha256
+        );
+        // A chunk is checked by its image's function, and the message names it.
+        for (algorithm, name) in [
+            (Algorithm::Sha256, "SHA-256"),
+            (Algorithm::Blake3, "BLAKE3"),
+        ] {
+            let error = decode_all(&sample_image_where(algorithm, true)).unwrap_err();
+            assert!(
+                matches!(error, ImageError::ChunkHashMismatch { region: 0, .. }),
+                "{error:?}"
+            );
+            assert!(
+                std::format!("{error}").ends_with(&std::format!("{name} mismatch")),
+                "{error}"
+            );
+        }
+        // A version-1 header that claims version 2 fails its own (now BLAKE3) check.
+        let mut relabelled = old;
+        relabelled[8] = 2;
+        assert!(matches!(
+            open(&relabelled, &mut manifest, None).unwrap_err(),
+            ImageError::Format {
+                error: FormatError::HeaderHashMismatch {
+                    algorithm: Algorithm::Blake3
+                },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -546,7 +618,10 @@ pub(crate) mod tests {
         let mut manifest = [0u8; 4096];
         assert!(matches!(
             open(&bytes, &mut manifest, None),
-            Err(ImageError::ManifestHashMismatch { at: 256 })
+            Err(ImageError::ManifestHashMismatch {
+                at: 256,
+                algorithm: Algorithm::Blake3
+            })
         ));
         let bytes = sample_image();
         let mut small = [0u8; 64];

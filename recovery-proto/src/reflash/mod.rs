@@ -7,14 +7,16 @@
 //!    its clusters to sector runs, so the image can be read at any offset.
 //! 2. [`reflash`] opens the image (header, signature when a key is provisioned, manifest),
 //!    checks that its layout fits the target and leaves the journal's sectors alone, and
-//!    reads every chunk once, inflating it and checking its SHA-256: only an image that
-//!    passes all of it is written.
+//!    reads every chunk once, inflating it and checking its digest: only an image that
+//!    passes all of it is written. What it reads of the payload is kept in RAM
+//!    ([`cache`]), as far as [`Buffers::cache`] holds it.
 //! 3. The first write is the [`journal`] record "this image is being written", in two
 //!    sectors outside every partition, so the record exists on a blank eMMC and survives
 //!    the rewrite of the partition table and of the boot partition. It also fixes, once,
 //!    whether the target's DATA partition holds the user's data to keep (see [`reflash`]).
-//! 4. Every region is written (data inflated and hash-checked again, fill as fill, skip
-//!    regions not at all); after each region that wrote anything the journal records the
+//! 4. Every region is written (data inflated from the verified payload in RAM, or read and
+//!    digest-checked again when it did not fit there; fill as fill; skip regions not at
+//!    all); after each region that wrote anything the journal records the
 //!    next one, so a reflash cut by power loss resumes there.
 //! 5. [`finish`]: a fresh slot state in the new boot partition's `ZBSTATE.BIN`, then the
 //!    journal is cleared. Until that clear, every power-on sees the reflash as unfinished
@@ -22,13 +24,16 @@
 //!    the image's own `ZBSTATE.BIN` (written with the boot partition) is never acted on
 //!    before the boot partition is whole.
 
+pub mod cache;
 pub mod journal;
 mod stick;
 
 use core::fmt;
 
 use crate::block::{BLOCK_SIZE, BlockDevice};
-use crate::image::{Content, Decoder, Image, ImageError, ImageSource, Progress, RegionKind, Role};
+use crate::image::{
+    Check, Content, Decoder, Image, ImageError, ImageSource, Progress, RegionKind, Role,
+};
 use crate::locate::{self, LocateError};
 use crate::partition::Partitions;
 use crate::state::State;
@@ -46,6 +51,9 @@ pub struct Buffers<'b> {
     pub output: &'b mut [u8],
     /// The inflater's state.
     pub decoder: &'b mut Decoder,
+    /// Keeps the payload the verify pass read, so the write pass neither reads the stick
+    /// nor hashes again what fits ([`cache`]); may be empty.
+    pub cache: &'b mut [u8],
 }
 
 /// What the caller decides about a reflash.
@@ -109,6 +117,12 @@ pub struct Summary {
     pub bytes_skipped: u64,
     /// Bytes of the kept DATA partition not written, in this run.
     pub bytes_kept: u64,
+    /// Payload bytes the write pass took from RAM, verified by the verify pass: neither read
+    /// from the stick nor hashed again.
+    pub payload_from_memory: u64,
+    /// Payload bytes the write pass read from the stick again (they did not fit in the
+    /// cache), each chunk checked against its digest again.
+    pub payload_read_again: u64,
     /// The DATA partition's fate (decided when the reflash began, kept across resumes).
     pub data: DataOutcome,
     /// The slot state written at the end.
@@ -225,6 +239,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
         manifest,
         output,
         decoder,
+        cache,
     } = buffers;
     let image = Image::open(source, manifest, settings.key).map_err(ReflashError::Image)?;
     let target_blocks = target.block_count();
@@ -236,17 +251,21 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
         });
     }
     check_regions(&image, settings.journal_lbas)?;
-    // Every chunk is read, inflated and hash-checked once before the first
-    // write, so a damaged or tampered image leaves the target untouched (the
-    // price: the stick is read twice).
+    // Every chunk is read, inflated and hash-checked once before the first write, so a
+    // damaged or tampered image leaves the target untouched. What the pass reads of the
+    // payload stays in `cache` (as far as it holds it) for the write pass.
+    let payload_at = image.header().payload_offset();
+    let mut source =
+        cache::PayloadCache::new(source, cache, payload_at, image.header().payload_size);
     let mut check = image.chunks(0);
     while check
-        .next_chunk(&image, source, decoder, output)
+        .next_chunk(&image, &mut source, decoder, output)
         .map_err(ReflashError::Image)?
         .is_some()
     {
         progress(Pass::Verify, check.progress(&image));
     }
+    source.stop_filling();
 
     // The state before this run's first write: its policy, anti-rollback minimum and
     // history carry over into the fresh state (on a resume past the boot partition it
@@ -265,6 +284,8 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
         bytes_written: 0,
         bytes_skipped: 0,
         bytes_kept: 0,
+        payload_from_memory: 0,
+        payload_read_again: 0,
         data: match (image_data, entry.kept_data) {
             (None, _) => DataOutcome::NotInImage,
             (Some(_), Some(extent)) => DataOutcome::Kept(extent),
@@ -273,10 +294,35 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
         state: FreshState::NoStateFile,
     };
     let mut chunks = image.chunks(resumed_from);
-    while let Some(chunk) = chunks
-        .next_chunk(&image, source, decoder, output)
-        .map_err(ReflashError::Image)?
-    {
+    loop {
+        // A chunk whose stored bytes the verify pass left in RAM is not checked again:
+        // those are the bytes it checked, and RAM does not change under the loader.
+        let held = image.region(chunks.next_index()).filter(|region| {
+            region.kind == RegionKind::Data
+                && source.holds(
+                    payload_at + region.payload_offset,
+                    u64::from(region.stored_size),
+                )
+        });
+        let check = if held.is_some() {
+            Check::AlreadyVerified
+        } else {
+            Check::Digest
+        };
+        let Some(chunk) = chunks
+            .next_chunk_checking(&image, &mut source, decoder, output, check)
+            .map_err(ReflashError::Image)?
+        else {
+            break;
+        };
+        if chunk.region.kind == RegionKind::Data {
+            let stored = u64::from(chunk.region.stored_size);
+            if held.is_some() {
+                summary.payload_from_memory += stored;
+            } else {
+                summary.payload_read_again += stored;
+            }
+        }
         let lba = chunk.layout_lba();
         let length = chunk.region.length;
         let kept = chunk.partition.role == Role::Data
@@ -515,6 +561,7 @@ mod tests {
 
     use super::*;
     use crate::block::{Block, RamDisk, RamDiskError, Tear};
+    use crate::digest::Algorithm;
     use crate::image::writer::tests::{key, sample_image, sign};
     use crate::image::{ImageError, SliceSource};
 
@@ -534,15 +581,28 @@ mod tests {
         reflash_from(&mut SliceSource(image), disk, key, progress)
     }
 
-    /// A reflash of any source onto any target, with fresh buffers.
+    /// A reflash of any source onto any target, with fresh buffers (a payload cache that
+    /// holds the tests' small images whole).
     fn reflash_from<S: ImageSource, T: BlockDevice>(
         source: &mut S,
         target: &mut T,
         key: Option<&[u8; 32]>,
         progress: impl FnMut(Pass, Progress),
     ) -> ReflashResult<S, T> {
+        reflash_cached(source, target, key, 4 << 20, progress)
+    }
+
+    /// [`reflash_from`] with a payload cache of `cache_bytes`.
+    fn reflash_cached<S: ImageSource, T: BlockDevice>(
+        source: &mut S,
+        target: &mut T,
+        key: Option<&[u8; 32]>,
+        cache_bytes: usize,
+        progress: impl FnMut(Pass, Progress),
+    ) -> ReflashResult<S, T> {
         let mut manifest = vec![0u8; 64 * 1024];
         let mut output = vec![0u8; 1 << 20];
+        let mut cache = vec![0u8; cache_bytes];
         let mut decoder = Box::new(Decoder::new());
         reflash(
             source,
@@ -555,9 +615,143 @@ mod tests {
                 manifest: &mut manifest,
                 output: &mut output,
                 decoder: &mut decoder,
+                cache: &mut cache,
             },
             progress,
         )
+    }
+
+    /// A stick whose bytes become `changed` once `switched` is set (as a stick swapped or
+    /// rewritten between the two passes, or a hostile device, would).
+    struct Changing<'a> {
+        bytes: &'a [u8],
+        changed: Vec<u8>,
+        switched: &'a core::cell::Cell<bool>,
+        payload_read: u64,
+        payload_at: u64,
+    }
+
+    impl ImageSource for Changing<'_> {
+        type Error = crate::image::reader::OutOfBounds;
+        fn size(&mut self) -> Result<u64, Self::Error> {
+            Ok(self.bytes.len() as u64)
+        }
+        fn read_exact_at(&mut self, offset: u64, buffer: &mut [u8]) -> Result<(), Self::Error> {
+            if offset >= self.payload_at {
+                self.payload_read += buffer.len() as u64;
+            }
+            let from = if self.switched.get() {
+                &self.changed
+            } else {
+                self.bytes
+            };
+            SliceSource(from).read_exact_at(offset, buffer)
+        }
+    }
+
+    /// `image` with a byte of its last data chunk's stored bytes flipped, and the payload's
+    /// file offset.
+    fn with_last_chunk_changed(image: &[u8]) -> (Vec<u8>, u64) {
+        let mut manifest = vec![0u8; 64 * 1024];
+        let opened = Image::open(&mut SliceSource(image), &mut manifest, None).unwrap();
+        let payload_at = opened.header().payload_offset();
+        let last = (0..opened.header().region_count)
+            .filter_map(|index| opened.region(index))
+            .rfind(|region| region.kind == RegionKind::Data)
+            .unwrap();
+        let at = payload_at + last.payload_offset + u64::from(last.stored_size) / 2;
+        let mut changed = image.to_vec();
+        changed[at as usize] ^= 0x10;
+        (changed, payload_at)
+    }
+
+    /// Reflashes `image` from a stick that changes to `changed` after the verify pass's last
+    /// chunk, with a payload cache of `cache_bytes`.
+    fn reflash_changing(
+        image: &[u8],
+        changed: Vec<u8>,
+        payload_at: u64,
+        cache_bytes: usize,
+        disk: &mut RamDisk,
+    ) -> (Outcome, u64) {
+        let switched = core::cell::Cell::new(false);
+        let mut stick = Changing {
+            bytes: image,
+            changed,
+            switched: &switched,
+            payload_read: 0,
+            payload_at,
+        };
+        let outcome = reflash_cached(&mut stick, disk, None, cache_bytes, |pass, progress| {
+            if pass == Pass::Verify && progress.next_region == progress.regions {
+                switched.set(true);
+            }
+        });
+        (outcome, stick.payload_read)
+    }
+
+    #[test]
+    fn each_payload_byte_is_read_and_hashed_once_when_the_cache_holds_it() {
+        let image = sample_image();
+        let mut manifest = vec![0u8; 64 * 1024];
+        let header = *Image::open(&mut SliceSource(&image), &mut manifest, None)
+            .unwrap()
+            .header();
+        let mut disk = RamDisk::new(4096);
+        let (outcome, payload_read) = reflash_changing(
+            &image,
+            image.clone(),
+            header.payload_offset(),
+            4 << 20,
+            &mut disk,
+        );
+        let summary = outcome.unwrap();
+        assert_eq!(payload_read, header.payload_size, "the payload read once");
+        assert_eq!(summary.payload_from_memory, header.payload_size);
+        assert_eq!(summary.payload_read_again, 0);
+        assert!(same(&mut disk, &mut expected(&image)));
+        // Without a cache: read (and hashed) twice, as before the cache.
+        let mut disk = RamDisk::new(4096);
+        let (outcome, payload_read) =
+            reflash_changing(&image, image.clone(), header.payload_offset(), 0, &mut disk);
+        let summary = outcome.unwrap();
+        assert_eq!(payload_read, 2 * header.payload_size);
+        assert_eq!(summary.payload_read_again, header.payload_size);
+        assert!(same(&mut disk, &mut expected(&image)));
+    }
+
+    #[test]
+    fn a_stick_that_changes_between_the_passes_cannot_change_what_is_written() {
+        let image = sample_image();
+        let (changed, payload_at) = with_last_chunk_changed(&image);
+        // With the payload held in RAM, the write pass reads nothing from the stick: the
+        // verified bytes are what is written, whatever the stick holds now.
+        let mut disk = RamDisk::new(4096);
+        let (outcome, _) =
+            reflash_changing(&image, changed.clone(), payload_at, 4 << 20, &mut disk);
+        assert_eq!(outcome.unwrap().payload_read_again, 0);
+        assert!(same(&mut disk, &mut expected(&image)));
+
+        // Without the cache, the changed chunk is read again and its digest catches it
+        // before it is written; the journal keeps the reflash resumable.
+        let mut disk = RamDisk::new(4096);
+        let (outcome, _) = reflash_changing(&image, changed, payload_at, 0, &mut disk);
+        let error = outcome.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ReflashError::Image(
+                    ImageError::ChunkHashMismatch { .. }
+                        | ImageError::Inflate { .. }
+                        | ImageError::ChunkLength { .. }
+                )
+            ),
+            "{error:?}"
+        );
+        assert!(
+            journal_entry(&mut disk).is_some(),
+            "resumable from the journal"
+        );
     }
 
     /// The disk as `image` describes it.
@@ -941,13 +1135,16 @@ mod tests {
             table: TableKind::Mbr,
             disk_signature: 0x0dda_7a00,
             disk_size: (start_lba + 16) * 512,
+            algorithm: Algorithm::Blake3,
         };
         let mut writer =
             ImageWriter::new(std::io::Cursor::new(Vec::new()), meta, partitions).unwrap();
         for (partition, offset, length) in writer.data_regions() {
             let source: &[u8] = if partition == 0 { &mbr } else { &content };
             let data = &source[offset as usize..(offset + length) as usize];
-            writer.push_chunk(&encode_chunk(data, 6)).unwrap();
+            writer
+                .push_chunk(&encode_chunk(data, 6, Algorithm::Blake3))
+                .unwrap();
         }
         writer.finish().unwrap().0.into_inner()
     }

@@ -202,6 +202,7 @@ pub fn capture(args: &CaptureArgs, out: &mut dyn Write) -> Result<()> {
         version: Some(args.version),
         chunk_kib: 1024,
         level: 6,
+        hash: super::disk_create::HashChoice::Blake3,
         boot_mib: 256,
         root_mib: args.root_mib,
         sign_key: args.sign_key.clone(),

@@ -19,7 +19,7 @@ use clap::Args;
 use recovery_proto::manifest::Manifest;
 use recovery_proto::partition::gpt::{self, Guid};
 use recovery_proto::partition::{Partitions, TableKind, default_root_number};
-use recovery_proto::slot_manifest::SlotManifest;
+use recovery_proto::slot_manifest::{Algorithm, SlotManifest};
 use recovery_proto::state::{DEFAULT_MAX_BOOT_FAILURE, MAX_BOOT_FAILURE_LIMIT};
 use recovery_proto::{BLOCK_SIZE, Slot};
 use sha2::{Digest, Sha256};
@@ -55,6 +55,28 @@ pub enum DiskCommand {
     /// Build a complete eMMC image: MBR, FAT32 boot with zboot and the slots' boot files,
     /// fresh slot state, ext4 roots A/B/SAFE and DATA.
     Create(Box<CreateArgs>),
+}
+
+/// The digest function of what zbctl writes (`--hash`): `slot.txt` format 2 and `.zi`
+/// version 2 use BLAKE3; `sha256` writes format/version 1, which loaders from before format
+/// 2 read (docs/disk-layout.md, "slot.txt").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashChoice {
+    /// BLAKE3 (`b3sum` prints the same hex).
+    #[default]
+    Blake3,
+    /// SHA-256 (`sha256sum`), for units whose zboot.img predates BLAKE3.
+    Sha256,
+}
+
+impl HashChoice {
+    /// The digest function.
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            HashChoice::Blake3 => Algorithm::Blake3,
+            HashChoice::Sha256 => Algorithm::Sha256,
+        }
+    }
 }
 
 /// Options of `disk create`.
@@ -93,6 +115,9 @@ pub struct CreateArgs {
     /// The loader binary, written as /zboot.img.
     #[arg(long, value_name = "FILE")]
     pub loader: PathBuf,
+    /// Digest function of each slot's slot.txt (sha256: format 1, for older loaders).
+    #[arg(long, value_enum, default_value_t = HashChoice::Blake3)]
+    pub hash: HashChoice,
     /// Lines appended to the generated /config.txt.
     #[arg(long, value_name = "FILE")]
     pub config_extra: Option<PathBuf>,
@@ -648,6 +673,7 @@ fn slot_files(
     spec: &SlotSpec,
     cmdline: Option<&String>,
     signing: Option<(&str, &ed25519_dalek::SigningKey)>,
+    algorithm: Algorithm,
 ) -> Result<Vec<SlotFileSource>> {
     let slot = spec.slot;
     let mut files = vec![SlotFileSource {
@@ -679,13 +705,12 @@ fn slot_files(
         name: "cmdline.txt",
         bytes: cmdline,
     });
-    let mut manifest = SlotManifest::new(spec.version);
+    let mut manifest = SlotManifest::with_algorithm(spec.version, algorithm);
     for file in &files {
         let size = u32::try_from(file.bytes.len())
             .map_err(|_| anyhow!("slot {slot} {}: larger than 4 GiB", file.name))?;
-        let hash: [u8; 32] = Sha256::digest(&file.bytes).into();
         manifest
-            .add_file(file.name, size, hash)
+            .add_file(file.name, size, algorithm.digest(&file.bytes))
             .map_err(|e| anyhow!("slot {slot}: {e}"))?;
     }
     let text = manifest.to_string();
@@ -851,7 +876,10 @@ fn boot_partition(args: &CreateArgs, layout: &Layout, disk_id: u32) -> Result<Ve
             .find(|(s, _)| *s == spec.slot)
             .map(|(_, t)| t);
         let signing = signing.as_ref().map(|key| (image_name.as_str(), key));
-        slots.push((spec.slot, slot_files(spec, cmdline, signing)?));
+        slots.push((
+            spec.slot,
+            slot_files(spec, cmdline, signing, args.hash.algorithm())?,
+        ));
     }
     if let Some((slot, _)) = args
         .cmdlines

@@ -223,6 +223,9 @@ pub struct ImageView {
     pub version: u32,
     /// Format version.
     pub format_version: u16,
+    /// Digest function of the header, manifest and chunks: `blake3` (version 2) or
+    /// `sha256` (version 1).
+    pub hash: String,
     /// Creation time (seconds since 1970 UTC).
     pub created: u64,
     /// Identity (SHA-256 of the header), hex.
@@ -295,9 +298,9 @@ pub struct RegionView {
     pub length: u64,
     /// Stored bytes.
     pub stored: u32,
-    /// SHA-256 (data), hex.
+    /// Digest of the data by the image's `hash`, hex.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub digest: Option<String>,
 }
 
 /// Builds the view.
@@ -342,7 +345,7 @@ pub fn view(image: &Image<'_>, file_size: u64, with_regions: bool) -> ImageView 
                 offset: r.offset,
                 length: r.length,
                 stored: r.stored_size,
-                sha256: (r.kind == RegionKind::Data).then(|| hex(&r.sha256)),
+                digest: (r.kind == RegionKind::Data).then(|| hex(&r.digest)),
             })
             .collect()
     });
@@ -356,7 +359,8 @@ pub fn view(image: &Image<'_>, file_size: u64, with_regions: bool) -> ImageView 
     ImageView {
         name: header.name().to_string(),
         version: header.image_version,
-        format_version: recovery_proto::image::FORMAT_VERSION,
+        format_version: recovery_proto::image::format::algorithm_version(header.algorithm),
+        hash: header.algorithm.key().to_string(),
         created: header.created,
         id: hex(&image.id()),
         signature,
@@ -412,9 +416,10 @@ fn inspect(file: &Path, json: bool, regions: bool, out: &mut dyn Write) -> Resul
     }
     writeln!(
         out,
-        "{}: .zi format {}",
+        "{}: .zi format {} ({} digests)",
         file.display(),
-        view.format_version
+        view.format_version,
+        view.hash
     )?;
     writeln!(out, "  name       {}", view.name)?;
     writeln!(out, "  version    {}", view.version)?;
@@ -479,7 +484,7 @@ fn inspect(file: &Path, json: bool, regions: bool, out: &mut dyn Write) -> Resul
             r.offset,
             r.length,
             r.stored,
-            r.sha256.as_deref().unwrap_or("")
+            r.digest.as_deref().unwrap_or("")
         )?;
     }
     writeln!(out, "layout: {layout}")?;
@@ -543,12 +548,13 @@ pub fn check_version(path: &Path, version: u32, min: u32) -> Result<()> {
 fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<()> {
     let key = public_key(args.pubkey.as_deref(), args.manifest.as_deref())?;
     let mut opened = Opened::new(&args.file, key)?;
-    let (version, name, signature) = {
+    let (version, name, signature, algorithm) = {
         let image = opened.image().map_err(|e| refuse(&args.file, &e))?;
         (
             image.header().image_version,
             image.header().name().to_string(),
             image.signature(),
+            image.header().algorithm,
         )
     };
     if let Some(min) = args.min_version {
@@ -564,7 +570,8 @@ fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<()> {
     };
     writeln!(
         out,
-        "{}: ok: {name} version {version}, {} of data, every chunk's SHA-256 matches, {signature}",
+        "{}: ok: {name} version {version}, {} of data, every chunk's {algorithm} matches, \
+         {signature}",
         args.file.display(),
         mib(data)
     )?;

@@ -26,10 +26,12 @@ use recovery_proto::image::{Header, PartitionEntry, RegionKind, Role, TableKind}
 use recovery_proto::partition::{FAT_TYPES, Partitions};
 
 use super::disk::{FileDisk, Window};
+use super::disk_create::HashChoice;
 use super::image::sign_with;
 use super::image_fs;
 use super::image_stock;
 use super::key;
+use recovery_proto::slot_manifest::Algorithm;
 
 /// Arguments of `image convert`.
 #[derive(Debug, Args)]
@@ -58,6 +60,10 @@ pub struct ConvertArgs {
     /// DEFLATE level 0–10.
     #[arg(long, default_value_t = 6)]
     pub level: u8,
+    /// Digest function of the image's chunks and of the slot.txt it generates (sha256:
+    /// .zi version 1 and slot.txt format 1, for units whose zboot.img predates BLAKE3).
+    #[arg(long, value_enum, default_value_t = HashChoice::Blake3)]
+    pub hash: HashChoice,
     /// Boot partition size in MiB (tarballs).
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub boot_mib: u64,
@@ -300,6 +306,7 @@ pub fn build(
     let temporary = output.with_extension("zi.partial");
     let out =
         File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    let algorithm = meta.algorithm;
     let result = (|| -> Result<Header> {
         let mut writer = ImageWriter::new(std::io::BufWriter::new(out), meta, plan)?;
         let regions = writer.data_regions();
@@ -317,7 +324,7 @@ pub fn build(
                             .ok_or_else(|| anyhow!("partition {partition} has no source"))?;
                     let mut data = vec![0u8; usize::try_from(length)?];
                     file.read_exact_at(&mut data, base + offset)?;
-                    Ok(encode_chunk(&data, level))
+                    Ok(encode_chunk(&data, level, algorithm))
                 })
                 .collect();
             for chunk in encoded {
@@ -568,7 +575,15 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         },
     };
     let partitions = match &signing {
-        Some(key) => sign_slots(partitions, &name, version, key, scratch.path(), out)?,
+        Some(key) => sign_slots(
+            partitions,
+            &name,
+            version,
+            args.hash.algorithm(),
+            key,
+            scratch.path(),
+            out,
+        )?,
         None => partitions,
     };
     let meta = ImageMeta {
@@ -579,6 +594,7 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         table: TableKind::Mbr,
         disk_signature,
         disk_size,
+        algorithm: args.hash.algorithm(),
     };
     let (header, stats) = build(&partitions, meta, args.level, &args.output)?;
     if let Some(signing) = &signing {
@@ -614,6 +630,7 @@ fn sign_slots(
     mut partitions: Vec<SourcePartition>,
     name: &str,
     version: u32,
+    algorithm: Algorithm,
     key: &ed25519_dalek::SigningKey,
     scratch: &Path,
     out: &mut dyn Write,
@@ -634,7 +651,8 @@ fn sign_slots(
     let (signed, fat32) = {
         let fs = fatfs::FileSystem::new(std::io::Cursor::new(&mut bytes), fatfs::FsOptions::new())
             .context("--sign-key: the boot partition is not a FAT volume")?;
-        let signed = super::slot_sign::sign_boot_partition(&fs.root_dir(), name, version, key)?;
+        let signed =
+            super::slot_sign::sign_boot_partition(&fs.root_dir(), name, version, algorithm, key)?;
         let fat32 = fs.fat_type() == fatfs::FatType::Fat32;
         fs.unmount().context("flushing the boot partition")?;
         (signed, fat32)
@@ -746,6 +764,7 @@ pub fn sign_slots_in_image(
         partitions,
         &name,
         header.image_version,
+        header.algorithm,
         key,
         scratch.path(),
         out,
@@ -758,6 +777,7 @@ pub fn sign_slots_in_image(
         table: header.table,
         disk_signature: header.disk_signature,
         disk_size: header.disk_size,
+        algorithm: header.algorithm,
     };
     let (header, _) = build(&partitions, meta, 6, path)?;
     Ok(Some(header))
@@ -844,6 +864,7 @@ fn convert_stock(
         root_bytes: args.root_mib.map(|mib| mib << 20),
         version,
         manifest: args.manifest.clone(),
+        hash: args.hash,
     };
     let plan = image_stock::plan(input, &options)?;
     // SAFE: a system of its own (--safe, --safe-boot/--safe-root), else the same one.

@@ -78,6 +78,8 @@ pub struct StockOptions {
     pub version: u32,
     /// The `zbmanifest.txt` to ship instead of the generated one.
     pub manifest: Option<PathBuf>,
+    /// The slots' `slot.txt` digest function.
+    pub hash: super::disk_create::HashChoice,
 }
 
 /// What the conversion will do, printed before anything is written.
@@ -852,6 +854,7 @@ pub fn build_disk(
         root_size: root_bytes,
         safe_size: safe_bytes,
         loader: options.loader.clone(),
+        hash: options.hash,
         config_extra: None,
         config_text: Some(config),
         firmware_dir: Some(firmware),

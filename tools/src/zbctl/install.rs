@@ -31,9 +31,8 @@ use recovery_proto::image::{
 };
 use recovery_proto::manifest::Manifest;
 use recovery_proto::partition::{Partition, Partitions, SlotRoot};
-use recovery_proto::slot_manifest::SlotManifest;
+use recovery_proto::slot_manifest::{Algorithm, SlotManifest};
 use recovery_proto::{Slot, State};
-use sha2::{Digest, Sha256};
 
 use super::disk::{FileDisk, Window};
 use super::image::{self, FileSource, mib, refuse};
@@ -559,10 +558,14 @@ fn slot_files(
         recovery_proto::cmdline::check_line(cmdline)
             .map_err(|e| anyhow!("{what}: the image's cmdline.txt: {e}"))?;
     }
-    // The image's own slot.txt, if it has one, must describe the files it ships with.
+    // The image's own slot.txt, if it has one, must describe the files it ships with; the
+    // generated one keeps its format (an image made for loaders older than BLAKE3 stays
+    // SHA-256), else it is the current format.
+    let mut algorithm = Algorithm::Blake3;
     if from_a && let Some(text) = read_fat_file(&root, "A/slot.txt")? {
         let shipped = SlotManifest::parse(&text)
             .map_err(|e| anyhow!("{what}: the image's A/slot.txt: {e}"))?;
+        algorithm = shipped.algorithm();
         for listed in shipped.files() {
             let (_, bytes) = files
                 .iter()
@@ -574,11 +577,11 @@ fn slot_files(
                     )
                 })?;
             listed
-                .verify(bytes.len() as u64, &Sha256::digest(bytes).into())
+                .verify(bytes.len() as u64, algorithm, &algorithm.digest(bytes))
                 .map_err(|e| anyhow!("{what}: the image's A/{}: {e:?}", listed.name))?;
         }
     }
-    let text = generated_slot_txt(&files, version)?;
+    let text = generated_slot_txt(&files, version, algorithm)?;
     // The signature travels with the files: an install on the device needs no private key.
     let image_sig = if from_a {
         read_fat_file(&root, &format!("A/{}", super::slot_sign::FILE))?
@@ -599,12 +602,16 @@ fn slot_files(
 
 /// The `slot.txt` install writes for `files` (in their order) at `version`, checked with
 /// the loader's parser.
-pub(crate) fn generated_slot_txt(files: &[(&str, Vec<u8>)], version: u32) -> Result<String> {
-    let mut manifest = SlotManifest::new(version);
+pub(crate) fn generated_slot_txt(
+    files: &[(&str, Vec<u8>)],
+    version: u32,
+    algorithm: Algorithm,
+) -> Result<String> {
+    let mut manifest = SlotManifest::with_algorithm(version, algorithm);
     for (name, bytes) in files {
         let size = u32::try_from(bytes.len()).map_err(|_| anyhow!("{name}: larger than 4 GiB"))?;
         manifest
-            .add_file(name, size, Sha256::digest(bytes).into())
+            .add_file(name, size, algorithm.digest(bytes))
             .map_err(|e| anyhow!("slot.txt: {e}"))?;
     }
     let text = manifest.to_string();
@@ -759,15 +766,22 @@ fn mark_bad(disk: &mut TargetDisk, force: bool, report: &mut InstallReport) -> R
     Ok(())
 }
 
-/// Whether the target already holds `region`'s content at `at` (its SHA-256 matches).
-fn holds(file: &File, at: u64, region: &RegionEntry, buffer: &mut [u8]) -> bool {
+/// Whether the target already holds `region`'s content at `at` (its digest, by the image's
+/// `algorithm`, matches).
+fn holds(
+    file: &File,
+    at: u64,
+    region: &RegionEntry,
+    algorithm: Algorithm,
+    buffer: &mut [u8],
+) -> bool {
     let Some(bytes) = usize::try_from(region.length)
         .ok()
         .and_then(|length| buffer.get_mut(..length))
     else {
         return false;
     };
-    file.read_exact_at(bytes, at).is_ok() && Sha256::digest(&*bytes).as_slice() == region.sha256
+    file.read_exact_at(bytes, at).is_ok() && algorithm.digest(bytes) == region.digest
 }
 
 /// Installs `image` (opened from `source` by [`open_image`] with `disk`'s key) into `disk`'s
@@ -892,7 +906,13 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                 }
                 if is_root
                     && region.kind == RegionKind::Data
-                    && holds(&disk.file, base + region.offset, &region, &mut disk_buffer)
+                    && holds(
+                        &disk.file,
+                        base + region.offset,
+                        &region,
+                        image.header().algorithm,
+                        &mut disk_buffer,
+                    )
                 {
                     report.reused_bytes += region.length;
                     continue;

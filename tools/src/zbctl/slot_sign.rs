@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::{Context, Result, anyhow};
 use ed25519_dalek::SigningKey;
 use recovery_proto::Slot;
-use recovery_proto::slot_manifest::SlotManifest;
+use recovery_proto::slot_manifest::{Algorithm, SlotManifest};
 use recovery_proto::slot_signature::{self, Fingerprint, SlotSignature};
 
 use super::install::read_fat_file as read;
@@ -29,11 +29,13 @@ pub fn sign_text(slot_txt: &[u8], name: &str, key: &SigningKey) -> Result<String
 /// Signs every slot directory of a boot partition that has a `slot.txt`, writing its
 /// `slot.sig`; returns the slots signed with their versions. An image's `A/` without a
 /// `slot.txt` (install makes one) first gets the `slot.txt` install would write for
-/// `version`, so that install can carry the signature.
+/// `version`, with digests by `algorithm` (the image's), so that install can carry the
+/// signature.
 pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
     root: &fatfs::Dir<'_, T>,
     name: &str,
     version: u32,
+    algorithm: Algorithm,
     key: &SigningKey,
 ) -> Result<Vec<(Slot, u32)>> {
     let mut signed = Vec::new();
@@ -41,7 +43,7 @@ pub fn sign_boot_partition<T: fatfs::ReadWriteSeek>(
         let text = match read(root, &format!("{slot}/slot.txt"))? {
             Some(text) => text,
             None if slot == Slot::A && read(root, "A/kernel.img")?.is_some() => {
-                let text = install_slot_txt(root, version)?;
+                let text = install_slot_txt(root, version, algorithm)?;
                 let mut file = root.create_file("A/slot.txt")?;
                 file.truncate()?;
                 file.write_all(&text)
@@ -86,10 +88,11 @@ pub fn signed_as<T: fatfs::ReadWriteSeek>(
 }
 
 /// The `slot.txt` `zbctl install` generates from an image's `A/` (the same files, in the
-/// same order, at the image's version).
+/// same order, at the image's version), once the image has it.
 fn install_slot_txt<T: fatfs::ReadWriteSeek>(
     root: &fatfs::Dir<'_, T>,
     version: u32,
+    algorithm: Algorithm,
 ) -> Result<Vec<u8>> {
     let mut files = Vec::new();
     for (name, _) in super::install::SLOT_FILES {
@@ -97,7 +100,8 @@ fn install_slot_txt<T: fatfs::ReadWriteSeek>(
             files.push((name, bytes));
         }
     }
-    let text = super::install::generated_slot_txt(&files, version).context("A/slot.txt")?;
+    let text =
+        super::install::generated_slot_txt(&files, version, algorithm).context("A/slot.txt")?;
     Ok(text.into_bytes())
 }
 
