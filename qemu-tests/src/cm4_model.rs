@@ -1,5 +1,5 @@
 //! What a CM4 would see: the instructions and bytes a QEMU run measured, turned into a
-//! modelled time on the board (`cargo xtask bench`; docs/linux.md, "What a CM4 would see").
+//! modelled time on the board (`cargo xtask bench`; README.md, "What a CM4 would see").
 //!
 //! The model, per phase (one measured run: a boot to the kernel, a reflash):
 //! - I/O time = the bytes each bus moved ÷ its rate, the buses one after the other (zboot
@@ -16,10 +16,10 @@ use std::io::{self, Write};
 
 use crate::insn_count::{InsnReport, Split};
 
-/// The CPU clock the model assumes: the CM4's Cortex-A72 at 1.5 GHz (Raspberry Pi CM4
-/// datasheet, "Broadcom BCM2711, quad core Cortex-A72 (ARM v8) 64-bit SoC @ 1.5GHz"). The
-/// firmware leaves it at 600 MHz; zboot asks the mailbox for the ARM clock's maximum
-/// before it hashes and inflates (`loader/src/board.rs`, `raise_arm_clock`).
+/// The CPU clock the model assumes: the CM4's four Cortex-A72 cores run at up to 1.5 GHz
+/// (Raspberry Pi CM4 datasheet, features list). The firmware leaves them at 600 MHz; zboot
+/// asks the mailbox for the ARM clock's maximum before it hashes and inflates
+/// (`loader/src/board.rs`, `raise_arm_clock`).
 pub const CPU_HZ: u64 = 1_500_000_000;
 
 /// A bus rate and where the figure comes from.
@@ -36,7 +36,8 @@ pub struct Rate {
 /// Nominal: JEDEC JESD84-B51 (e•MMC 5.1), the bus speed modes table: High Speed SDR,
 /// 0–52 MHz, 52 MB/s on an 8-bit bus; High Speed DDR (DDR52), 0–52 MHz on both clock
 /// edges, 104 MB/s on an 8-bit bus; both at 3.3 V or 1.8 V I/O. Linux runs the CM4's eMMC
-/// at DDR52 with 3.3 V I/O (DESIGN.md; bcm2711-rpi-cm4.dts `mmc-ddr-3_3v`).
+/// at DDR52 with 3.3 V I/O (DESIGN.md, "Real CM4 notes"), and the CM4
+/// datasheet's features list gives a peak eMMC bandwidth of 100 MB/s, which fits DDR52.
 ///
 /// Measured: none. No public measurement of a CM4's own eMMC (8-bit, DDR52) read or write
 /// rate was found that says how it was taken. The nearest, raspberrypi/linux issue 3802
@@ -184,7 +185,7 @@ pub fn render(phases: &[Phase], out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "Modelled CM4 time (a model, not a measurement: the bytes and instructions above \
-         turned into time; docs/linux.md)"
+         turned into time; README.md, \"What a CM4 would see\")"
     )?;
     writeln!(
         out,

@@ -104,9 +104,9 @@ impl InsnReport {
                 let (vcpu, rest) = rest.split_once(':')?;
                 report
                     .split_per_vcpu
-                    .push((vcpu.parse().ok()?, parse_split(rest)?));
+                    .push((vcpu.parse().ok()?, in_label_order(&parse_split(rest)?)));
             } else if let Some(rest) = line.strip_prefix("zboot-insn-split:") {
-                report.split = parse_split(rest)?;
+                report.split = in_label_order(&parse_split(rest)?);
             } else if let Some(rest) = line.strip_prefix("zboot-insn-vcpus:") {
                 for (name, count) in parse_split(rest)? {
                     if name == "parked" {
@@ -206,6 +206,32 @@ fn parse_split(text: &str) -> Option<Split> {
         .collect()
 }
 
+/// A split in [`CODE_LABELS`] order, every label present (0 for one no function had:
+/// blake3 before zboot hashes with it), labels it does not know next, `other` last. The
+/// plugin numbers labels in the order the ranges file first names them.
+fn in_label_order(split: &[(String, u64)]) -> Split {
+    let count_of = |label: &str| {
+        split
+            .iter()
+            .find(|(name, _)| name == label)
+            .map_or(0, |(_, count)| *count)
+    };
+    let mut ordered: Split = CODE_LABELS
+        .iter()
+        .map(|(label, _)| ((*label).to_owned(), count_of(label)))
+        .collect();
+    ordered.extend(
+        split
+            .iter()
+            .filter(|(name, _)| {
+                name != "other" && !CODE_LABELS.iter().any(|(label, _)| label == name)
+            })
+            .cloned(),
+    );
+    ordered.push(("other".to_owned(), count_of("other")));
+    ordered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +239,7 @@ mod tests {
     const LOG: &str = "\
 sdcard_read_block addr 0x0 size 0x200
 zboot-insn-count: start=0x200000 end=0x1000000 instructions=1500
-zboot-insn-split: inflate=100 sha256=700 usb=0 emmc=300 other=400
+zboot-insn-split: usb=0 emmc=300 sha256=700 inflate=100 other=400
 zboot-insn-split-vcpu2: inflate=0 sha256=500 usb=0 emmc=0 other=20
 zboot-insn-vcpus: vcpu0=980 vcpu1=0 vcpu2=520 vcpu3=0 parked=123456
 ";
@@ -224,8 +250,15 @@ zboot-insn-vcpus: vcpu0=980 vcpu1=0 vcpu2=520 vcpu3=0 parked=123456
         assert_eq!(report.instructions, 1500);
         assert_eq!(report.per_vcpu, [980, 0, 520, 0]);
         assert_eq!(report.parked, 123_456);
-        assert_eq!(report.split.len(), 5);
+        // In CODE_LABELS order, blake3 (no function of it yet) at 0, other last.
+        let names: Vec<&str> = report.split.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["inflate", "sha256", "blake3", "usb", "emmc", "other"]
+        );
         assert_eq!(report.split[1], ("sha256".to_owned(), 700));
+        assert_eq!(report.split[2], ("blake3".to_owned(), 0));
+        assert_eq!(report.split[5], ("other".to_owned(), 400));
         assert_eq!(report.split_per_vcpu[0].0, 2);
         assert_eq!(report.vcpu0(), 980);
         assert_eq!(report.busiest_other(), Some((2, 520)));
