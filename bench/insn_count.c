@@ -168,7 +168,7 @@ static void vcpu_started(qemu_plugin_id_t id, unsigned int vcpu_index)
 {
     (void)id;
     if (vcpu_index >= MAX_VCPUS) {
-        vcpu_overflow = true;
+        set_flag(&vcpu_overflow);
     } else if (vcpu_index >= __atomic_load_n(&vcpu_count, __ATOMIC_RELAXED)) {
         /* vCPUs are created one after the other, before the guest runs. */
         __atomic_store_n(&vcpu_count, vcpu_index + 1, __ATOMIC_RELAXED);
@@ -253,7 +253,7 @@ static void report(const char *end_text, uint64_t vcpu0_total, bool with_split)
     }
     if (used > 0 && (size_t)used < sizeof line) {
         snprintf(line + used, sizeof line - (size_t)used, " parked=%" PRIu64 "%s\n", parked,
-                 vcpu_overflow ? " (vCPUs past the plugin's limit were not counted)" : "");
+                 flag(&vcpu_overflow) ? " (vCPUs past the plugin's limit were not counted)" : "");
     }
     qemu_plugin_outs(line);
 }
@@ -268,7 +268,7 @@ static void block_executed(unsigned int vcpu_index, void *userdata)
         return;
     }
     if (vcpu_index >= MAX_VCPUS) {
-        vcpu_overflow = true;
+        set_flag(&vcpu_overflow);
         return;
     }
     for (unsigned slot = 0; slot < SLOTS; slot++) {
