@@ -327,7 +327,9 @@ pub struct Measured {
     pub image_bytes: Option<u64>,
     /// Instructions from entry to the kernel with a 16 MiB initrd (`-icount` work).
     pub storage_path: Option<u64>,
-    /// The splits by function that say where a missed target's instructions go.
+    /// The splits by function that say where a missed target's instructions go (for the
+    /// image, its bytes by crate).
+    pub image_split: Split,
     pub boot_split: Split,
     pub reflash_split: Split,
     pub storage_split: Split,
@@ -336,6 +338,8 @@ pub struct Measured {
 /// One target's line: what, measured, limit, pass/fail; and where the instructions go.
 struct Row<'s> {
     what: &'static str,
+    /// What the split divides: instructions, or the image's bytes.
+    unit: &'static str,
     measured: Option<String>,
     limit: String,
     pass: Option<bool>,
@@ -365,6 +369,7 @@ pub fn render_targets(measured: &Measured, out: &mut dyn Write) -> io::Result<Ve
     let rows = [
         Row {
             what: "real-kernel boot, zboot / U-Boot instructions",
+            unit: "instructions",
             measured: measured.u_boot_ratio.map(|ratio| format!("{ratio:.3}")),
             limit: format!("<= {RATIO}"),
             pass: measured.u_boot_ratio.map(|ratio| ratio <= RATIO),
@@ -372,6 +377,7 @@ pub fn render_targets(measured: &Measured, out: &mut dyn Write) -> io::Result<Ve
         },
         Row {
             what: "reflash, instructions per MiB written",
+            unit: "instructions",
             measured: measured.reflash_per_mib.map(millions),
             limit: format!("<= {}", millions(PER_MIB)),
             pass: measured.reflash_per_mib.map(|count| count <= PER_MIB),
@@ -379,15 +385,17 @@ pub fn render_targets(measured: &Measured, out: &mut dyn Write) -> io::Result<Ve
         },
         Row {
             what: "zboot.img size",
+            unit: "bytes",
             measured: measured
                 .image_bytes
                 .map(|bytes| format!("{bytes} B ({} KiB)", bytes.div_ceil(1024))),
             limit: format!("<= {} KiB", IMAGE / 1024),
             pass: measured.image_bytes.map(|bytes| bytes <= IMAGE),
-            split: &Vec::new(),
+            split: &measured.image_split,
         },
         Row {
             what: "storage path, 16 MiB initrd, instructions",
+            unit: "instructions",
             measured: measured.storage_path.map(millions),
             limit: format!("<= {}", millions(STORAGE)),
             pass: measured.storage_path.map(|count| count <= STORAGE),
@@ -400,7 +408,7 @@ pub fn render_targets(measured: &Measured, out: &mut dyn Write) -> io::Result<Ve
         let verdict = match row.pass {
             Some(true) => "pass".to_owned(),
             Some(false) if !row.split.is_empty() => {
-                format!("FAIL (most instructions: {})", largest_shares(row.split))
+                format!("FAIL (most {}: {})", row.unit, largest_shares(row.split))
             }
             Some(false) => "FAIL".to_owned(),
             None => {
@@ -592,6 +600,18 @@ usb_msd_cmd_submit lun 0, tag 0x4, flags 0x00000080, len 10, data-len 65536
             "{text}"
         );
         assert!(line("zboot.img").ends_with("pass"), "{text}");
+        let too_big = Measured {
+            image_bytes: Some(300 * 1024),
+            image_split: vec![("zboot".into(), 3), ("recovery_proto".into(), 1)],
+            ..Measured::default()
+        };
+        let mut out = Vec::new();
+        render_targets(&too_big, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("FAIL (most bytes: zboot 75 %, recovery_proto 25 %)"),
+            "{text}"
+        );
         assert!(line("storage path").ends_with("NOT MEASURED"), "{text}");
     }
 }

@@ -56,6 +56,60 @@ pub fn write_code_ranges(loader: &LoaderImage, path: &Path) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The crate a function's mangled name says it belongs to: the first path segment of a
+/// legacy-mangled name (`_ZN<length><crate>...`); for a trait impl, `<T as Trait>`
+/// (`_$LT$`), the first segment of T's path, references and slices stripped. Other names
+/// (v0 `_R` manglings, assembly) give `None`.
+pub fn crate_of(mangled_name: &str) -> Option<&str> {
+    let rest = mangled_name.strip_prefix("_ZN")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let length: usize = rest.get(..digits)?.parse().ok()?;
+    let segment = rest.get(digits..digits + length)?;
+    let Some(inner) = segment.strip_prefix("_$LT$") else {
+        return Some(segment);
+    };
+    // The implementing type: up to ` as ` (an inherent `<T>` impl has none).
+    let mut self_type = inner.split("$u20$as$u20$").next()?;
+    // `&T`, `&mut T`, `[T]`, `*const T` before the path.
+    for prefix in ["$RF$", "mut$u20$", "$u5b$", "$BP$", "const$u20$"] {
+        self_type = self_type.strip_prefix(prefix).unwrap_or(self_type);
+    }
+    // A path names its crate first; a bare name (a generic `T`, a primitive) none.
+    self_type
+        .split_once("..")
+        .map(|(krate, _)| krate)
+        .filter(|krate| !krate.is_empty())
+}
+
+/// Where zboot.img's bytes go: its functions' code by crate ([`crate_of`]; `other` for
+/// names it cannot place), then its read-only data and initialised data as one entry
+/// each, largest first. `.bss` and the stack take no room in the image.
+pub fn image_split(loader: &LoaderImage) -> Result<Split> {
+    use object::{Object, ObjectSection};
+    let mut split: Split = Vec::new();
+    let mut add = |name: &str, bytes: u64| {
+        if let Some(entry) = split.iter_mut().find(|(known, _)| known == name) {
+            entry.1 += bytes;
+        } else {
+            split.push((name.to_owned(), bytes));
+        }
+    };
+    for (start, end, name) in loader.functions()? {
+        add(crate_of(&name).unwrap_or("other"), end - start);
+    }
+    let data =
+        std::fs::read(&loader.elf).with_context(|| format!("reading {}", loader.elf.display()))?;
+    let file =
+        object::File::parse(&*data).with_context(|| format!("parsing {}", loader.elf.display()))?;
+    for (section, label) in [(".rodata", "(read-only data)"), (".data", "(data)")] {
+        if let Some(found) = file.section_by_name(section) {
+            add(label, found.size());
+        }
+    }
+    split.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    Ok(split)
+}
+
 /// The plugin's arguments: count from `start` to `end` on every vCPU, leave the
 /// [`PARKING_STUB`] out, and split by the `ranges` file when one is given.
 pub fn plugin_arguments(start: u64, end: u64, ranges: Option<&Path>) -> String {
@@ -306,6 +360,31 @@ zboot-insn-vcpus: vcpu0=980 vcpu1=0 vcpu2=520 vcpu3=0 parked=123456
             Some("usb")
         );
         assert_eq!(label_of("memcpy"), None);
+    }
+
+    #[test]
+    fn functions_are_placed_in_their_crate() {
+        assert_eq!(
+            crate_of("_ZN5zboot4main17h09abcf68db18481fE"),
+            Some("zboot")
+        );
+        assert_eq!(
+            crate_of("_ZN14recovery_proto6locate12locate_state17h5639186e634e3573E"),
+            Some("recovery_proto")
+        );
+        // <&T as core::fmt::Display>::fmt: core's blanket impl, T generic.
+        assert_eq!(
+            crate_of("_ZN44_$LT$$RF$T$u20$as$u20$core..fmt..Display$GT$3fmt17h0E"),
+            None
+        );
+        assert_eq!(
+            crate_of(
+                "_ZN67_$LT$hal_bcm2711..emmc2..Emmc2Error$u20$as$u20$core..fmt..Debug$GT$3fmt17h1E"
+            ),
+            Some("hal_bcm2711")
+        );
+        assert_eq!(crate_of("_RNvNtCsbcsGJ9IzBgZ_4core3fmt5write"), None);
+        assert_eq!(crate_of("memcpy"), None);
     }
 
     #[test]

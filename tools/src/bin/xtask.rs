@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use zboot_qemu_tests::cm4_model::{self, BootReads, Io, Measured, Phase};
 use zboot_qemu_tests::insn_count::{
-    InsnReport, plugin_arguments, render_split, render_vcpus, write_code_ranges,
+    InsnReport, image_split, plugin_arguments, render_split, render_vcpus, write_code_ranges,
 };
 use zboot_qemu_tests::{
     Ending, Icount, LoaderBuild, LoaderImage, Qemu, Tools, insn_count_plugin, minimal_dtb,
@@ -556,8 +556,19 @@ fn bench() -> Result<()> {
     // and the bench fails at the end when a figure is missing.
     let mut measured = Measured {
         image_bytes: Some(loader.image_size()?),
+        image_split: image_split(&loader)?,
         ..Measured::default()
     };
+    println!(
+        "  zboot.img by crate (code; data apart): {}",
+        measured
+            .image_split
+            .iter()
+            .take(8)
+            .map(|(name, bytes)| format!("{name} {bytes}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut phases = Vec::new();
     let mut failures = Vec::new();
     match storage_bench(&loader, &plugin, &dtb) {
