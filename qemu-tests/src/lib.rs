@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 mod build;
+pub mod cm4_model;
+pub mod insn_count;
 pub mod linux;
 mod qemu;
 

@@ -531,15 +531,20 @@ fn boot_script(dir: &Path, command_line: &str) -> Result<PathBuf> {
 }
 
 /// One benchmark run's numbers, from entry to the kernel's first instruction.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct BootCost {
-    /// Instructions vCPU 0 executed (the `insn_count` plugin).
+    /// Instructions every vCPU executed, the parked cores' spin left out (the
+    /// `insn_count` plugin).
     pub instructions: u64,
     /// SD commands the card received (QEMU trace events
     /// `sdcard_normal_command` + `sdcard_app_command`).
     pub sd_commands: u64,
     /// 512-byte blocks the card sent (`sdcard_read_block`).
     pub blocks_read: u64,
+    /// The plugin's whole report: per vCPU, and by function when asked.
+    pub report: crate::insn_count::InsnReport,
+    /// What the boot stage printed.
+    pub console: String,
 }
 
 /// Runs QEMU until `end` is first executed, with the plugin and SD tracing
@@ -549,7 +554,7 @@ fn measure(
     kernel: &Path,
     dtb: &Path,
     card: &Path,
-    start: u64,
+    (start, ranges): (u64, Option<&Path>),
     icount: bool,
     scratch: &Path,
 ) -> Result<BootCost> {
@@ -582,8 +587,9 @@ fn measure(
         .args(["-device", "sd-card,drive=card,bus=/generic-sdhci/sd-bus"])
         .arg("-plugin")
         .arg(format!(
-            "{},start=0x{start:x},end=0x{KERNEL_ENTRY:x}",
-            plugin.display()
+            "{},{}",
+            plugin.display(),
+            crate::insn_count::plugin_arguments(start, KERNEL_ENTRY, ranges)
         ))
         .args(["-d", "plugin", "-D"])
         .arg(&log);
@@ -609,7 +615,8 @@ fn measure(
     let result = loop {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(cost) = parse_cost(&text) {
+        if let Some(mut cost) = parse_cost(&text) {
+            cost.console = std::fs::read_to_string(&console).unwrap_or_default();
             break Ok(cost);
         }
         if child.try_wait()?.is_some() || std::time::Instant::now() > deadline {
@@ -624,27 +631,22 @@ fn measure(
     result
 }
 
-/// The cost up to the plugin's report line, if it is in `log` yet.
+/// The cost up to the plugin's report, once the whole report is in `log`.
 fn parse_cost(log: &str) -> Option<BootCost> {
+    let report = crate::insn_count::InsnReport::parse(log)?;
     let mut cost = BootCost::default();
     for line in log.lines() {
         if line.starts_with("sdcard_normal_command") || line.starts_with("sdcard_app_command") {
             cost.sd_commands += 1;
         } else if line.starts_with("sdcard_read_block") {
             cost.blocks_read += 1;
-        } else if let Some(rest) = line.strip_prefix("zboot-insn-count: ") {
-            if rest.contains("unreached") {
-                return None;
-            }
-            cost.instructions = rest
-                .split_whitespace()
-                .find_map(|field| field.strip_prefix("instructions="))?
-                .parse()
-                .ok()?;
-            return Some(cost);
+        } else if line.starts_with("zboot-insn-count: ") {
+            break;
         }
     }
-    None
+    cost.instructions = report.instructions;
+    cost.report = report;
+    Some(cost)
 }
 
 #[allow(clippy::cast_precision_loss)] // ratios of counts far below 2^52
@@ -655,10 +657,30 @@ fn ratio(zboot: u64, u_boot: u64) -> String {
     format!("{:.3}", zboot as f64 / u_boot as f64)
 }
 
+/// What [`compare_with_u_boot`] measured, for the model and the targets.
+#[derive(Clone, Debug)]
+pub struct UBootComparison {
+    /// zboot's `-icount shift=10` run, split by function.
+    pub zboot: BootCost,
+    /// U-Boot's `-icount shift=10` run.
+    pub u_boot: BootCost,
+    /// What zboot read from the card, from its console.
+    pub zboot_reads: crate::cm4_model::BootReads,
+}
+
+impl UBootComparison {
+    /// zboot's instructions over U-Boot's (`-icount shift=10`).
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    pub fn ratio(&self) -> f64 {
+        self.zboot.instructions as f64 / self.u_boot.instructions.max(1) as f64
+    }
+}
+
 /// zboot against Debian's U-Boot on the same card, booting the same Debian
 /// kernel and initramfs (docs/linux.md): instructions from each one's entry
 /// to the kernel's first instruction (plain TCG and `-icount shift=10`), SD
-/// commands and blocks read, image sizes, and the zboot/U-Boot ratios.
+/// commands and blocks read, image sizes, and the zboot/U-Boot ratios; then
+/// zboot's instructions by function and what it read from the card.
 /// `zbctl` runs zbctl with the given arguments (the caller owns the tool).
 ///
 /// # Errors
@@ -666,7 +688,7 @@ fn ratio(zboot: u64, u_boot: u64) -> String {
 pub fn compare_with_u_boot(
     out: &mut dyn Write,
     zbctl: &dyn Fn(&[&str]) -> Result<String>,
-) -> Result<()> {
+) -> Result<UBootComparison> {
     let files = LinuxFiles::get().map_err(|Unavailable::FetchFailed(reason)| {
         anyhow::anyhow!("the Debian packages cannot be fetched: {reason}")
     })?;
@@ -696,16 +718,18 @@ pub fn compare_with_u_boot(
     configured_u_boot(&files, &u_boot)?;
 
     // Each run gets a fresh copy of the card: zboot writes its state.
-    let run = |kernel: &Path, start: u64, icount: bool| -> Result<BootCost> {
+    let run = |kernel: &Path, start: (u64, Option<&Path>), icount: bool| -> Result<BootCost> {
         let copy = dir.join("run.img");
         std::fs::copy(&card, &copy)?;
         measure(kernel, &files.dtb, &copy, start, icount, &dir)
     };
     let zboot_start = loader.symbol("_start")?;
-    let zboot_tcg = run(&loader.image, zboot_start, false)?;
-    let zboot_work = run(&loader.image, zboot_start, true)?;
-    let u_boot_tcg = run(&u_boot, U_BOOT_ENTRY, false)?;
-    let u_boot_work = run(&u_boot, U_BOOT_ENTRY, true)?;
+    let ranges = dir.join("code-ranges.txt");
+    crate::insn_count::write_code_ranges(&loader, &ranges)?;
+    let zboot_tcg = run(&loader.image, (zboot_start, None), false)?;
+    let zboot_work = run(&loader.image, (zboot_start, Some(&ranges)), true)?;
+    let u_boot_tcg = run(&u_boot, (U_BOOT_ENTRY, None), false)?;
+    let u_boot_work = run(&u_boot, (U_BOOT_ENTRY, None), true)?;
 
     let zboot_size = loader.image_size()?;
     let u_boot_size = std::fs::metadata(&u_boot)?.len();
@@ -759,5 +783,59 @@ pub fn compare_with_u_boot(
          U-Boot runs its driver model, draws its console on the framebuffer too and verifies \
          nothing.)"
     )?;
-    Ok(())
+    let zboot_reads = report_zboot_work(out, &zboot_work, &u_boot_work)?;
+    Ok(UBootComparison {
+        zboot: zboot_work,
+        u_boot: u_boot_work,
+        zboot_reads,
+    })
+}
+
+/// Prints where zboot's instructions ran (by function and vCPU; U-Boot's vCPUs too) and
+/// what zboot read from the card, from its console.
+fn report_zboot_work(
+    out: &mut dyn Write,
+    zboot_work: &BootCost,
+    u_boot_work: &BootCost,
+) -> Result<crate::cm4_model::BootReads> {
+    let zboot_reads =
+        crate::cm4_model::BootReads::parse(&zboot_work.console).with_context(|| {
+            format!(
+                "zboot's console has no load report (\"blocks read since power-on\"):\n{}",
+                zboot_work.console
+            )
+        })?;
+    let split_sum: u64 = zboot_work.report.split.iter().map(|(_, count)| count).sum();
+    // The plugin adds whole blocks, the count corrects for where the markers sit in
+    // theirs: the two agree to within a block.
+    ensure!(
+        split_sum.abs_diff(zboot_work.instructions) < 1000,
+        "zboot's split ({split_sum}) does not add up to its count ({})",
+        zboot_work.instructions
+    );
+    writeln!(
+        out,
+        "  where zboot's instructions ran (icount shift=10, every vCPU, by the function they lie in):"
+    )?;
+    crate::insn_count::render_split(
+        out,
+        &zboot_work.report.split,
+        Some(("read", zboot_reads.total)),
+    )?;
+    crate::insn_count::render_vcpus(out, "zboot ", &zboot_work.report)?;
+    crate::insn_count::render_vcpus(out, "U-Boot ", &u_boot_work.report)?;
+    let files: Vec<String> = zboot_reads
+        .files
+        .iter()
+        .map(|(name, bytes)| format!("{name} {bytes}"))
+        .collect();
+    writeln!(
+        out,
+        "  zboot read from the card (its console): {} bytes: {}; other (partition table, FAT, \
+         state, manifest, sector slack) {}",
+        zboot_reads.total,
+        files.join(", "),
+        zboot_reads.other()
+    )?;
+    Ok(zboot_reads)
 }

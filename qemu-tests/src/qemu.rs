@@ -52,7 +52,13 @@ impl Run {
         self.console.contains(text)
     }
 
-    /// The instruction count the `insn_count` plugin printed, if it did.
+    /// Everything the `insn_count` plugin reported, once it reached its end marker.
+    pub fn insn_report(&self) -> Option<crate::insn_count::InsnReport> {
+        crate::insn_count::InsnReport::parse(&self.qemu_log)
+    }
+
+    /// The instruction count the `insn_count` plugin printed, if it did: the work of
+    /// every vCPU (see [`crate::insn_count`]).
     pub fn instruction_count(&self) -> Option<u64> {
         self.qemu_log.lines().find_map(|line| {
             let rest = line.strip_prefix("zboot-insn-count: ")?;

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
+use zboot_qemu_tests::cm4_model::{self, BootReads, Io, Measured, Phase};
+use zboot_qemu_tests::insn_count::{
+    InsnReport, image_split, plugin_arguments, render_split, render_vcpus, write_code_ranges,
+};
 use zboot_qemu_tests::{
     Ending, Icount, LoaderBuild, LoaderImage, Qemu, Tools, insn_count_plugin, minimal_dtb,
     workspace_root,
@@ -258,14 +262,21 @@ fn recovery_inputs(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf)>
     Ok((golden, zi, stick))
 }
 
+/// What the reflash bench measured.
+struct ReflashResult {
+    phase: Phase,
+    per_mib_written: u64,
+    split: Vec<(String, u64)>,
+}
+
 /// USB recovery of a blank eMMC from a stick: instructions from entry to the
 /// end of the reflash, per MiB written, and bytes written against the
-/// image's used bytes.
+/// image's used bytes; the bytes read from the stick (QEMU's usb-storage trace).
 fn reflash_bench(
     loader: &LoaderImage,
     plugin: &std::path::Path,
     dtb: &std::path::Path,
-) -> Result<()> {
+) -> Result<ReflashResult> {
     let dir = workspace_root()
         .join("target")
         .join("zboot")
@@ -282,13 +293,9 @@ fn reflash_bench(
         .dtb(dtb)
         .emmc(&emmc)
         .usb_stick(&stick)
-        .plugin(
-            plugin,
-            &format!(
-                "start=0x{start:x},end=0x{end:x},ranges={}",
-                ranges.display()
-            ),
-        )
+        .plugin(plugin, &plugin_arguments(start, end, Some(&ranges)))
+        // Every SCSI command's data length: the bytes the stick sent.
+        .extra_args(&["-trace", "enable=usb_msd_cmd_submit"])
         .icount(Icount::Work)
         .timeout(Duration::from_mins(10))
         .run()?;
@@ -342,80 +349,72 @@ fn reflash_bench(
         std::fs::metadata(&golden)?.len()
     );
     println!("  entry -> reflash done, icount work          {count:>10} instructions");
+    let per_mib_written = count * (1 << 20) / written.max(1);
     println!(
-        "  per MiB written:                            {:>10} instructions (verify pass + write pass)",
-        count * (1 << 20) / written.max(1)
+        "  per MiB written:                            {per_mib_written:>10} instructions (verify pass + write pass)",
     );
-    print_split(&run.qemu_log, count, written)
+    let report = run
+        .insn_report()
+        .with_context(|| format!("the plugin's report is incomplete:\n{}", run.qemu_log))?;
+    print_split(&report, count, written)?;
+    let stick_read = stick_bytes(&run.qemu_log, image_size)?;
+    Ok(ReflashResult {
+        phase: Phase::from_report(
+            "USB reflash",
+            Io {
+                emmc_written: written,
+                usb_read: stick_read,
+                ..Io::default()
+            },
+            &report,
+        ),
+        per_mib_written,
+        split: report.split,
+    })
+}
+
+/// The bytes the stick sent before the end marker (QEMU's usb-storage trace), printed
+/// against the image's size.
+fn stick_bytes(qemu_log: &str, image_size: u64) -> Result<u64> {
+    let stick_read = cm4_model::usb_bytes_read(qemu_log)
+        .context("QEMU traced no usb-storage command before the end marker")?;
+    // Both passes read every chunk of the image from the stick.
+    ensure!(
+        stick_read >= image_size,
+        "the stick sent {stick_read} bytes, less than the {image_size}-byte image"
+    );
+    println!(
+        "  bytes read from the stick (QEMU's usb-storage trace): {stick_read} ({}.{:02} x the .zi: \
+         the verify pass and the write pass each read it)",
+        stick_read / image_size.max(1),
+        stick_read * 100 / image_size.max(1) % 100
+    );
+    Ok(stick_read)
 }
 
 /// Prints the plugin's split of the reflash's instructions by where they ran.
-fn print_split(qemu_log: &str, count: u64, written: u64) -> Result<()> {
-    let split = instruction_split(qemu_log)?;
-    let sum: u64 = split.iter().map(|(_, count)| count).sum();
-    // The plugin adds whole blocks, the count corrects for where the end
-    // marker sits in its block: the two agree to within a block.
+fn print_split(report: &InsnReport, count: u64, written: u64) -> Result<()> {
+    check_split(report, count)?;
+    println!("  where those instructions ran (vCPU 0, by the function they lie in):");
+    render_split(
+        &mut std::io::stdout(),
+        &report.split,
+        Some(("written", written)),
+    )?;
+    render_vcpus(&mut std::io::stdout(), "", report)?;
+    Ok(())
+}
+
+/// The plugin adds whole blocks, the count corrects for where the markers sit in
+/// theirs: the split and the count agree to within a block.
+fn check_split(report: &InsnReport, count: u64) -> Result<()> {
+    ensure!(!report.split.is_empty(), "the plugin printed no split");
+    let sum: u64 = report.split.iter().map(|(_, count)| count).sum();
     ensure!(
         sum.abs_diff(count) < 1000,
         "the split ({sum}) does not add up to the count ({count})"
     );
-    println!("  where those instructions ran (vCPU 0, by the function they lie in):");
-    for (name, instructions) in &split {
-        println!(
-            "    {name:<10} {instructions:>12} instructions {:>10} per MiB written {:>3}.{} %",
-            instructions * (1 << 20) / written.max(1),
-            instructions * 100 / sum.max(1),
-            instructions * 1000 / sum.max(1) % 10
-        );
-    }
     Ok(())
-}
-
-/// Writes the plugin's `ranges=` file: each loader function labelled by
-/// the work it does, from its (mangled) path. Generic helpers (memcpy,
-/// core) stay unlabelled and count as "other".
-fn write_code_ranges(loader: &LoaderImage, path: &std::path::Path) -> Result<()> {
-    use std::fmt::Write as _;
-    let label = |name: &str| {
-        if name.contains("miniz_oxide") {
-            Some("inflate")
-        } else if name.contains("4sha2") {
-            Some("sha256")
-        } else if name.contains("4dwc2") || name.contains("3usb") {
-            Some("usb")
-        } else if name.contains("5emmc2") || name.contains("7storage") {
-            Some("emmc")
-        } else {
-            None
-        }
-    };
-    let mut text = String::new();
-    for (start, end, name) in loader.functions()? {
-        if let Some(label) = label(&name) {
-            let _ = writeln!(text, "{start:x} {end:x} {label}");
-        }
-    }
-    ensure!(!text.is_empty(), "no loader function was labelled");
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// The plugin's `zboot-insn-split:` line: instructions per label.
-fn instruction_split(qemu_log: &str) -> Result<Vec<(String, u64)>> {
-    let line = qemu_log
-        .lines()
-        .find_map(|line| line.strip_prefix("zboot-insn-split:"))
-        .context("the plugin printed no split")?;
-    line.split_whitespace()
-        .map(|field| {
-            let (name, count) = field.split_once('=').context("a field without =")?;
-            Ok((
-                name.to_owned(),
-                count
-                    .parse()
-                    .with_context(|| format!("the count in \"{field}\""))?,
-            ))
-        })
-        .collect()
 }
 
 fn fallback_demo(timeout: u64) -> Result<()> {
@@ -538,13 +537,97 @@ fn bench() -> Result<()> {
     let dtb = minimal_dtb()?;
     let start = loader.symbol("_start")?;
     let end = loader.symbol("zboot_bench_marker")?;
-    let arguments = format!("start=0x{start:x},end=0x{end:x}");
+    let arguments = plugin_arguments(start, end, None);
 
     println!("zboot benchmark (QEMU raspi4b, vCPU 0, release build)");
     println!(
         "  zboot.img size:                         {:>10} bytes",
         loader.image_size()?
     );
+    banner_bench(&loader, &plugin, &dtb, &arguments)?;
+    println!("  (icount realtime - work = instructions spent waiting on timers/devices)");
+    println!(
+        "  (every vCPU's work counts; the parked cores' spin in QEMU's boot stub at \
+         0x{:x}..0x{:x} is left out: with cores 1-3 parked the figures are vCPU 0's)",
+        zboot_qemu_tests::insn_count::PARKING_STUB.start,
+        zboot_qemu_tests::insn_count::PARKING_STUB.end
+    );
+    // Each part reports what it could measure; one that fails does not hide the others,
+    // and the bench fails at the end when a figure is missing.
+    let mut measured = Measured {
+        image_bytes: Some(loader.image_size()?),
+        image_split: image_split(&loader)?,
+        ..Measured::default()
+    };
+    println!(
+        "  zboot.img by crate (code; data apart): {}",
+        measured
+            .image_split
+            .iter()
+            .take(8)
+            .map(|(name, bytes)| format!("{name} {bytes}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut phases = Vec::new();
+    let mut failures = Vec::new();
+    match storage_bench(&loader, &plugin, &dtb) {
+        Ok(result) => {
+            measured.storage_path = Some(result.instructions);
+            measured.storage_split = result.split;
+            phases.push(result.phase);
+        }
+        Err(error) => failures.push(format!("storage path: {error:#}")),
+    }
+    match reflash_bench(&loader, &plugin, &dtb) {
+        Ok(result) => {
+            measured.reflash_per_mib = Some(result.per_mib_written);
+            measured.reflash_split = result.split;
+            phases.push(result.phase);
+        }
+        Err(error) => failures.push(format!("USB reflash: {error:#}")),
+    }
+    println!();
+    println!("zboot against U-Boot: the same Debian kernel, initramfs and card (docs/linux.md)");
+    match zboot_qemu_tests::linux::compare_with_u_boot(&mut std::io::stdout(), &|args| zbctl(args))
+    {
+        Ok(comparison) => {
+            measured.u_boot_ratio = Some(comparison.ratio());
+            measured
+                .boot_split
+                .clone_from(&comparison.zboot.report.split);
+            phases.splice(0..0, boot_phases(&comparison));
+        }
+        Err(error) => failures.push(format!("zboot against U-Boot: {error:#}")),
+    }
+    let mut out = std::io::stdout();
+    println!();
+    cm4_model::render(&phases, &mut out)?;
+    println!();
+    let missing = cm4_model::render_targets(&measured, &mut out)?;
+    for failure in &failures {
+        println!("NOT MEASURED: {failure}");
+    }
+    ensure!(
+        failures.is_empty() && missing.is_empty(),
+        "the bench could not measure: {}",
+        failures
+            .iter()
+            .map(String::as_str)
+            .chain(missing.iter().copied())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(())
+}
+
+/// Entry to the banner's end, with no card: TCG, icount work and icount realtime.
+fn banner_bench(
+    loader: &LoaderImage,
+    plugin: &std::path::Path,
+    dtb: &std::path::Path,
+    arguments: &str,
+) -> Result<()> {
     let modes: [(&str, Option<Icount>); 3] = [
         ("entry -> banner done, TCG", None),
         ("entry -> banner done, icount work", Some(Icount::Work)),
@@ -555,8 +638,8 @@ fn bench() -> Result<()> {
     ];
     for (label, icount) in modes {
         let mut qemu = Qemu::new(&loader.image)
-            .dtb(&dtb)
-            .plugin(&plugin, &arguments)
+            .dtb(dtb)
+            .plugin(plugin, arguments)
             .stop_at(HALT_TEXT)
             .timeout(Duration::from_mins(2));
         if let Some(mode) = icount {
@@ -571,12 +654,38 @@ fn bench() -> Result<()> {
         })?;
         println!("  {label:<40} {count:>10} instructions");
     }
-    println!("  (icount realtime - work = instructions spent waiting on timers/devices)");
-    storage_bench(&loader, &plugin, &dtb)?;
-    reflash_bench(&loader, &plugin, &dtb)?;
-    println!();
-    println!("zboot against U-Boot: the same Debian kernel, initramfs and card (docs/linux.md)");
-    zboot_qemu_tests::linux::compare_with_u_boot(&mut std::io::stdout(), &|args| zbctl(args))
+    Ok(())
+}
+
+/// The real-kernel boot's phases: zboot's (the bytes from its console), and U-Boot's
+/// beside it (its bytes from the card's trace: its console says less).
+fn boot_phases(comparison: &zboot_qemu_tests::linux::UBootComparison) -> [Phase; 2] {
+    [
+        Phase::from_report(
+            "real-kernel boot (zboot, Debian's kernel + initramfs)",
+            Io {
+                emmc_read: comparison.zboot_reads.total,
+                ..Io::default()
+            },
+            &comparison.zboot.report,
+        ),
+        Phase::from_report(
+            "real-kernel boot (U-Boot, for comparison)",
+            Io {
+                emmc_read: comparison.u_boot.blocks_read * 512,
+                ..Io::default()
+            },
+            &comparison.u_boot.report,
+        ),
+    ]
+}
+
+/// What the storage bench measured.
+struct StorageResult {
+    phase: Phase,
+    /// Every vCPU's instructions from entry to the kernel (icount work).
+    instructions: u64,
+    split: Vec<(String, u64)>,
 }
 
 /// Boots slot A (the stand-in kernel plus a 16 MiB initrd) and reports the
@@ -586,7 +695,7 @@ fn storage_bench(
     loader: &LoaderImage,
     plugin: &std::path::Path,
     dtb: &std::path::Path,
-) -> Result<()> {
+) -> Result<StorageResult> {
     const INITRD_MIB: usize = 16;
     const KERNEL_ENTRY: u64 = 0x100_0000;
     let dir = workspace_root().join("target").join("zboot").join("bench");
@@ -607,10 +716,14 @@ fn storage_bench(
         Some(&initrd),
     )?;
     let start = loader.symbol("_start")?;
-    let arguments = format!("start=0x{start:x},end=0x{KERNEL_ENTRY:x}");
+    let ranges = dir.join("code-ranges.txt");
+    write_code_ranges(loader, &ranges)?;
     println!("storage path (slot A: stand-in kernel + {INITRD_MIB} MiB initrd on the EMMC2 card)");
     let mut console = String::new();
+    let mut report = InsnReport::default();
     for (label, mode) in [("TCG", None), ("icount work", Some(Icount::Work))] {
+        // The split comes from the exact (icount) run.
+        let arguments = plugin_arguments(start, KERNEL_ENTRY, mode.map(|_| ranges.as_path()));
         let mut qemu = Qemu::new(&loader.image)
             .dtb(dtb)
             .emmc(&image)
@@ -624,6 +737,9 @@ fn storage_bench(
             .instruction_count()
             .with_context(|| format!("no count ({:?}):\n{}", run.ending, run.console))?;
         println!("  entry -> kernel entry, {label:<27} {count:>10} instructions");
+        report = run
+            .insn_report()
+            .with_context(|| format!("the plugin's report is incomplete:\n{}", run.qemu_log))?;
         console = run.console;
     }
     for file in ["kernel.img", "initrd.img"] {
@@ -631,12 +747,41 @@ fn storage_bench(
             .lines()
             .find(|line| line.contains(&format!("A/{file}:")))
             .with_context(|| format!("no load report for {file}"))?;
-        let report = line
+        let summary = line
             .split_once("SHA-256 OK; ")
             .map_or(line, |(_, rest)| rest);
-        println!("  {file:<12} {report}");
+        println!("  {file:<12} {summary}");
     }
-    Ok(())
+    let reads = BootReads::parse(&console).with_context(|| {
+        format!("the console has no load report (\"blocks read since power-on\"):\n{console}")
+    })?;
+    check_split(&report, report.instructions)?;
+    println!(
+        "  where those instructions ran (icount work, every vCPU, by the function they lie in):"
+    );
+    render_split(
+        &mut std::io::stdout(),
+        &report.split,
+        Some(("read", reads.total)),
+    )?;
+    render_vcpus(&mut std::io::stdout(), "", &report)?;
+    println!(
+        "  read from the card (the loader's console): {} bytes, {} of them the slot's files",
+        reads.total,
+        reads.total - reads.other()
+    );
+    Ok(StorageResult {
+        phase: Phase::from_report(
+            "storage path (stand-in kernel + 16 MiB initrd)",
+            Io {
+                emmc_read: reads.total,
+                ..Io::default()
+            },
+            &report,
+        ),
+        instructions: report.instructions,
+        split: report.split,
+    })
 }
 
 /// Seconds each target runs in a smoke run.
