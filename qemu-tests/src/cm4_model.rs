@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn boot_reads_come_from_the_load_reports() {
         let console = "\
-[INFO] slot A: A/kernel.img: 1048576 bytes, SHA-256 OK; 1 run(s), 3 FAT sector(s), 9 storage commands (9.00 per MiB), 0 bytes read past the end
+[INFO] slot A: A/kernel.img: 1048576 bytes, BLAKE3 OK; 1 run(s), 3 FAT sector(s), 9 storage commands (9.00 per MiB), 0 bytes read past the end
 [INFO] slot A: A/initrd.img: 4096 bytes, SHA-256 OK; 1 run(s), 1 FAT sector(s), 1 storage commands (256.00 per MiB), 0 bytes read past the end
 [INFO] slot A: image version 1: 1052672 bytes loaded and verified in 2 runs (4 FAT sectors, 0 bytes of sector slack); 40 storage commands, 2100 blocks read since power-on
 ";

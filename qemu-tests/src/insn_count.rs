@@ -26,7 +26,8 @@ pub const PARKING_STUB: Range<u64> = 0x300..0x32c;
 pub const CODE_LABELS: &[(&str, &[&str])] = &[
     ("inflate", &["miniz_oxide"]),
     ("sha256", &["4sha2"]),
-    ("blake3", &["6blake3"]),
+    // The Rust crate's functions, and its NEON code (C, unmangled `blake3_*` names).
+    ("blake3", &["6blake3", "blake3_"]),
     ("usb", &["4dwc2", "3usb"]),
     ("emmc", &["5emmc2", "7storage"]),
 ];

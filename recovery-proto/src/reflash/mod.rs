@@ -257,14 +257,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
     let payload_at = image.header().payload_offset();
     let mut source =
         cache::PayloadCache::new(source, cache, payload_at, image.header().payload_size);
-    let mut check = image.chunks(0);
-    while check
-        .next_chunk(&image, &mut source, decoder, output)
-        .map_err(ReflashError::Image)?
-        .is_some()
-    {
-        progress(Pass::Verify, check.progress(&image));
-    }
+    verify_all(&image, &mut source, decoder, output, &mut progress)?;
     source.stop_filling();
 
     // The state before this run's first write: its policy, anti-rollback minimum and
@@ -295,20 +288,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
     };
     let mut chunks = image.chunks(resumed_from);
     loop {
-        // A chunk whose stored bytes the verify pass left in RAM is not checked again:
-        // those are the bytes it checked, and RAM does not change under the loader.
-        let held = image.region(chunks.next_index()).filter(|region| {
-            region.kind == RegionKind::Data
-                && source.holds(
-                    payload_at + region.payload_offset,
-                    u64::from(region.stored_size),
-                )
-        });
-        let check = if held.is_some() {
-            Check::AlreadyVerified
-        } else {
-            Check::Digest
-        };
+        let check = check_for(&image, &source, chunks.next_index());
         let Some(chunk) = chunks
             .next_chunk_checking(&image, &mut source, decoder, output, check)
             .map_err(ReflashError::Image)?
@@ -317,7 +297,7 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
         };
         if chunk.region.kind == RegionKind::Data {
             let stored = u64::from(chunk.region.stored_size);
-            if held.is_some() {
+            if check == Check::AlreadyVerified {
                 summary.payload_from_memory += stored;
             } else {
                 summary.payload_read_again += stored;
@@ -362,6 +342,48 @@ pub fn reflash<S: ImageSource, T: BlockDevice>(
     }
     summary.state = finish_with(target, &mut journal, previous.as_ref())?;
     Ok(summary)
+}
+
+/// The verify pass: every chunk read, inflated and checked, before anything is written.
+fn verify_all<S: ImageSource, E>(
+    image: &Image<'_>,
+    source: &mut S,
+    decoder: &mut Decoder,
+    output: &mut [u8],
+    progress: &mut impl FnMut(Pass, Progress),
+) -> Result<(), ReflashError<S::Error, E>> {
+    let mut chunks = image.chunks(0);
+    while chunks
+        .next_chunk(image, source, decoder, output)
+        .map_err(ReflashError::Image)?
+        .is_some()
+    {
+        progress(Pass::Verify, chunks.progress(image));
+    }
+    Ok(())
+}
+
+/// How the write pass checks region `index`: a data chunk whose stored bytes the verify
+/// pass left in RAM is not checked again (those are the bytes it checked, and RAM does not
+/// change under the loader); any other is read and checked against its digest again.
+fn check_for<S: ImageSource>(
+    image: &Image<'_>,
+    source: &cache::PayloadCache<'_, S>,
+    index: u32,
+) -> Check {
+    let payload_at = image.header().payload_offset();
+    let held = image.region(index).is_some_and(|region| {
+        region.kind == RegionKind::Data
+            && source.holds(
+                payload_at + region.payload_offset,
+                u64::from(region.stored_size),
+            )
+    });
+    if held {
+        Check::AlreadyVerified
+    } else {
+        Check::Digest
+    }
 }
 
 /// Ends a reflash whose regions are all written (the journal says so): a fresh slot state

@@ -31,7 +31,6 @@ use super::image::sign_with;
 use super::image_fs;
 use super::image_stock;
 use super::key;
-use recovery_proto::slot_manifest::Algorithm;
 
 /// Arguments of `image convert`.
 #[derive(Debug, Args)]
@@ -574,18 +573,6 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
             _ => bail!("give --from-disk dd.img, or -b boot.tar -r root.tar"),
         },
     };
-    let partitions = match &signing {
-        Some(key) => sign_slots(
-            partitions,
-            &name,
-            version,
-            args.hash.algorithm(),
-            key,
-            scratch.path(),
-            out,
-        )?,
-        None => partitions,
-    };
     let meta = ImageMeta {
         name,
         version,
@@ -595,6 +582,10 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         disk_signature,
         disk_size,
         algorithm: args.hash.algorithm(),
+    };
+    let partitions = match &signing {
+        Some(key) => sign_slots(partitions, &meta, key, scratch.path(), out)?,
+        None => partitions,
     };
     let (header, stats) = build(&partitions, meta, args.level, &args.output)?;
     if let Some(signing) = &signing {
@@ -628,13 +619,12 @@ pub fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
 /// partition's content taken from the copy.
 fn sign_slots(
     mut partitions: Vec<SourcePartition>,
-    name: &str,
-    version: u32,
-    algorithm: Algorithm,
+    meta: &ImageMeta,
     key: &ed25519_dalek::SigningKey,
     scratch: &Path,
     out: &mut dyn Write,
 ) -> Result<Vec<SourcePartition>> {
+    let (name, version) = (meta.name.as_str(), meta.version);
     let Some(boot) = partitions
         .iter_mut()
         .find(|p| p.entry.role == Role::Boot && p.content.is_some())
@@ -651,8 +641,13 @@ fn sign_slots(
     let (signed, fat32) = {
         let fs = fatfs::FileSystem::new(std::io::Cursor::new(&mut bytes), fatfs::FsOptions::new())
             .context("--sign-key: the boot partition is not a FAT volume")?;
-        let signed =
-            super::slot_sign::sign_boot_partition(&fs.root_dir(), name, version, algorithm, key)?;
+        let signed = super::slot_sign::sign_boot_partition(
+            &fs.root_dir(),
+            name,
+            version,
+            meta.algorithm,
+            key,
+        )?;
         let fat32 = fs.fat_type() == fatfs::FatType::Fat32;
         fs.unmount().context("flushing the boot partition")?;
         (signed, fat32)
@@ -760,15 +755,6 @@ pub fn sign_slots_in_image(
             content,
         });
     }
-    let partitions = sign_slots(
-        partitions,
-        &name,
-        header.image_version,
-        header.algorithm,
-        key,
-        scratch.path(),
-        out,
-    )?;
     let meta = ImageMeta {
         name,
         version: header.image_version,
@@ -779,6 +765,7 @@ pub fn sign_slots_in_image(
         disk_size: header.disk_size,
         algorithm: header.algorithm,
     };
+    let partitions = sign_slots(partitions, &meta, key, scratch.path(), out)?;
     let (header, _) = build(&partitions, meta, 6, path)?;
     Ok(Some(header))
 }
