@@ -1,4 +1,4 @@
-//! EMMC2 (SDHCI v3.00) driver: SD and eMMC card initialisation and PIO block reads/writes.
+//! EMMC2 (SDHCI v3.00) driver: SD and eMMC card initialisation, block reads/writes by ADMA2 or PIO.
 //!
 //! EMMC2 is the BCM2711's second SD host controller (bus `0x7E34_0000`):
 //! the CM4's on-module eMMC, the Pi 4's SD slot. It is a standard SDHCI
@@ -15,17 +15,37 @@
 //! answers CMD55/ACMD41 — an eMMC device ignores ACMD41.
 //!
 //! **QEMU** (`hw/sd/sdhci.c` + `hw/sd/sd.c`, machine `raspi4b`) emulates
-//! EMMC2 as a generic SDHCI v3 (capabilities `0x052134b4`: 52 MHz base
-//! clock, high speed, no DMA) and only an SD card on it (`-device sd-card`;
-//! its `emmc` device is not user-creatable), so the QEMU tests cover the SD
-//! path, SDSC byte addressing and SDHC block addressing. The eMMC path
-//! follows JESD84-B51 and Linux `drivers/mmc/core/mmc.c` and is unverified
-//! until run on a CM4.
+//! EMMC2 as a generic SDHCI v3 (`hw/arm/bcm2838_peripherals.c` sets its
+//! capabilities to `0x052134b4`: 52 MHz base clock, high speed, no SDMA, no
+//! ADMA2) with an SD card or, in the patched QEMU (`scripts/build-qemu`), its
+//! eMMC model on it. The eMMC path follows JESD84-B51 and Linux
+//! `drivers/mmc/core/mmc.c` and is unverified until run on a CM4.
 //!
-//! Data moves by PIO through the Buffer Data Port: simple, no cache or
-//! bus-address handling, and identical on QEMU and hardware. SDMA/ADMA2
-//! (the real EMMC2 has ADMA2; QEMU's capabilities disable DMA) can come
-//! later if load times need it.
+//! **Moving data.** Block reads and writes use ADMA2 ([`adma`]: 32-bit
+//! descriptors, cache maintenance, the bus address from the firmware's
+//! `/emmc2bus` `dma-ranges`) once the caller set it up with
+//! [`Emmc2::use_adma`], and PIO through the Buffer Data Port otherwise: when the
+//! Capabilities register does not advertise ADMA2, when a buffer lies outside
+//! the controller's [`DmaWindow`] or does not suit DMA (a read buffer not in
+//! whole cache lines), and for good after the first ADMA failure — an ADMA
+//! Error interrupt (Error Interrupt Status bit 9) or an ADMA transfer that never completes:
+//! the DAT line is reset, the transfer retried by PIO, and the failure kept
+//! for [`Emmc2::take_adma_fallback`], which hands it out once, for the caller
+//! to log. The small reads of identification (SD status, EXT_CSD) stay PIO.
+//! [`Emmc2::start_read`] starts a read and returns; the data lands while the
+//! caller works, and [`PendingRead::finish`] waits for it.
+//!
+//! What QEMU 10.0.2 does with EMMC2 DMA (`hw/sd/sdhci.c`): Transfer Mode's DMA
+//! Enable is dropped unless the capabilities advertise SDMA (bit 22), even for
+//! ADMA2, and an ADMA2 transfer is ignored ("ADMA2 not supported") unless they
+//! advertise ADMA2 (bit 19) — so with the stock `0x052134b4` the driver stays
+//! on PIO. The patched QEMU lets a test set the capabilities
+//! (`-global bcm2838-peripherals.emmc2-capareg=...`, docs/bring-up.md). The
+//! controller's DMA goes to QEMU's system address space (no "dma" link is set
+//! for EMMC2, unlike the DWC2's `gpu_bus_mr`): ARM physical addresses, 1:1,
+//! RAM 0..2 GiB and nothing at `0xC000_0000` on the 2 GiB raspi4b — the view a
+//! BCM2711 C0 gives, so a tree with the C0 `dma-ranges` works and one with the
+//! B0 alias ends in an ADMA error (descriptor fetch from unassigned memory).
 //!
 //! Every wait is bounded by a [`Deadline`] whose constant cites its source;
 //! a failed transfer resets the CMD/DAT lines, stops the card and is retried
@@ -33,11 +53,13 @@
 //! ([`command`]), CSD/EXT_CSD decoding ([`card`]), clock dividers
 //! ([`clock`]), request splitting ([`request`]) — are host-tested.
 
+pub mod adma;
 pub mod card;
 pub mod clock;
 pub mod command;
 mod error;
 mod identify;
+mod pending;
 pub mod registers;
 pub mod request;
 #[cfg(test)]
@@ -53,14 +75,16 @@ use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 use crate::generic_timer::{Deadline, delay};
 use crate::mmio::Mmio;
 
+pub use adma::{AdmaFallback, AdmaTable, AdmaUnavailable, DmaWindow, TransferCounts};
 pub use card::{BLOCK_SIZE, BusWidth, CardInfo, CardType, RegisterError};
 pub use command::{
     CardState, CardStatus, Command, DataPhase, Direction, ErrorStatus, ResponseType,
 };
 pub use error::{Emmc2Error, Emmc2Wait, Unsupported};
+pub use pending::PendingRead;
 use registers::{
-    AUTO_CMD_ERROR_HOST_CONTROL_2, Bus, CAPABILITIES_0, CLOCK_CONTROL, INTERRUPT, PRESENT_STATE,
-    RegisterBlock, Registers, SLOT_STATUS_VERSION,
+    AUTO_CMD_ERROR_HOST_CONTROL_2, Bus, CAPABILITIES_0, CLOCK_CONTROL, HOST_CONTROL_1, INTERRUPT,
+    PRESENT_STATE, RegisterBlock, Registers, SLOT_STATUS_VERSION,
 };
 pub use request::MAX_BLOCKS_PER_COMMAND;
 
@@ -169,6 +193,11 @@ pub struct Emmc2<B: Bus = Mmio<RegisterBlock>> {
     retries: u64,
     bus_width_fallbacks: u32,
     ddr52_fallbacks: u32,
+    dma: Option<adma::Dma>,
+    adma_fallback: adma::FallbackReport,
+    /// The ADMA Error Status seen with the last ADMA Error interrupt.
+    last_adma_error: u8,
+    counts: TransferCounts,
 }
 
 impl Emmc2 {
@@ -213,7 +242,20 @@ impl<B: Bus> Emmc2<B> {
             retries: 0,
             bus_width_fallbacks: 0,
             ddr52_fallbacks: 0,
+            dma: None,
+            adma_fallback: adma::FallbackReport::None,
+            last_adma_error: 0,
+            counts: TransferCounts {
+                adma: 0,
+                pio: 0,
+                pio_unsuitable_buffer: 0,
+            },
         }
+    }
+
+    /// How the block transfers so far moved their data.
+    pub fn transfer_counts(&self) -> TransferCounts {
+        self.counts
     }
 
     /// Allows or forbids eMMC DDR52 (default allowed: the EMMC2 of the BCM2711
@@ -347,21 +389,61 @@ impl<B: Bus> Emmc2<B> {
     }
 
     /// Reads `buffer.len() / 512` blocks from `lba` (CMD17 for one block,
-    /// CMD18 with Auto CMD12 for more; requests above 65535 blocks are
-    /// split). Each command is retried [`TRANSFER_RETRIES`] times on errors.
+    /// CMD18 with Auto CMD12 for more; requests above 65535 blocks, or
+    /// [`adma::MAX_BLOCKS_PER_TRANSFER`] with ADMA2, are split). Each command is
+    /// retried [`TRANSFER_RETRIES`] times on errors.
     pub fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), Emmc2Error> {
+        // SAFETY: the pending read is finished right here, never leaked.
+        unsafe { self.start_read(lba, buffer) }?.finish()
+    }
+
+    /// Starts reading `buffer.len() / 512` blocks from `lba` and returns while
+    /// the controller moves them (ADMA2; the first
+    /// [`adma::MAX_BLOCKS_PER_TRANSFER`] blocks of a longer request): the caller
+    /// works meanwhile and calls [`PendingRead::finish`], which waits for the
+    /// data, reads the rest and retries as [`Emmc2::read_blocks`] does. Without
+    /// ADMA2 for this buffer nothing starts here and `finish` reads by PIO.
+    /// Errors here are the request's own (not initialised, out of range, not
+    /// whole blocks); the transfer's come from `finish`.
+    ///
+    /// [`Emmc2::read_blocks_during`] is the safe form.
+    ///
+    /// # Safety
+    ///
+    /// The returned [`PendingRead`] must be finished or dropped — not leaked
+    /// (`core::mem::forget`, a reference cycle, a `ManuallyDrop` never
+    /// dropped): while it lives the controller may write `buffer` at any
+    /// moment, and only `finish` or its `Drop` (which aborts the transfer) end
+    /// that. A leaked one would let the controller write memory whose borrow
+    /// has ended.
+    pub unsafe fn start_read<'a>(
+        &'a mut self,
+        lba: u64,
+        buffer: &'a mut [u8],
+    ) -> Result<PendingRead<'a, B>, Emmc2Error> {
         let card = self.card.ok_or(Emmc2Error::NotInitialised)?;
-        let count = request::check_request(lba, buffer.len(), card.blocks)?;
-        for chunk in request::split_request(lba, count, MAX_BLOCKS_PER_COMMAND) {
-            let length = usize::from(chunk.blocks) * BLOCK_SIZE;
-            let Some(bytes) = buffer.get_mut(chunk.byte_offset..chunk.byte_offset + length) else {
-                return Err(Emmc2Error::BufferLength {
-                    length: buffer.len(),
-                });
-            };
-            self.with_retries(|driver| driver.read_chunk(&card, chunk.lba, chunk.blocks, bytes))?;
+        request::check_request(lba, buffer.len(), card.blocks)?;
+        Ok(PendingRead::new(self, buffer, lba, card))
+    }
+
+    /// Reads like [`Emmc2::read_blocks`], running `work` while the controller
+    /// moves the data (ADMA2; with PIO, `work` runs before the read). `work`
+    /// runs whatever the outcome.
+    pub fn read_blocks_during<R>(
+        &mut self,
+        lba: u64,
+        buffer: &mut [u8],
+        work: impl FnOnce() -> R,
+    ) -> (Result<(), Emmc2Error>, R) {
+        // SAFETY: the pending read is finished below, or dropped on unwinding;
+        // it is never leaked.
+        match unsafe { self.start_read(lba, buffer) } {
+            Ok(pending) => {
+                let result = work();
+                (pending.finish(), result)
+            }
+            Err(error) => (Err(error), work()),
         }
-        Ok(())
     }
 
     /// Writes `data` (a whole number of blocks) from `lba` (CMD24 for one
@@ -371,12 +453,14 @@ impl<B: Bus> Emmc2<B> {
     pub fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), Emmc2Error> {
         let card = self.card.ok_or(Emmc2Error::NotInitialised)?;
         let count = request::check_request(lba, data.len(), card.blocks)?;
-        for chunk in request::split_request(lba, count, MAX_BLOCKS_PER_COMMAND) {
+        for chunk in request::split_request(lba, count, self.max_chunk_blocks()) {
             let length = usize::from(chunk.blocks) * BLOCK_SIZE;
             let Some(bytes) = data.get(chunk.byte_offset..chunk.byte_offset + length) else {
                 return Err(Emmc2Error::BufferLength { length: data.len() });
             };
-            self.with_retries(|driver| driver.write_chunk(&card, chunk.lba, chunk.blocks, bytes))?;
+            self.with_retries(0, |driver| {
+                driver.write_chunk(&card, chunk.lba, chunk.blocks, bytes)
+            })?;
         }
         Ok(())
     }
@@ -451,11 +535,14 @@ impl<B: Bus> Emmc2<B> {
 
     // ----- transfers ------------------------------------------------------
 
+    /// Runs `attempt` until it succeeds, fails for good, or has failed
+    /// [`TRANSFER_RETRIES`] times after the first try (`failures` tries already
+    /// failed before this call, e.g. a read started by [`Emmc2::start_read`]).
     fn with_retries(
         &mut self,
+        mut failures: u32,
         mut attempt: impl FnMut(&mut Self) -> Result<(), Emmc2Error>,
     ) -> Result<(), Emmc2Error> {
-        let mut failures = 0;
         loop {
             match attempt(self) {
                 Ok(()) => return Ok(()),
@@ -491,6 +578,43 @@ impl<B: Bus> Emmc2<B> {
         let _ = self.wait_card_ready(card.rca);
     }
 
+    /// Reads `buffer` (whole blocks) from `lba`, a command per chunk, each with
+    /// retries; `failures` tries of the first chunk already failed.
+    fn read_range(
+        &mut self,
+        card: &CardInfo,
+        lba: u64,
+        buffer: &mut [u8],
+        mut failures: u32,
+    ) -> Result<(), Emmc2Error> {
+        let count = (buffer.len() / BLOCK_SIZE) as u64;
+        for chunk in request::split_request(lba, count, self.max_chunk_blocks()) {
+            let length = usize::from(chunk.blocks) * BLOCK_SIZE;
+            let Some(bytes) = buffer.get_mut(chunk.byte_offset..chunk.byte_offset + length) else {
+                return Err(Emmc2Error::BufferLength {
+                    length: buffer.len(),
+                });
+            };
+            self.with_retries(failures, |driver| {
+                driver.read_chunk(card, chunk.lba, chunk.blocks, bytes)
+            })?;
+            failures = 0;
+        }
+        Ok(())
+    }
+
+    /// The most blocks one command carries: the Block Count register's limit,
+    /// or what one descriptor table describes once ADMA2 is set up.
+    fn max_chunk_blocks(&self) -> u16 {
+        if self.dma.is_some() {
+            adma::MAX_BLOCKS_PER_TRANSFER
+        } else {
+            MAX_BLOCKS_PER_COMMAND
+        }
+    }
+
+    /// One try at reading a chunk: by ADMA2 if it is on and suits the buffer,
+    /// else by PIO.
     fn read_chunk(
         &mut self,
         card: &CardInfo,
@@ -498,12 +622,19 @@ impl<B: Bus> Emmc2<B> {
         blocks: u16,
         bytes: &mut [u8],
     ) -> Result<(), Emmc2Error> {
+        if let Some(bus) = self.choose_adma(bytes.as_ptr() as usize, bytes.len(), true) {
+            let transfer = self.start_adma(
+                card,
+                Direction::Read,
+                lba,
+                blocks,
+                bytes.as_ptr() as usize,
+                bus,
+            )?;
+            return self.complete_adma(&transfer, Some(bytes));
+        }
         let address = Self::address(card, lba, blocks)?;
-        let command = if blocks == 1 {
-            Command::ReadSingleBlock
-        } else {
-            Command::ReadMultipleBlock
-        };
+        let command = data_command(Direction::Read, blocks);
         self.read_data_command(command, address, bytes, READ_TIMEOUT)?;
         if blocks > 1 {
             // The controller's Auto CMD12.
@@ -512,6 +643,8 @@ impl<B: Bus> Emmc2<B> {
         Ok(())
     }
 
+    /// One try at writing a chunk, by ADMA2 or PIO as [`Self::read_chunk`]
+    /// chooses, then CMD13 until the card has programmed it.
     fn write_chunk(
         &mut self,
         card: &CardInfo,
@@ -519,17 +652,26 @@ impl<B: Bus> Emmc2<B> {
         blocks: u16,
         bytes: &[u8],
     ) -> Result<(), Emmc2Error> {
+        if let Some(bus) = self.choose_adma(bytes.as_ptr() as usize, bytes.len(), false) {
+            let transfer = self.start_adma(
+                card,
+                Direction::Write,
+                lba,
+                blocks,
+                bytes.as_ptr() as usize,
+                bus,
+            )?;
+            self.complete_adma(&transfer, None)?;
+            return self.wait_card_ready(card.rca);
+        }
         let address = Self::address(card, lba, blocks)?;
-        let command = if blocks == 1 {
-            Command::WriteBlock
-        } else {
-            Command::WriteMultipleBlock
-        };
+        let command = data_command(Direction::Write, blocks);
         let timeout = self.write_timeout();
         let phase = DataPhase {
             direction: Direction::Write,
             blocks,
             auto_cmd12: true,
+            dma: false,
         };
         self.issue(command, address, Some(phase), BLOCK_SIZE as u16, timeout)?;
         for block in bytes.chunks_exact(BLOCK_SIZE) {
@@ -652,6 +794,7 @@ impl<B: Bus> Emmc2<B> {
             direction: Direction::Read,
             blocks,
             auto_cmd12: true,
+            dma: false,
         };
         self.issue(command, argument, Some(phase), block_size as u16, timeout)?;
         for block in bytes.chunks_exact_mut(block_size) {
@@ -729,6 +872,24 @@ impl<B: Bus> Emmc2<B> {
         block_size: u16,
         busy_timeout: Duration,
     ) -> Result<[u32; 4], Emmc2Error> {
+        self.issue_with(command, argument, data, block_size, None, busy_timeout)
+    }
+
+    /// [`Self::issue`], and for an ADMA2 data phase (`adma_table`: the
+    /// descriptor table's bus address) the ADMA System Address (register 058h, the
+    /// upper half 0: 32-bit descriptors) and Host Control 1's DMA Select
+    /// (§2.2.10: 32-bit ADMA2), once the DAT line is free and before the
+    /// command starts the engine (§1.13: "Writing Command register triggers
+    /// off ADMA2 transfer").
+    fn issue_with(
+        &mut self,
+        command: Command,
+        argument: u32,
+        data: Option<DataPhase>,
+        block_size: u16,
+        adma_table: Option<u32>,
+        busy_timeout: Duration,
+    ) -> Result<[u32; 4], Emmc2Error> {
         use registers::BLOCK_SIZE_COUNT as BSC;
         let uses_dat = data.is_some()
             || (command.response() == ResponseType::R1b && command != Command::StopTransmission);
@@ -748,6 +909,13 @@ impl<B: Bus> Emmc2<B> {
         }
         let registers = self.registers();
         registers.interrupt_status.set(u32::MAX);
+        if let Some(table) = adma_table {
+            registers.adma_system_address.set(table);
+            registers.adma_system_address_high.set(0);
+            registers
+                .host_control_1
+                .modify(HOST_CONTROL_1::DMA_SELECT::Adma2Address32);
+        }
         if let Some(phase) = data {
             registers.block_size_count.write(
                 BSC::TRANSFER_BLOCK_SIZE.val(u32::from(block_size))
@@ -822,9 +990,7 @@ impl<B: Bus> Emmc2<B> {
     }
 
     /// Waits until one of `mask`'s interrupt status bits is set and
-    /// acknowledges it; or an error bit: then the errors (and the Auto CMD
-    /// Error Status) are returned, cleared, and the CMD line — and the DAT
-    /// line if `data` — reset.
+    /// acknowledges it; or an error bit: see [`Self::poll_interrupt`].
     fn wait_interrupt(
         &mut self,
         mask: u32,
@@ -835,27 +1001,7 @@ impl<B: Bus> Emmc2<B> {
     ) -> Result<u32, Emmc2Error> {
         let deadline = Deadline::after(timeout);
         loop {
-            let status = self.registers().interrupt_status.get();
-            if status & (ERROR_BITS | bit(INTERRUPT::ERROR_INTERRUPT)) != 0 {
-                let auto_cmd = if status & bit(INTERRUPT::AUTO_CMD_ERROR) != 0 {
-                    (self.registers().auto_cmd_error_host_control_2.get() & 0xffff) as u16
-                } else {
-                    0
-                };
-                self.registers().interrupt_status.set(status);
-                self.reset_lines(data);
-                return Err(Emmc2Error::CommandFailed {
-                    command,
-                    status: ErrorStatus {
-                        error: (status >> 16) as u16,
-                        auto_cmd,
-                    },
-                });
-            }
-            if status & mask != 0 {
-                // Acknowledge what was awaited (write 1 to clear, SD Host
-                // Controller Spec §2.2.17), so no caller has to.
-                self.registers().interrupt_status.set(status & mask);
+            if let Some(status) = self.poll_interrupt(mask, command, data)? {
                 return Ok(status);
             }
             if deadline.expired() {
@@ -870,12 +1016,66 @@ impl<B: Bus> Emmc2<B> {
     }
 }
 
+impl<B: Bus> Emmc2<B> {
+    /// One look at the interrupt status: `Some` (acknowledged) if one of
+    /// `mask`'s bits is set; an error if an error bit is: then the errors (with
+    /// the Auto CMD Error Status, and the ADMA Error Status kept for
+    /// [`AdmaFallback`]) are returned, cleared, and the CMD line — and the DAT
+    /// line if `data` — reset.
+    fn poll_interrupt(
+        &mut self,
+        mask: u32,
+        command: Command,
+        data: bool,
+    ) -> Result<Option<u32>, Emmc2Error> {
+        let status = self.registers().interrupt_status.get();
+        if status & (ERROR_BITS | bit(INTERRUPT::ERROR_INTERRUPT)) != 0 {
+            let auto_cmd = if status & bit(INTERRUPT::AUTO_CMD_ERROR) != 0 {
+                (self.registers().auto_cmd_error_host_control_2.get() & 0xffff) as u16
+            } else {
+                0
+            };
+            if status & bit(INTERRUPT::ADMA_ERROR) != 0 {
+                // Read before the DAT line reset, which may clear it.
+                self.last_adma_error = self.registers().adma_error_status.get() as u8;
+            }
+            self.registers().interrupt_status.set(status);
+            self.reset_lines(data);
+            return Err(Emmc2Error::CommandFailed {
+                command,
+                status: ErrorStatus {
+                    error: (status >> 16) as u16,
+                    auto_cmd,
+                },
+            });
+        }
+        if status & mask != 0 {
+            // Acknowledge what was awaited (write 1 to clear, SD Host
+            // Controller Spec §2.2.17), so no caller has to.
+            self.registers().interrupt_status.set(status & mask);
+            return Ok(Some(status));
+        }
+        Ok(None)
+    }
+}
+
+/// The read or write command for `blocks` blocks (CMD17/18, CMD24/25).
+fn data_command(direction: Direction, blocks: u16) -> Command {
+    match (direction, blocks) {
+        (Direction::Read, 1) => Command::ReadSingleBlock,
+        (Direction::Read, _) => Command::ReadMultipleBlock,
+        (Direction::Write, 1) => Command::WriteBlock,
+        (Direction::Write, _) => Command::WriteMultipleBlock,
+    }
+}
+
 impl<B: Bus + fmt::Debug> fmt::Debug for Emmc2<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emmc2")
             .field("bus", &self.bus)
             .field("card", &self.card)
             .field("commands", &self.commands)
+            .field("adma", &self.adma_active())
             .finish_non_exhaustive()
     }
 }
