@@ -158,18 +158,26 @@ impl Disk {
         *self.counters.borrow()
     }
 
-    /// Reads `buffer.len() / 512` blocks from `lba` (multi-block commands).
+    /// Logs, once, the ADMA2 failure that switched the controller to PIO (the
+    /// transfer itself was retried by PIO).
+    fn log_adma_fallback(&self) {
+        if let Some(fallback) = self.controller.borrow_mut().take_adma_fallback() {
+            log::warn!("{fallback}");
+        }
+    }
+
+    /// Reads `buffer.len() / 512` blocks from `lba` (multi-block commands; ADMA2 when
+    /// the controller uses it and the buffer suits it, else PIO).
     pub fn read(&self, lba: u64, buffer: &mut [u8]) -> Result<(), DiskError> {
         let blocks = (buffer.len() / BLOCK_SIZE) as u64;
-        self.controller
-            .borrow_mut()
-            .read_blocks(lba, buffer)
-            .map_err(|cause| DiskError {
-                lba,
-                blocks,
-                write: false,
-                cause: DiskFault::Controller(cause),
-            })?;
+        let result = self.controller.borrow_mut().read_blocks(lba, buffer);
+        self.log_adma_fallback();
+        result.map_err(|cause| DiskError {
+            lba,
+            blocks,
+            write: false,
+            cause: DiskFault::Controller(cause),
+        })?;
         self.counters.borrow_mut().blocks_read += blocks;
         Ok(())
     }
@@ -177,15 +185,14 @@ impl Disk {
     /// Writes `buffer.len() / 512` blocks at `lba`.
     pub fn write(&self, lba: u64, buffer: &[u8]) -> Result<(), DiskError> {
         let blocks = (buffer.len() / BLOCK_SIZE) as u64;
-        self.controller
-            .borrow_mut()
-            .write_blocks(lba, buffer)
-            .map_err(|cause| DiskError {
-                lba,
-                blocks,
-                write: true,
-                cause: DiskFault::Controller(cause),
-            })?;
+        let result = self.controller.borrow_mut().write_blocks(lba, buffer);
+        self.log_adma_fallback();
+        result.map_err(|cause| DiskError {
+            lba,
+            blocks,
+            write: true,
+            cause: DiskFault::Controller(cause),
+        })?;
         self.counters.borrow_mut().blocks_written += blocks;
         Ok(())
     }
