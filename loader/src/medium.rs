@@ -304,4 +304,11 @@ pub fn report_load(disk: &Disk, slot: Slot, loaded: &LoadedSlot) {
         disk.commands(),
         counters.blocks_read,
     );
+    let moved = disk.transfer_counts();
+    log::info!(
+        "EMMC2: data moved by ADMA2 in {} command(s), by PIO in {} (+{} for unsuitable buffers)",
+        moved.adma,
+        moved.pio,
+        moved.pio_unsuitable_buffer
+    );
 }

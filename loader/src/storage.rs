@@ -14,7 +14,7 @@
 use core::cell::{Cell, RefCell};
 use core::fmt;
 
-use hal_bcm2711::emmc2::{Emmc2, Emmc2Error};
+use hal_bcm2711::emmc2::{Emmc2, Emmc2Error, TransferCounts};
 use recovery_proto::block::{BLOCK_SIZE, Block};
 
 /// The card on EMMC2 with read/write accounting for the benchmark.
@@ -146,6 +146,11 @@ impl Disk {
     /// Runs `look` on the controller (diagnostics: the card, its EXT_CSD, the bus).
     pub fn inspect<R>(&self, look: impl FnOnce(&Emmc2) -> R) -> R {
         look(&self.controller.borrow())
+    }
+
+    /// How the controller moved block data so far (ADMA2 or PIO).
+    pub fn transfer_counts(&self) -> TransferCounts {
+        self.controller.borrow().transfer_counts()
     }
 
     /// Storage commands issued so far (the controller's count).
