@@ -67,7 +67,8 @@ use crate::generic_timer::Deadline;
 pub const TABLE_ENTRIES: usize = 128;
 
 /// The most one descriptor line moves: 127 blocks, below the "less than 64KB"
-/// of §1.13 ("Data Address and Data Length Requirements") and a multiple of both the block and the cache-line size.
+/// of §1.13 ("Data Address and Data Length Requirements"), and a multiple of
+/// both the block and the cache-line size.
 pub const MAX_DESCRIPTOR_BYTES: usize = 127 * 512;
 
 /// The most one ADMA2 command moves (7.9 MiB); longer requests take several.
@@ -505,11 +506,12 @@ impl<B: Bus> Emmc2<B> {
     /// Moves block data by ADMA2 from now on, with `table` as the descriptor
     /// table and `window` as the controller's view of RAM (the firmware's
     /// `/emmc2bus` `dma-ranges`, [`DmaWindow::from_dma_ranges`]; the BCM2711's
-    /// revisions differ, see the [module docs](self)). Refused — the driver stays on PIO — when
-    /// the controller predates SDHCI v2.00 or its Capabilities register does
-    /// not advertise ADMA2 (Capabilities register 040h, bit 19; QEMU's raspi4b by default), or the
-    /// table is outside the window. Takes effect at the next transfer; may be
-    /// called before or after [`Emmc2::init`].
+    /// revisions differ, see the [module docs](self)). Refused — the driver
+    /// stays on PIO — when the controller predates SDHCI v2.00, when its
+    /// Capabilities register (040h) does not advertise ADMA2 in bit 19 (QEMU's
+    /// raspi4b by default), or when the table is outside the window. Takes
+    /// effect at the next transfer; may be called before or after
+    /// [`Emmc2::init`].
     pub fn use_adma(
         &mut self,
         table: &'static mut AdmaTable,
