@@ -18,7 +18,8 @@
 //! - [`mailbox`]: the VideoCore property channel.
 //! - [`cache`]: data-cache maintenance for buffers shared with bus masters.
 //! - [`pm`]: the PM watchdog, chip reset and reset status.
-//! - [`emmc2`]: the EMMC2 SDHCI: SD/eMMC card init, PIO block reads and writes.
+//! - [`emmc2`]: the EMMC2 SDHCI: SD/eMMC card init, block reads and writes by
+//!   ADMA2 (with PIO as the fallback).
 //! - [`dwc2`]: the DWC2 USB 2.0 OTG controller as a host: core reset, root
 //!   port, control and bulk transfers in buffer DMA mode.
 //! - [`usb`]: USB protocol above any controller: descriptors, hubs,

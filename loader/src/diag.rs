@@ -103,6 +103,19 @@ fn emmc(disk: &Disk) {
             controller.commands_issued(),
             controller.transfer_retries()
         );
+        let moved = controller.transfer_counts();
+        match (controller.dma_window(), controller.adma_fallback()) {
+            (_, Some(fallback)) => log::info!("diag: EMMC2: PIO since {fallback}"),
+            (Some(window), None) => log::info!("diag: EMMC2: ADMA2, DMA view {window}"),
+            (None, None) => log::info!("diag: EMMC2: PIO (ADMA2 not set up)"),
+        }
+        log::info!(
+            "diag: EMMC2: data moved by ADMA2 in {} command(s), by PIO in {} (+{} for \
+             unsuitable buffers)",
+            moved.adma,
+            moved.pio,
+            moved.pio_unsuitable_buffer
+        );
         match controller.ext_csd() {
             Some(ext_csd) => log::info!(
                 "diag: EXT_CSD: EXT_CSD_REV {}, DEVICE_TYPE {:#04x} (HS26 {}, HS52 {}, DDR52 {}), \

@@ -2,8 +2,10 @@
 
 use core::fmt;
 
-use dtoolkit::fdt::Fdt;
+use dtoolkit::fdt::{Fdt, FdtNode};
 use dtoolkit::{Node, Property};
+use hal_bcm2711::emmc2::DmaWindow;
+use hal_bcm2711::emmc2::adma::DmaRangesError;
 
 use crate::arch;
 
@@ -46,6 +48,31 @@ impl fmt::Display for DtbProblem {
             ),
             Self::Invalid(error) => write!(f, "malformed device tree: {error}"),
             Self::NoRoom => write!(f, "no room to keep a copy"),
+        }
+    }
+}
+
+/// Why the firmware's tree says nothing usable about how EMMC2 sees RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaWindowProblem {
+    /// There is no usable tree.
+    NoTree,
+    /// No `emmc2bus` node (by the `emmc2bus` alias the firmware looks for, or at
+    /// `/emmc2bus`): QEMU's minimal trees, trees for other boards.
+    NoEmmc2Bus,
+    /// The node has no `dma-ranges`.
+    NoDmaRanges,
+    /// `dma-ranges` is there but unusable.
+    Unusable(DmaRangesError),
+}
+
+impl fmt::Display for DmaWindowProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoTree => write!(f, "no usable device tree"),
+            Self::NoEmmc2Bus => write!(f, "the device tree has no emmc2bus node"),
+            Self::NoDmaRanges => write!(f, "the emmc2bus node has no dma-ranges"),
+            Self::Unusable(problem) => write!(f, "emmc2bus: {problem}"),
         }
     }
 }
@@ -154,4 +181,37 @@ impl DeviceTree {
     pub fn bootargs(&self) -> Option<&'static str> {
         self.string("/chosen", "bootargs")
     }
+
+    /// How EMMC2 sees RAM: the first entry of the `emmc2bus` node's `dma-ranges`
+    /// (Linux bcm2711.dtsi puts EMMC2 alone on that bus because the BCM2711's
+    /// revisions differ, and the firmware rewrites the property for the chip it
+    /// runs on when the `emmc2bus` alias exists; `hal_bcm2711::emmc2::adma`).
+    /// Cell counts from the node and its parent, defaulting to 2 address and 1
+    /// size cell (Devicetree Specification v0.4 §2.3.5).
+    pub fn emmc2_dma_window(&self) -> Result<DmaWindow, DmaWindowProblem> {
+        let fdt = self.fdt.as_ref().map_err(|_| DmaWindowProblem::NoTree)?;
+        let path = self.string("/aliases", "emmc2bus").unwrap_or("/emmc2bus");
+        let node = fdt.find_node(path).ok_or(DmaWindowProblem::NoEmmc2Bus)?;
+        let ranges = node
+            .property("dma-ranges")
+            .ok_or(DmaWindowProblem::NoDmaRanges)?;
+        let parent = match path.rsplit_once('/') {
+            Some(("", _)) | None => fdt.root(),
+            Some((parent, _)) => fdt.find_node(parent).unwrap_or_else(|| fdt.root()),
+        };
+        DmaWindow::from_dma_ranges(
+            ranges.value(),
+            cells(node, "#address-cells", 2),
+            cells(parent, "#address-cells", 2),
+            cells(node, "#size-cells", 1),
+        )
+        .map_err(DmaWindowProblem::Unusable)
+    }
+}
+
+/// A node's `#address-cells`/`#size-cells`-style property, or `default`.
+fn cells(node: FdtNode<'_>, name: &str, default: u32) -> u32 {
+    node.property(name)
+        .and_then(|property| property.value_as::<u32>().ok())
+        .unwrap_or(default)
 }

@@ -2,6 +2,7 @@
 
 use core::fmt::{self, Write};
 
+use hal_bcm2711::emmc2::{AdmaTable, Emmc2};
 use hal_bcm2711::mailbox::ClockId;
 use recovery_proto::Slot;
 use recovery_proto::cmdline::{self, BootArgs, CmdlineError};
@@ -21,7 +22,8 @@ pub const MANIFEST_LIMIT: usize = 4096;
 const MANIFEST_NAME: &str = "zbmanifest.txt";
 
 /// Brings up EMMC2 and the card on it, with the I/O rail at 3.3 V where the firmware's
-/// tree says how (`board::set_sd_io_rail`).
+/// tree says how (`board::set_sd_io_rail`), moving data by ADMA2 where the controller and
+/// the tree allow it ([`use_adma`]).
 pub fn open_disk(peripherals: &mut Peripherals, device_tree: &DeviceTree) -> Option<Disk> {
     let rail_at_3v3 = board::set_sd_io_rail(&mut peripherals.mailbox, device_tree);
     let base_clock = match peripherals.mailbox.clock_rate(ClockId::Emmc2) {
@@ -33,6 +35,11 @@ pub fn open_disk(peripherals: &mut Peripherals, device_tree: &DeviceTree) -> Opt
     };
     let mut controller = peripherals.emmc2.take()?;
     controller.set_io_rail_at_3v3(rail_at_3v3);
+    use_adma(
+        &mut controller,
+        peripherals.emmc2_adma_table.take(),
+        device_tree,
+    );
     match controller.init(base_clock) {
         Ok(card) => {
             log::info!("EMMC2: {card}");
@@ -50,6 +57,33 @@ pub fn open_disk(peripherals: &mut Peripherals, device_tree: &DeviceTree) -> Opt
             log::error!("{error}");
             None
         }
+    }
+}
+
+/// Lets `controller` move block data by ADMA2, with `table` as its descriptor table and
+/// the firmware tree's `emmc2bus` `dma-ranges` as its view of RAM (which differs between
+/// BCM2711 revisions: `hal_bcm2711::emmc2::adma`). Without a window from the tree, or a
+/// controller that does not offer ADMA2 (QEMU's raspi4b by default), it stays on PIO.
+/// Logs which.
+pub fn use_adma(
+    controller: &mut Emmc2,
+    table: Option<&'static mut AdmaTable>,
+    device_tree: &DeviceTree,
+) {
+    let Some(table) = table else {
+        log::warn!("EMMC2: PIO (the ADMA2 descriptor table is already taken)");
+        return;
+    };
+    let window = match device_tree.emmc2_dma_window() {
+        Ok(window) => window,
+        Err(problem) => {
+            log::info!("EMMC2: PIO ({problem}: how EMMC2 sees RAM is unknown)");
+            return;
+        }
+    };
+    match controller.use_adma(table, window) {
+        Ok(()) => log::info!("EMMC2: ADMA2 (DMA view: {window})"),
+        Err(reason) => log::info!("EMMC2: PIO ({reason})"),
     }
 }
 
@@ -269,5 +303,12 @@ pub fn report_load(disk: &Disk, slot: Slot, loaded: &LoadedSlot) {
         report.slack_bytes,
         disk.commands(),
         counters.blocks_read,
+    );
+    let moved = disk.transfer_counts();
+    log::info!(
+        "EMMC2: data moved by ADMA2 in {} command(s), by PIO in {} (+{} for unsuitable buffers)",
+        moved.adma,
+        moved.pio,
+        moved.pio_unsuitable_buffer
     );
 }

@@ -14,7 +14,7 @@
 use core::cell::{Cell, RefCell};
 use core::fmt;
 
-use hal_bcm2711::emmc2::{Emmc2, Emmc2Error};
+use hal_bcm2711::emmc2::{Emmc2, Emmc2Error, TransferCounts};
 use recovery_proto::block::{BLOCK_SIZE, Block};
 
 /// The card on EMMC2 with read/write accounting for the benchmark.
@@ -148,6 +148,11 @@ impl Disk {
         look(&self.controller.borrow())
     }
 
+    /// How the controller moved block data so far (ADMA2 or PIO).
+    pub fn transfer_counts(&self) -> TransferCounts {
+        self.controller.borrow().transfer_counts()
+    }
+
     /// Storage commands issued so far (the controller's count).
     pub fn commands(&self) -> u64 {
         self.controller.borrow().commands_issued()
@@ -158,18 +163,26 @@ impl Disk {
         *self.counters.borrow()
     }
 
-    /// Reads `buffer.len() / 512` blocks from `lba` (multi-block commands).
+    /// Logs, once, the ADMA2 failure that switched the controller to PIO (the
+    /// transfer itself was retried by PIO).
+    fn log_adma_fallback(&self) {
+        if let Some(fallback) = self.controller.borrow_mut().take_adma_fallback() {
+            log::warn!("{fallback}");
+        }
+    }
+
+    /// Reads `buffer.len() / 512` blocks from `lba` (multi-block commands; ADMA2 when
+    /// the controller uses it and the buffer suits it, else PIO).
     pub fn read(&self, lba: u64, buffer: &mut [u8]) -> Result<(), DiskError> {
         let blocks = (buffer.len() / BLOCK_SIZE) as u64;
-        self.controller
-            .borrow_mut()
-            .read_blocks(lba, buffer)
-            .map_err(|cause| DiskError {
-                lba,
-                blocks,
-                write: false,
-                cause: DiskFault::Controller(cause),
-            })?;
+        let result = self.controller.borrow_mut().read_blocks(lba, buffer);
+        self.log_adma_fallback();
+        result.map_err(|cause| DiskError {
+            lba,
+            blocks,
+            write: false,
+            cause: DiskFault::Controller(cause),
+        })?;
         self.counters.borrow_mut().blocks_read += blocks;
         Ok(())
     }
@@ -177,15 +190,14 @@ impl Disk {
     /// Writes `buffer.len() / 512` blocks at `lba`.
     pub fn write(&self, lba: u64, buffer: &[u8]) -> Result<(), DiskError> {
         let blocks = (buffer.len() / BLOCK_SIZE) as u64;
-        self.controller
-            .borrow_mut()
-            .write_blocks(lba, buffer)
-            .map_err(|cause| DiskError {
-                lba,
-                blocks,
-                write: true,
-                cause: DiskFault::Controller(cause),
-            })?;
+        let result = self.controller.borrow_mut().write_blocks(lba, buffer);
+        self.log_adma_fallback();
+        result.map_err(|cause| DiskError {
+            lba,
+            blocks,
+            write: true,
+            cause: DiskFault::Controller(cause),
+        })?;
         self.counters.borrow_mut().blocks_written += blocks;
         Ok(())
     }

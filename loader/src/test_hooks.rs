@@ -30,7 +30,7 @@ pub fn run(boot: &BootInfo, device_tree: &DeviceTree) {
             let mut mailbox = arch::test_support::unanswered_mailbox();
             board::report_board_revision(&mut mailbox);
         }
-        "emmc2" => emmc2_exercise(),
+        "emmc2" => emmc2_exercise(device_tree),
         "usb" => usb_exercise(),
         other if other.starts_with("cut-after-lba:") => {
             match other
@@ -97,17 +97,24 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// `zboot.test=emmc2`: initialises the card on EMMC2, reads LBA 0 (CMD17)
-/// and LBA 1.. (CMD18) and prints their checksums, writes a pattern to the
+/// and LBA 1.. (CMD18, started with `read_blocks_during` while LBA 0's
+/// checksum is computed) and prints their checksums, writes a pattern to the
 /// last blocks (CMD24 + CMD25), reads it back and compares, checks that a
-/// read past the end is refused, and prints the command count. Failures
-/// are logged; the boot goes on.
+/// read past the end is refused, and prints the command count and how the
+/// data moved (ADMA2 as the boot flow sets it up, `medium::use_adma`, or
+/// PIO). Failures are logged; the boot goes on.
 ///
 /// The base clock is left to the Capabilities register (argument 0): the
 /// hook has no mailbox (single owner, held by `main`). QEMU's
 /// capabilities say 52 MHz; the real boot flow passes the mailbox's
 /// `ClockId::Emmc2` rate.
-fn emmc2_exercise() {
+fn emmc2_exercise(device_tree: &DeviceTree) {
     let mut emmc2 = arch::test_support::emmc2();
+    crate::medium::use_adma(
+        &mut emmc2,
+        arch::test_support::emmc2_adma_table(),
+        device_tree,
+    );
     log::info!(
         "emmc2: present state 0x{:08x}, SDHCI specification version {}",
         emmc2.present_state(),
@@ -125,36 +132,55 @@ fn emmc2_exercise() {
     if let Err(error) = emmc2_read_and_write(&mut emmc2, card.blocks) {
         log::warn!("emmc2: {error}");
     }
+    if let Some(fallback) = emmc2.take_adma_fallback() {
+        log::warn!("{fallback}");
+    }
+    let counts = emmc2.transfer_counts();
     log::info!(
         "emmc2: commands issued {}, transfer retries {}",
         emmc2.commands_issued(),
         emmc2.transfer_retries()
     );
+    log::info!(
+        "emmc2: data moved by ADMA2 in {} command(s), by PIO in {} (+{} for unsuitable buffers)",
+        counts.adma,
+        counts.pio,
+        counts.pio_unsuitable_buffer
+    );
 }
+
+/// Bytes in whole cache lines (64 bytes on the Cortex-A72), so reads into them
+/// can go by ADMA2.
+#[repr(C, align(64))]
+struct CacheLines<const N: usize>([u8; N]);
 
 fn emmc2_read_and_write(
     emmc2: &mut hal_bcm2711::emmc2::Emmc2,
     capacity: u64,
 ) -> Result<(), hal_bcm2711::emmc2::Emmc2Error> {
-    let mut first = [0u8; BLOCK];
-    emmc2.read_blocks(0, &mut first)?;
-    log::info!("emmc2: LBA 0 fnv1a64 0x{:016x}", fnv1a64(&first));
-    let mut range = [0u8; EMMC2_READ_BLOCKS * BLOCK];
-    emmc2.read_blocks(1, &mut range)?;
+    let mut first = CacheLines([0u8; BLOCK]);
+    emmc2.read_blocks(0, &mut first.0)?;
+    let mut range = CacheLines([0u8; EMMC2_READ_BLOCKS * BLOCK]);
+    let (result, first_hash) = emmc2.read_blocks_during(1, &mut range.0, || fnv1a64(&first.0));
+    log::info!("emmc2: LBA 0 fnv1a64 0x{first_hash:016x}");
+    result?;
+    let range = &mut range.0;
     log::info!(
         "emmc2: LBA 1+{EMMC2_READ_BLOCKS} fnv1a64 0x{:016x}",
-        fnv1a64(&range)
+        fnv1a64(range)
     );
 
     let single_lba = capacity - EMMC2_WRITE_BLOCKS as u64 - 1;
-    let mut pattern = [0u8; (EMMC2_WRITE_BLOCKS + 1) * BLOCK];
+    let mut pattern = CacheLines([0u8; (EMMC2_WRITE_BLOCKS + 1) * BLOCK]);
+    let pattern = &mut pattern.0;
     for (offset, byte) in pattern.iter_mut().enumerate() {
         *byte = emmc2_pattern_byte(single_lba + (offset / BLOCK) as u64, offset % BLOCK);
     }
     emmc2.write_blocks(single_lba, &pattern[..BLOCK])?;
     emmc2.write_blocks(single_lba + 1, &pattern[BLOCK..])?;
-    let mut back = [0u8; (EMMC2_WRITE_BLOCKS + 1) * BLOCK];
-    emmc2.read_blocks(single_lba, &mut back)?;
+    let mut back = CacheLines([0u8; (EMMC2_WRITE_BLOCKS + 1) * BLOCK]);
+    let back = &mut back.0;
+    emmc2.read_blocks(single_lba, back)?;
     log::info!(
         "emmc2: wrote LBA {single_lba}+{}, read back: {}",
         EMMC2_WRITE_BLOCKS + 1,

@@ -393,6 +393,16 @@ pub fn minimal_dtb() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The minimal tree with the BCM2711 B0's `emmc2bus` `dma-ranges` (bus `0xC000_0000`
+/// is RAM 0: `qemu-tests/dts/raspi4b-emmc2bus-b0.dts`), which QEMU's EMMC2 does not
+/// serve (its DMA sees RAM 1:1, as a C0's does): ADMA2 fails and zboot falls back to PIO.
+pub fn emmc2bus_b0_dtb() -> Result<PathBuf> {
+    static DTB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DTB.get_or_init(|| compile_dts("raspi4b-emmc2bus-b0").map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 fn compile_dts(name: &str) -> Result<PathBuf> {
     Tools::require("dtc")?;
     let source = workspace_root()

@@ -15,7 +15,7 @@ mod qemu;
 
 pub use build::{
     LoaderBuild, LoaderImage, PROVISIONED_BUTTON_GPIO, PROVISIONED_MIN_VERSION,
-    PROVISIONED_WATCHDOG_TIMEOUT, Tools, insn_count_plugin, minimal_dtb, provisioned_key_files,
-    workspace_root,
+    PROVISIONED_WATCHDOG_TIMEOUT, Tools, emmc2bus_b0_dtb, insn_count_plugin, minimal_dtb,
+    provisioned_key_files, workspace_root,
 };
-pub use qemu::{Ending, Icount, Qemu, Run};
+pub use qemu::{EMMC2_ADMA2_CAPABILITIES, EMMC2_ADMA2_VARIABLE, Ending, Icount, Qemu, Run};

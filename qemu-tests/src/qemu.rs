@@ -105,7 +105,19 @@ pub struct Qemu {
     qmp_commands: Vec<(String, String)>,
     gpios_high: Vec<u8>,
     echo: bool,
+    emmc2_adma2: bool,
 }
+
+/// EMMC2's capabilities with ADMA2 advertised, as on the real BCM2711 (Linux reports it
+/// "using ADMA"): QEMU raspi4b's `0x052134b4` plus ADMA2 (bit 19) and SDMA (bit 22,
+/// without which QEMU's `sdhci.c` drops Transfer Mode's DMA Enable). Set through the
+/// patched QEMU's `bcm2838-peripherals.emmc2-capareg` (`scripts/build-qemu`).
+pub const EMMC2_ADMA2_CAPABILITIES: u32 = 0x0521_34b4 | (1 << 19) | (1 << 22);
+
+/// Set (to anything) to run every [`Qemu`] with [`Qemu::emmc2_adma2`]: whole test files
+/// then exercise ADMA2 (`ZBOOT_QEMU_EMMC2_ADMA2=1 cargo test -p zboot-qemu-tests --test
+/// slots`).
+pub const EMMC2_ADMA2_VARIABLE: &str = "ZBOOT_QEMU_EMMC2_ADMA2";
 
 impl Qemu {
     /// A run of `kernel` (a zboot image) with no disks and a one-minute deadline.
@@ -127,7 +139,17 @@ impl Qemu {
             qmp_commands: Vec::new(),
             gpios_high: Vec::new(),
             echo: false,
+            emmc2_adma2: std::env::var_os(EMMC2_ADMA2_VARIABLE).is_some(),
         }
+    }
+
+    /// Make EMMC2 advertise ADMA2 ([`EMMC2_ADMA2_CAPABILITIES`]): zboot then moves block
+    /// data by ADMA2 if the DTB's `emmc2bus` gives it a window (the minimal tree's is
+    /// the C0 one, which QEMU's 1:1 DMA serves). Off by default, as in stock QEMU.
+    #[must_use]
+    pub fn emmc2_adma2(mut self) -> Self {
+        self.emmc2_adma2 = true;
+        self
     }
 
     /// Pass a device tree (`-dtb`): x0 at entry then points at it.
@@ -267,6 +289,11 @@ impl Qemu {
             None => command.args(["-accel", "tcg,thread=single"]),
         };
         command.arg("-kernel").arg(&self.kernel);
+        if self.emmc2_adma2 {
+            command.arg("-global").arg(format!(
+                "bcm2838-peripherals.emmc2-capareg=0x{EMMC2_ADMA2_CAPABILITIES:08x}"
+            ));
+        }
         if let Some(dtb) = &self.dtb {
             command.arg("-dtb").arg(dtb);
         }

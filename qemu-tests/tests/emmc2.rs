@@ -17,7 +17,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, minimal_dtb};
+use zboot_qemu_tests::{Ending, LoaderBuild, LoaderImage, Qemu, Run, emmc2bus_b0_dtb, minimal_dtb};
 
 const BLOCK: u64 = 512;
 /// What the hook reads: LBA 0, then this many blocks from LBA 1.
@@ -98,6 +98,11 @@ fn read_at(path: &Path, offset: u64, length: u64) -> Vec<u8> {
 }
 
 fn run_hook(card: Option<(&Path, Model)>) -> Run {
+    run_hook_on(card, |qemu| qemu)
+}
+
+/// [`run_hook`] with the QEMU invocation adjusted (ADMA2, another DTB).
+fn run_hook_on(card: Option<(&Path, Model)>, adjust: impl FnOnce(Qemu) -> Qemu) -> Run {
     let loader = LoaderImage::get(LoaderBuild::QemuTest).expect("building the qemu-test loader");
     let mut qemu = Qemu::new(&loader.image)
         .dtb(&minimal_dtb().expect("compiling the DTB"))
@@ -115,7 +120,7 @@ fn run_hook(card: Option<(&Path, Model)>) -> Run {
             Model::Emmc { boot: None } => qemu,
         };
     }
-    let run = qemu.run().expect("running QEMU");
+    let run = adjust(qemu).run().expect("running QEMU");
     println!("{run}");
     run
 }
@@ -135,10 +140,27 @@ fn assert_ran_to_the_end(run: &Run) {
 /// Boots with a card of `size` bytes and checks console and image: `bus` is how the
 /// card line ends after the addressing ("4-bit bus", "8-bit bus, … DDR52").
 fn exercise_card(size: u64, model: Model, card_type: &str, addressing: &str, bus: &str) -> Run {
+    let run = exercise_card_on(size, model, card_type, addressing, bus, |qemu| qemu);
+    assert!(
+        run.console_has("transfer retries 0"),
+        "no retries on a healthy card"
+    );
+    run
+}
+
+/// [`exercise_card`] with the QEMU invocation adjusted.
+fn exercise_card_on(
+    size: u64,
+    model: Model,
+    card_type: &str,
+    addressing: &str,
+    bus: &str,
+    adjust: impl FnOnce(Qemu) -> Qemu,
+) -> Run {
     let (_dir, path, head) = card_image(size, model);
     let user = model.user_offset();
     let user_size = size - user;
-    let run = run_hook(Some((&path, model)));
+    let run = run_hook_on(Some((&path, model)), adjust);
     assert_ran_to_the_end(&run);
 
     // QEMU's EMMC2 with a card: inserted, stable, lines high, idle.
@@ -181,10 +203,6 @@ fn exercise_card(size: u64, model: Model, card_type: &str, addressing: &str, bus
         "out-of-range read refused"
     );
     assert!(run.console_has("emmc2: commands issued "), "command count");
-    assert!(
-        run.console_has("transfer retries 0"),
-        "no retries on a healthy card"
-    );
 
     // The image: the pattern at the written blocks ...
     let tail = read_at(&path, user + written_lba * BLOCK, WRITTEN_BLOCKS * BLOCK);
@@ -291,6 +309,84 @@ fn emmc_boot_partitions_are_left_alone_and_the_user_area_selected() {
     };
     let run = exercise_card(64 << 20, model, "eMMC", "byte", "8-bit bus");
     assert!(run.console_has(" Hz DDR52, boot partitions 2 × 1024 KiB\n"));
+}
+
+/// ADMA2 as on a CM4: EMMC2 advertises it (the patched QEMU's capabilities property)
+/// and the tree gives the C0's 1:1 DMA view, which QEMU's EMMC2 serves. The hook's
+/// reads and writes (the multi-block read started with `read_blocks_during`) and the
+/// boot flow's partition reads move by ADMA2, with the same data and no fallback.
+#[test]
+fn with_adma2_advertised_the_data_moves_by_adma2() {
+    for (size, addressing) in [(64 << 20, "byte"), (4 << 30, "block")] {
+        let run = exercise_card_on(
+            size,
+            Model::Emmc { boot: None },
+            "eMMC",
+            addressing,
+            "8-bit bus",
+            Qemu::emmc2_adma2,
+        );
+        assert_eq!(
+            run.console
+                .matches("EMMC2: ADMA2 (DMA view: ARM 0x0..0xfc000000 at bus 0x0)")
+                .count(),
+            2,
+            "the hook's driver and the boot flow's use ADMA2"
+        );
+        // Five transfers: LBA 0, LBA 1+16, the two writes, the read-back. The read past
+        // the end is refused before any command.
+        assert!(
+            run.console_has("emmc2: data moved by ADMA2 in 5 command(s), by PIO in 0 (+0 for unsuitable buffers)"),
+            "every hook transfer by ADMA2"
+        );
+        assert!(!run.console_has("ADMA2 failed"), "no ADMA error");
+        assert!(
+            run.console_has("transfer retries 0"),
+            "no retries on a healthy card"
+        );
+        assert!(!run.console_has("never completed"), "no ADMA timeout");
+    }
+}
+
+/// The tree gives the B0's view (bus 0xC000_0000 is RAM 0) where QEMU's EMMC2 sees
+/// RAM 1:1 with nothing at 0xC000_0000: the wrong alias for this machine. The first
+/// ADMA2 transfer fails with an ADMA Error (fetching the descriptor), is retried by
+/// PIO, and the failure is logged once per driver; the data is right regardless.
+#[test]
+fn adma2_over_a_wrong_dma_view_falls_back_to_pio_once_with_right_data() {
+    let b0 = emmc2bus_b0_dtb().expect("compiling the B0 tree");
+    let run = exercise_card_on(
+        64 << 20,
+        Model::Emmc { boot: None },
+        "eMMC",
+        "byte",
+        "8-bit bus",
+        |qemu| qemu.emmc2_adma2().dtb(&b0),
+    );
+    assert!(run.console_has("EMMC2: ADMA2 (DMA view: ARM 0x0..0x40000000 at bus 0xc0000000)"));
+    let failures = run
+        .console
+        .matches("EMMC2: ADMA2 failed on CMD17 READ_SINGLE_BLOCK")
+        .count();
+    assert_eq!(
+        failures, 2,
+        "logged once by the hook and once by the boot flow (each driver's first read)"
+    );
+    assert!(
+        run.console_has(
+            "(ADMA error status 0x01: fetching a descriptor (ST_FDS)); PIO from now on"
+        )
+    );
+    assert!(
+        run.console_has(
+            "emmc2: data moved by ADMA2 in 1 command(s), by PIO in 5 (+0 for unsuitable buffers)"
+        ),
+        "PIO after the first failure, its retry included"
+    );
+    assert!(
+        run.console_has("transfer retries 1"),
+        "the failed read was retried (by PIO)"
+    );
 }
 
 #[test]

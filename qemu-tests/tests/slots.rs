@@ -311,6 +311,30 @@ fn on_the_emmc_model_a_boots_over_an_8_bit_ddr52_bus_in_byte_and_block_addressin
     }
 }
 
+/// With ADMA2 advertised, as the real EMMC2 does (the patched QEMU's capabilities
+/// property), zboot loads the slot by ADMA2 over the minimal tree's 1:1 DMA view and
+/// writes the state; the kernel it hands over is the verified one.
+#[test]
+fn with_adma2_a_boots_from_data_moved_by_adma2() {
+    let disk = all_good();
+    let before = disk.snapshot();
+    let run = disk.boot_on(Qemu::emmc2_adma2);
+    assert!(run.console_has("EMMC2: ADMA2 (DMA view: ARM 0x0..0xfc000000 at bus 0x0)"));
+    assert!(!run.console_has("ADMA2 failed"), "no ADMA error");
+    let moved = run
+        .console
+        .lines()
+        .find_map(|line| {
+            let rest = line.split("EMMC2: data moved by ADMA2 in ").nth(1)?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no transfer counts:\n{}", run.console));
+    assert!(moved > 0, "the slot's files came by ADMA2");
+    assert_eq!(booted(&run), ("A".into(), 1));
+    disk.assert_only_state_written(&before);
+    assert_eq!(disk.failed_boots("A"), 1);
+}
+
 /// A CM4 Lite has no eMMC: its card is an SD card in the carrier's slot. The same
 /// disk boots A there too (CMD8/ACMD41, 4-bit bus), and the attempt is counted on it.
 #[test]

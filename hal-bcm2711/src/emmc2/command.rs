@@ -185,6 +185,10 @@ pub struct DataPhase {
     /// Let the controller send CMD12 after the last block (multi-block
     /// transfers only).
     pub auto_cmd12: bool,
+    /// The controller moves the data itself (Transfer Mode's DMA Enable,
+    /// §2.2.5) as Host Control 1's DMA Select says (zboot: 32-bit ADMA2);
+    /// otherwise the driver moves it through the Buffer Data Port.
+    pub dma: bool,
 }
 
 /// The 32-bit value written to Transfer Mode + Command (offset 0x0C) to
@@ -218,6 +222,9 @@ pub fn command_word(command: Command, data: Option<DataPhase>) -> u32 {
     }
     if let Some(data) = data {
         word.modify(TM::DATA_PRESENT::SET + TM::BLOCK_COUNT_ENABLE::SET);
+        if data.dma {
+            word.modify(TM::DMA_ENABLE::SET);
+        }
         word.modify(match data.direction {
             Direction::Read => TM::DATA_TRANSFER_DIRECTION::Read,
             Direction::Write => TM::DATA_TRANSFER_DIRECTION::Write,
@@ -391,6 +398,9 @@ impl ErrorStatus {
     pub const COMMAND_TIMEOUT: u16 = 1 << 0;
     /// Data Timeout Error.
     pub const DATA_TIMEOUT: u16 = 1 << 4;
+    /// ADMA Error (Error Interrupt Status bit 9): the engine could not fetch a descriptor or
+    /// move data, or the descriptors and the block count disagree.
+    pub const ADMA: u16 = 1 << 9;
 
     /// Whether the only problem is that no response came (the card is
     /// absent or does not know the command).
@@ -472,6 +482,7 @@ mod tests {
             direction: Direction::Read,
             blocks: 1,
             auto_cmd12: true,
+            dma: false,
         };
         // CMD17: data present, block count enable, read, single block (the
         // Auto CMD12 request is ignored for one block).
@@ -492,6 +503,7 @@ mod tests {
             direction: Direction::Write,
             blocks: 8,
             auto_cmd12: true,
+            dma: false,
         };
         assert_eq!(
             command_word(Command::WriteMultipleBlock, Some(multi_write)),
@@ -504,6 +516,15 @@ mod tests {
         assert_eq!(
             command_word(Command::WriteMultipleBlock, Some(no_auto)),
             0x193a_0022
+        );
+        // ADMA2: + DMA Enable (bit 0).
+        let dma_read = DataPhase {
+            dma: true,
+            ..multi_read
+        };
+        assert_eq!(
+            command_word(Command::ReadMultipleBlock, Some(dma_read)),
+            0x123a_0037
         );
     }
 

@@ -1,4 +1,4 @@
-//! EMMC2 (SDHCI v3.00) driver: SD and eMMC card initialisation and PIO block reads/writes.
+//! EMMC2 (SDHCI v3.00) driver: SD and eMMC card initialisation, block reads/writes by ADMA2 or PIO.
 //!
 //! EMMC2 is the BCM2711's second SD host controller (bus `0x7E34_0000`):
 //! the CM4's on-module eMMC, the Pi 4's SD slot. It is a standard SDHCI
@@ -15,17 +15,37 @@
 //! answers CMD55/ACMD41 — an eMMC device ignores ACMD41.
 //!
 //! **QEMU** (`hw/sd/sdhci.c` + `hw/sd/sd.c`, machine `raspi4b`) emulates
-//! EMMC2 as a generic SDHCI v3 (capabilities `0x052134b4`: 52 MHz base
-//! clock, high speed, no DMA) and only an SD card on it (`-device sd-card`;
-//! its `emmc` device is not user-creatable), so the QEMU tests cover the SD
-//! path, SDSC byte addressing and SDHC block addressing. The eMMC path
-//! follows JESD84-B51 and Linux `drivers/mmc/core/mmc.c` and is unverified
-//! until run on a CM4.
+//! EMMC2 as a generic SDHCI v3 (`hw/arm/bcm2838_peripherals.c` sets its
+//! capabilities to `0x052134b4`: 52 MHz base clock, high speed, no SDMA, no
+//! ADMA2) with an SD card or, in the patched QEMU (`scripts/build-qemu`), its
+//! eMMC model on it. The eMMC path follows JESD84-B51 and Linux
+//! `drivers/mmc/core/mmc.c` and is unverified until run on a CM4.
 //!
-//! Data moves by PIO through the Buffer Data Port: simple, no cache or
-//! bus-address handling, and identical on QEMU and hardware. SDMA/ADMA2
-//! (the real EMMC2 has ADMA2; QEMU's capabilities disable DMA) can come
-//! later if load times need it.
+//! **Moving data.** Block reads and writes use ADMA2 ([`adma`]: 32-bit
+//! descriptors, cache maintenance, the bus address from the firmware's
+//! `/emmc2bus` `dma-ranges`) once the caller set it up with
+//! [`Emmc2::use_adma`], and PIO through the Buffer Data Port otherwise: when the
+//! Capabilities register does not advertise ADMA2, when a buffer lies outside
+//! the controller's [`DmaWindow`] or does not suit DMA (a read buffer not in
+//! whole cache lines), and for good after the first ADMA failure — an ADMA
+//! Error interrupt (Error Interrupt Status bit 9) or an ADMA transfer that never completes:
+//! the DAT line is reset, the transfer retried by PIO, and the failure kept
+//! for [`Emmc2::take_adma_fallback`], which hands it out once, for the caller
+//! to log. The small reads of identification (SD status, EXT_CSD) stay PIO.
+//! [`Emmc2::start_read`] starts a read and returns; the data lands while the
+//! caller works, and [`PendingRead::finish`] waits for it.
+//!
+//! What QEMU 10.0.2 does with EMMC2 DMA (`hw/sd/sdhci.c`): Transfer Mode's DMA
+//! Enable is dropped unless the capabilities advertise SDMA (bit 22), even for
+//! ADMA2, and an ADMA2 transfer is ignored ("ADMA2 not supported") unless they
+//! advertise ADMA2 (bit 19) — so with the stock `0x052134b4` the driver stays
+//! on PIO. The patched QEMU lets a test set the capabilities
+//! (`-global bcm2838-peripherals.emmc2-capareg=...`, docs/bring-up.md). The
+//! controller's DMA goes to QEMU's system address space (no "dma" link is set
+//! for EMMC2, unlike the DWC2's `gpu_bus_mr`): ARM physical addresses, 1:1,
+//! RAM 0..2 GiB and nothing at `0xC000_0000` on the 2 GiB raspi4b — the view a
+//! BCM2711 C0 gives, so a tree with the C0 `dma-ranges` works and one with the
+//! B0 alias ends in an ADMA error (descriptor fetch from unassigned memory).
 //!
 //! Every wait is bounded by a [`Deadline`] whose constant cites its source;
 //! a failed transfer resets the CMD/DAT lines, stops the card and is retried
@@ -33,9 +53,13 @@
 //! ([`command`]), CSD/EXT_CSD decoding ([`card`]), clock dividers
 //! ([`clock`]), request splitting ([`request`]) — are host-tested.
 
+pub mod adma;
 pub mod card;
 pub mod clock;
 pub mod command;
+mod error;
+mod identify;
+mod pending;
 pub mod registers;
 pub mod request;
 #[cfg(test)]
@@ -51,10 +75,13 @@ use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 use crate::generic_timer::{Deadline, delay};
 use crate::mmio::Mmio;
 
+pub use adma::{AdmaFallback, AdmaTable, AdmaUnavailable, DmaWindow, TransferCounts};
 pub use card::{BLOCK_SIZE, BusWidth, CardInfo, CardType, RegisterError};
 pub use command::{
     CardState, CardStatus, Command, DataPhase, Direction, ErrorStatus, ResponseType,
 };
+pub use error::{Emmc2Error, Emmc2Wait, Unsupported};
+pub use pending::PendingRead;
 use registers::{
     AUTO_CMD_ERROR_HOST_CONTROL_2, Bus, CAPABILITIES_0, CLOCK_CONTROL, HOST_CONTROL_1, INTERRUPT,
     PRESENT_STATE, RegisterBlock, Registers, SLOT_STATUS_VERSION,
@@ -124,18 +151,6 @@ pub const TRANSFER_RETRIES: u32 = 3;
 /// §1.3), with the longer write timeout.
 const SDHC_MAX_BLOCKS: u64 = 32 * 1024 * 1024 * 1024 / BLOCK_SIZE as u64;
 
-/// CMD8 argument: VHS 0b0001 (2.7-3.6 V) and check pattern 0xAA (SD
-/// Physical Layer §4.3.13, Table 4-18).
-const SD_IF_COND_ARGUMENT: u32 = 0x1aa;
-
-/// ACMD6 argument for a 4-bit bus (SD Physical Layer §4.7.4, "ACMD6":
-/// bus width [1:0] = 0b10).
-const SD_BUS_WIDTH_4: u32 = 0b10;
-
-/// The RCA zboot assigns to an eMMC with CMD3 (any non-zero value; Linux
-/// uses 1 as well).
-const EMMC_RCA: u16 = 1;
-
 /// The interrupt status bits enabled (0x34): all normal events except Card
 /// Interrupt (SDIO), and all errors the standard defines (bits 26..16). A
 /// status bit is only ever set while enabled (§2.2.20).
@@ -151,150 +166,6 @@ const DATA_TIMEOUT_COUNTER_MAX: u32 = 0xe;
 /// The bit(s) of a register field in place.
 const fn bit<R: tock_registers::RegisterLongName>(field: Field<u32, R>) -> u32 {
     field.mask << field.shift
-}
-
-/// What a bounded EMMC2 wait was waiting for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Emmc2Wait {
-    /// A software reset bit to self-clear.
-    SoftwareReset,
-    /// Clock Control: Internal Clock Stable.
-    InternalClockStable,
-    /// Present State: Command Inhibit (CMD) clear.
-    CommandLineFree,
-    /// Present State: Command Inhibit (DAT) clear (end of busy).
-    DataLineFree,
-    /// Command Complete.
-    CommandComplete,
-    /// Transfer Complete (end of a data transfer or of R1b busy).
-    TransferComplete,
-    /// Buffer Read Ready.
-    BufferReadReady,
-    /// Buffer Write Ready.
-    BufferWriteReady,
-    /// The card's power-up (OCR busy bit) after ACMD41/CMD1.
-    CardPowerUp,
-    /// The card back in the transfer state after programming (CMD13).
-    CardProgramming,
-}
-
-/// Why a card cannot be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unsupported {
-    /// CMD8's echo differs from what was sent: the card does not accept
-    /// 2.7-3.6 V or garbled the check pattern.
-    InterfaceCondition { echo: u32 },
-    /// The CSD or EXT_CSD cannot be used.
-    Register(RegisterError),
-    /// An eMMC older than version 4 (no EXT_CSD).
-    EmmcVersion { spec_version: u8 },
-    /// The EXT_CSD read after switching bus width/timing differs from the
-    /// one read before: the wider bus does not work.
-    BusTestFailed,
-}
-
-/// EMMC2 driver errors; command failures name the command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Emmc2Error {
-    /// No card answered (no response to CMD55/ACMD41 nor to CMD1), or the
-    /// controller refused bus power with no card detected.
-    NoCard,
-    /// `read_blocks`/`write_blocks` before a successful `init`.
-    NotInitialised,
-    /// Neither the caller nor the capabilities register gave a base clock.
-    NoBaseClock,
-    /// No divider brings the base clock down to the target.
-    ClockUnreachable { base_clock_hz: u32, target_hz: u32 },
-    /// A bounded wait ran out.
-    Timeout {
-        awaiting: Emmc2Wait,
-        command: Option<Command>,
-    },
-    /// The controller reported errors for a command or its data.
-    CommandFailed {
-        command: Command,
-        status: ErrorStatus,
-    },
-    /// The card's R1 status carries error bits.
-    CardStatus {
-        command: Command,
-        status: CardStatus,
-    },
-    /// The card is of a kind or state this driver does not handle.
-    UnsupportedCard { reason: Unsupported },
-    /// The request reaches past the end of the card.
-    OutOfRange { lba: u64, count: u64, capacity: u64 },
-    /// The buffer length is not a multiple of 512 bytes.
-    BufferLength { length: usize },
-}
-
-impl Emmc2Error {
-    /// Whether the error means "nothing answered this command".
-    pub const fn is_no_response(&self) -> bool {
-        match self {
-            Self::CommandFailed { status, .. } => status.is_command_timeout(),
-            Self::Timeout { awaiting, .. } => matches!(awaiting, Emmc2Wait::CommandComplete),
-            _ => false,
-        }
-    }
-
-    /// Whether retrying the transfer may help (bus and card errors), as
-    /// opposed to errors in the request itself or the card's identity.
-    pub const fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout { .. } | Self::CommandFailed { .. } | Self::CardStatus { .. }
-        )
-    }
-}
-
-impl fmt::Display for Emmc2Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoCard => write!(f, "EMMC2: no card (nothing answered CMD55/ACMD41 or CMD1)"),
-            Self::NotInitialised => write!(f, "EMMC2: card not initialised"),
-            Self::NoBaseClock => write!(
-                f,
-                "EMMC2: base clock unknown (mailbox and capabilities give 0)"
-            ),
-            Self::ClockUnreachable {
-                base_clock_hz,
-                target_hz,
-            } => write!(
-                f,
-                "EMMC2: no divider brings {base_clock_hz} Hz down to {target_hz} Hz"
-            ),
-            Self::Timeout {
-                awaiting,
-                command: Some(command),
-            } => write!(f, "EMMC2: timed out waiting for {awaiting:?} ({command})"),
-            Self::Timeout {
-                awaiting,
-                command: None,
-            } => write!(f, "EMMC2: timed out waiting for {awaiting:?}"),
-            Self::CommandFailed { command, status } => {
-                write!(f, "EMMC2: {command} failed: {status}")
-            }
-            Self::CardStatus { command, status } => {
-                write!(f, "EMMC2: {command}: card status {status}")
-            }
-            Self::UnsupportedCard { reason } => write!(f, "EMMC2: unsupported card: {reason:?}"),
-            Self::OutOfRange {
-                lba,
-                count,
-                capacity,
-            } => write!(
-                f,
-                "EMMC2: blocks {lba}+{count} are beyond the card's {capacity} blocks"
-            ),
-            Self::BufferLength { length } => {
-                write!(
-                    f,
-                    "EMMC2: {length} bytes is not a whole number of 512-byte blocks"
-                )
-            }
-        }
-    }
 }
 
 /// The SDHCI software resets (§2.2.16). Issued one at a time: QEMU acts
@@ -322,12 +193,12 @@ pub struct Emmc2<B: Bus = Mmio<RegisterBlock>> {
     retries: u64,
     bus_width_fallbacks: u32,
     ddr52_fallbacks: u32,
+    dma: Option<adma::Dma>,
+    adma_fallback: adma::FallbackReport,
+    /// The ADMA Error Status seen with the last ADMA Error interrupt.
+    last_adma_error: u8,
+    counts: TransferCounts,
 }
-
-/// Host Control 2 UHS Mode Select values (SD Host Controller spec §2.2.24;
-/// Linux `sdhci.h` `SDHCI_CTRL_UHS_SDR12` and `SDHCI_CTRL_UHS_DDR50`).
-const UHS_MODE_SDR: u32 = 0b000;
-const UHS_MODE_DDR50: u32 = 0b100;
 
 impl Emmc2 {
     /// A driver for the SDHCI at `base` (normally
@@ -371,7 +242,20 @@ impl<B: Bus> Emmc2<B> {
             retries: 0,
             bus_width_fallbacks: 0,
             ddr52_fallbacks: 0,
+            dma: None,
+            adma_fallback: adma::FallbackReport::None,
+            last_adma_error: 0,
+            counts: TransferCounts {
+                adma: 0,
+                pio: 0,
+                pio_unsuitable_buffer: 0,
+            },
         }
+    }
+
+    /// How the block transfers so far moved their data.
+    pub fn transfer_counts(&self) -> TransferCounts {
+        self.counts
     }
 
     /// Allows or forbids eMMC DDR52 (default allowed: the EMMC2 of the BCM2711
@@ -505,21 +389,61 @@ impl<B: Bus> Emmc2<B> {
     }
 
     /// Reads `buffer.len() / 512` blocks from `lba` (CMD17 for one block,
-    /// CMD18 with Auto CMD12 for more; requests above 65535 blocks are
-    /// split). Each command is retried [`TRANSFER_RETRIES`] times on errors.
+    /// CMD18 with Auto CMD12 for more; requests above 65535 blocks, or
+    /// [`adma::MAX_BLOCKS_PER_TRANSFER`] with ADMA2, are split). Each command is
+    /// retried [`TRANSFER_RETRIES`] times on errors.
     pub fn read_blocks(&mut self, lba: u64, buffer: &mut [u8]) -> Result<(), Emmc2Error> {
+        // SAFETY: the pending read is finished right here, never leaked.
+        unsafe { self.start_read(lba, buffer) }?.finish()
+    }
+
+    /// Starts reading `buffer.len() / 512` blocks from `lba` and returns while
+    /// the controller moves them (ADMA2; the first
+    /// [`adma::MAX_BLOCKS_PER_TRANSFER`] blocks of a longer request): the caller
+    /// works meanwhile and calls [`PendingRead::finish`], which waits for the
+    /// data, reads the rest and retries as [`Emmc2::read_blocks`] does. Without
+    /// ADMA2 for this buffer nothing starts here and `finish` reads by PIO.
+    /// Errors here are the request's own (not initialised, out of range, not
+    /// whole blocks); the transfer's come from `finish`.
+    ///
+    /// [`Emmc2::read_blocks_during`] is the safe form.
+    ///
+    /// # Safety
+    ///
+    /// The returned [`PendingRead`] must be finished or dropped — not leaked
+    /// (`core::mem::forget`, a reference cycle, a `ManuallyDrop` never
+    /// dropped): while it lives the controller may write `buffer` at any
+    /// moment, and only `finish` or its `Drop` (which aborts the transfer) end
+    /// that. A leaked one would let the controller write memory whose borrow
+    /// has ended.
+    pub unsafe fn start_read<'a>(
+        &'a mut self,
+        lba: u64,
+        buffer: &'a mut [u8],
+    ) -> Result<PendingRead<'a, B>, Emmc2Error> {
         let card = self.card.ok_or(Emmc2Error::NotInitialised)?;
-        let count = request::check_request(lba, buffer.len(), card.blocks)?;
-        for chunk in request::split_request(lba, count, MAX_BLOCKS_PER_COMMAND) {
-            let length = usize::from(chunk.blocks) * BLOCK_SIZE;
-            let Some(bytes) = buffer.get_mut(chunk.byte_offset..chunk.byte_offset + length) else {
-                return Err(Emmc2Error::BufferLength {
-                    length: buffer.len(),
-                });
-            };
-            self.with_retries(|driver| driver.read_chunk(&card, chunk.lba, chunk.blocks, bytes))?;
+        request::check_request(lba, buffer.len(), card.blocks)?;
+        Ok(PendingRead::new(self, buffer, lba, card))
+    }
+
+    /// Reads like [`Emmc2::read_blocks`], running `work` while the controller
+    /// moves the data (ADMA2; with PIO, `work` runs before the read). `work`
+    /// runs whatever the outcome.
+    pub fn read_blocks_during<R>(
+        &mut self,
+        lba: u64,
+        buffer: &mut [u8],
+        work: impl FnOnce() -> R,
+    ) -> (Result<(), Emmc2Error>, R) {
+        // SAFETY: the pending read is finished below, or dropped on unwinding;
+        // it is never leaked.
+        match unsafe { self.start_read(lba, buffer) } {
+            Ok(pending) => {
+                let result = work();
+                (pending.finish(), result)
+            }
+            Err(error) => (Err(error), work()),
         }
-        Ok(())
     }
 
     /// Writes `data` (a whole number of blocks) from `lba` (CMD24 for one
@@ -529,463 +453,14 @@ impl<B: Bus> Emmc2<B> {
     pub fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), Emmc2Error> {
         let card = self.card.ok_or(Emmc2Error::NotInitialised)?;
         let count = request::check_request(lba, data.len(), card.blocks)?;
-        for chunk in request::split_request(lba, count, MAX_BLOCKS_PER_COMMAND) {
+        for chunk in request::split_request(lba, count, self.max_chunk_blocks()) {
             let length = usize::from(chunk.blocks) * BLOCK_SIZE;
             let Some(bytes) = data.get(chunk.byte_offset..chunk.byte_offset + length) else {
                 return Err(Emmc2Error::BufferLength { length: data.len() });
             };
-            self.with_retries(|driver| driver.write_chunk(&card, chunk.lba, chunk.blocks, bytes))?;
-        }
-        Ok(())
-    }
-
-    // ----- initialisation -------------------------------------------------
-
-    fn reset_controller(&mut self) -> Result<(), Emmc2Error> {
-        // Reset All clears Host Control 2, so 3.3 V signalling. That is right once
-        // the rail was set to 3.3 V (`set_io_rail_at_3v3`); otherwise keep the
-        // signalling the firmware chose: it booted from this device with the rail
-        // as it is.
-        let signaling_1v8 = self.signaling_1v8();
-        self.software_reset(Reset::All)?;
-        if signaling_1v8 && !self.io_rail_at_3v3 {
-            self.registers()
-                .auto_cmd_error_host_control_2
-                .modify(AUTO_CMD_ERROR_HOST_CONTROL_2::SIGNALING_1_8V_ENABLE::SET);
-        }
-        let registers = self.registers();
-        registers.interrupt_signal_enable.set(0);
-        registers.interrupt_status_enable.set(INTERRUPTS_ENABLED);
-        registers.interrupt_status.set(u32::MAX);
-        registers
-            .clock_control
-            .modify(CLOCK_CONTROL::DATA_TIMEOUT_COUNTER.val(DATA_TIMEOUT_COUNTER_MAX));
-        Ok(())
-    }
-
-    /// Selects 3.3 V and switches bus power on (§3.3 "SD Bus Power
-    /// Control"). A controller that sees no card keeps SD Bus Power clear
-    /// (§2.2.11); the card-detect line may be unwired (the CM4's eMMC:
-    /// `broken-cd` in Linux's bcm2711-rpi-cm4.dts), so a refusal is retried
-    /// once with card detection forced through the test level (§2.2.10
-    /// bits 7..6) before it counts as "no card".
-    fn power_on(&mut self) -> Result<(), Emmc2Error> {
-        use HOST_CONTROL_1 as HC;
-        let registers = self.registers();
-        registers
-            .host_control_1
-            .write(HC::SD_BUS_VOLTAGE::V3_3 + HC::SD_BUS_POWER::SET);
-        if registers.host_control_1.is_set(HC::SD_BUS_POWER) {
-            return Ok(());
-        }
-        registers.host_control_1.write(
-            HC::CARD_DETECT_SIGNAL_SELECTION::SET
-                + HC::CARD_DETECT_TEST_LEVEL::SET
-                + HC::SD_BUS_VOLTAGE::V3_3
-                + HC::SD_BUS_POWER::SET,
-        );
-        if registers.host_control_1.is_set(HC::SD_BUS_POWER) {
-            Ok(())
-        } else {
-            Err(Emmc2Error::NoCard)
-        }
-    }
-
-    /// SD initialisation (SD Physical Layer §4.2 "Card Identification
-    /// Mode", Figure 4-2). `Ok(None)` when no SD card answers ACMD41 (try
-    /// eMMC).
-    fn identify_sd(&mut self) -> Result<Option<CardInfo>, Emmc2Error> {
-        self.command(Command::GoIdleState, 0)?;
-        // CMD8: only version 2.00+ cards answer; they echo the argument.
-        let version_2 = match self.command(Command::SendIfCond, SD_IF_COND_ARGUMENT) {
-            Ok(response) => {
-                let echo = response[0] & 0xfff;
-                if echo != SD_IF_COND_ARGUMENT {
-                    return Err(Emmc2Error::UnsupportedCard {
-                        reason: Unsupported::InterfaceCondition { echo },
-                    });
-                }
-                true
-            }
-            Err(error) if error.is_no_response() => false,
-            Err(error) => return Err(error),
-        };
-        // ACMD41 with HCS (host supports high capacity) if the card is 2.00+.
-        let argument = card::OCR_VOLTAGE_2V7_3V6 | if version_2 { card::OCR_CCS } else { 0 };
-        let deadline = Deadline::after(SD_INIT_TIMEOUT);
-        let mut first = true;
-        let ocr = loop {
-            match self.app_command(Command::SdSendOpCond, argument, 0) {
-                Ok(response) if response[0] & card::OCR_POWER_UP_DONE != 0 => break response[0],
-                Ok(_) => {}
-                Err(error) if first && error.is_no_response() => return Ok(None),
-                Err(error) => return Err(error),
-            }
-            first = false;
-            if deadline.expired() {
-                return Err(Emmc2Error::Timeout {
-                    awaiting: Emmc2Wait::CardPowerUp,
-                    command: Some(Command::SdSendOpCond),
-                });
-            }
-            delay(OP_COND_POLL_INTERVAL);
-        };
-        let block_addressing = version_2 && ocr & card::OCR_CCS != 0;
-
-        let cid = card::r2_from_registers(self.command(Command::AllSendCid, 0)?);
-        let rca = (self.command(Command::SendRelativeAddr, 0)?[0] >> 16) as u16;
-        let csd_raw =
-            card::r2_from_registers(self.command(Command::SendCsd, u32::from(rca) << 16)?);
-        let csd = card::decode_sd_csd(csd_raw).map_err(|error| Emmc2Error::UnsupportedCard {
-            reason: Unsupported::Register(error),
-        })?;
-        let card_type = if block_addressing {
-            CardType::SdHighCapacity
-        } else {
-            CardType::SdStandardCapacity
-        };
-        self.command(Command::SelectCard, u32::from(rca) << 16)?;
-        self.app_command(Command::SetBusWidth, SD_BUS_WIDTH_4, rca)?;
-        self.registers().host_control_1.modify(
-            HOST_CONTROL_1::DATA_TRANSFER_WIDTH_4::SET
-                + HOST_CONTROL_1::EXTENDED_DATA_WIDTH_8::CLEAR,
-        );
-        if !block_addressing {
-            // SDSC: the block length is settable and must be 512 for
-            // zboot's transfers (SDHC/SDXC fix it at 512).
-            self.command(Command::SetBlocklen, BLOCK_SIZE as u32)?;
-        }
-
-        // High speed (SD Physical Layer §4.3.10): CMD6 needs command class
-        // 10 and a host that can drive 50 MHz.
-        let mut high_speed = false;
-        if csd.supports_switch()
-            && self
-                .registers()
-                .capabilities_0
-                .is_set(CAPABILITIES_0::HIGH_SPEED_SUPPORT)
-        {
-            let mut status = [0u8; 64];
-            self.read_data_command(
-                Command::SwitchFunc,
-                card::SD_SWITCH_HIGH_SPEED,
-                &mut status,
-                READ_TIMEOUT,
-            )?;
-            high_speed = card::sd_switch_group1_result(&status) == Some(1);
-        }
-        let clock_hz = if high_speed {
-            self.registers()
-                .host_control_1
-                .modify(HOST_CONTROL_1::HIGH_SPEED_ENABLE::SET);
-            self.set_clock(clock::SD_HIGH_SPEED_HZ)?
-        } else {
-            self.set_clock(clock::SD_DEFAULT_SPEED_HZ)?
-        };
-        Ok(Some(CardInfo {
-            card_type,
-            block_addressing,
-            rca,
-            blocks: csd.blocks,
-            bus_width: BusWidth::Four,
-            high_speed,
-            ddr52: false,
-            clock_hz,
-            cid,
-            boot_partition_bytes: 0,
-            switched_from_partition: 0,
-        }))
-    }
-
-    /// eMMC initialisation (JESD84-B51 §6.4 "Device identification mode",
-    /// and the order of Linux `drivers/mmc/core/mmc.c` `mmc_init_card`).
-    /// Unverified on hardware: QEMU has no eMMC on this bus.
-    fn identify_emmc(&mut self) -> Result<CardInfo, Emmc2Error> {
-        self.software_reset(Reset::CommandLine)?;
-        self.command(Command::GoIdleState, 0)?;
-        // CMD1 with the 2.7-3.6 V window and sector mode: the device answers
-        // busy until powered up, then with its access mode.
-        let argument = card::OCR_VOLTAGE_2V7_3V6 | card::EMMC_OCR_SECTOR_MODE;
-        let deadline = Deadline::after(EMMC_INIT_TIMEOUT);
-        let mut first = true;
-        let ocr = loop {
-            match self.command(Command::SendOpCond, argument) {
-                Ok(response) if response[0] & card::OCR_POWER_UP_DONE != 0 => break response[0],
-                Ok(_) => {}
-                Err(error) if first && error.is_no_response() => return Err(Emmc2Error::NoCard),
-                Err(error) => return Err(error),
-            }
-            first = false;
-            if deadline.expired() {
-                return Err(Emmc2Error::Timeout {
-                    awaiting: Emmc2Wait::CardPowerUp,
-                    command: Some(Command::SendOpCond),
-                });
-            }
-            delay(OP_COND_POLL_INTERVAL);
-        };
-        let block_addressing = ocr & card::EMMC_OCR_ACCESS_MODE_MASK == card::EMMC_OCR_SECTOR_MODE;
-
-        let cid = card::r2_from_registers(self.command(Command::AllSendCid, 0)?);
-        let rca = EMMC_RCA;
-        self.command(Command::SetRelativeAddr, u32::from(rca) << 16)?;
-        let csd = card::decode_emmc_csd(card::r2_from_registers(
-            self.command(Command::SendCsd, u32::from(rca) << 16)?,
-        ));
-        if csd.emmc_spec_version < 4 {
-            return Err(Emmc2Error::UnsupportedCard {
-                reason: Unsupported::EmmcVersion {
-                    spec_version: csd.emmc_spec_version,
-                },
-            });
-        }
-        self.command(Command::SelectCard, u32::from(rca) << 16)?;
-        self.set_clock(clock::EMMC_LEGACY_HZ)?;
-
-        let mut ext_csd_bytes = [0u8; BLOCK_SIZE];
-        self.read_data_command(Command::SendExtCsd, 0, &mut ext_csd_bytes, READ_TIMEOUT)?;
-        let ext_csd = card::decode_ext_csd(&ext_csd_bytes).ok_or(Emmc2Error::UnsupportedCard {
-            reason: Unsupported::Register(RegisterError::ZeroCapacity),
-        })?;
-        if ext_csd.cmd6_time_ms != 0 {
-            self.cmd6_timeout = Duration::from_millis(u64::from(ext_csd.cmd6_time_ms));
-        }
-        self.ext_csd = Some(ext_csd);
-        let blocks = if block_addressing {
-            u64::from(ext_csd.sector_count)
-        } else {
-            csd.blocks
-        };
-        if blocks == 0 {
-            return Err(Emmc2Error::UnsupportedCard {
-                reason: Unsupported::Register(RegisterError::ZeroCapacity),
-            });
-        }
-
-        let (bus_width, high_speed, ddr52, clock_hz) = self.emmc_bus_setup(&ext_csd)?;
-        let switched_from_partition = self.select_user_area(&ext_csd)?;
-        if !block_addressing {
-            self.command(Command::SetBlocklen, BLOCK_SIZE as u32)?;
-        }
-        Ok(CardInfo {
-            card_type: CardType::Emmc,
-            block_addressing,
-            rca,
-            blocks,
-            bus_width,
-            high_speed,
-            ddr52,
-            clock_hz,
-            cid,
-            boot_partition_bytes: ext_csd.boot_partition_bytes,
-            switched_from_partition,
-        })
-    }
-
-    /// Selects the user area for reads and writes when PARTITION_CONFIG left a boot,
-    /// RPMB or general-purpose partition selected (a boot ROM or an earlier stage may
-    /// leave it so): CMD6 PARTITION_CONFIG with PARTITION_ACCESS 0 and the boot
-    /// enable and acknowledge bits kept, within PARTITION_SWITCH_TIME (Linux
-    /// `mmc_blk_part_switch`; JESD84-B51 §7.4.69). Returns the partition found
-    /// selected (0: the user area, nothing done).
-    fn select_user_area(&mut self, ext_csd: &card::ExtCsd) -> Result<u8, Emmc2Error> {
-        use card::ext_csd::{PARTITION_ACCESS_MASK, PARTITION_CONFIG};
-        let selected = ext_csd.partition_config & PARTITION_ACCESS_MASK;
-        if selected == 0 {
-            return Ok(0);
-        }
-        let part_time = Duration::from_millis(u64::from(ext_csd.partition_switch_time_ms));
-        self.emmc_switch_within(
-            PARTITION_CONFIG,
-            ext_csd.partition_config & !PARTITION_ACCESS_MASK,
-            self.cmd6_timeout.max(part_time),
-            |_| {},
-        )?;
-        Ok(selected)
-    }
-
-    /// Sets up the eMMC bus in Linux's order (`drivers/mmc/core/mmc.c`
-    /// `mmc_select_timing`): high-speed timing first, then the widest bus that
-    /// passes its test (8, then 4 bits, else 1: `mmc_select_bus_width`), then
-    /// DDR52 when the device offers it (`mmc_select_hs_ddr`), with SDR high
-    /// speed as the fallback. Returns (width, high speed, DDR52, clock).
-    fn emmc_bus_setup(
-        &mut self,
-        ext_csd: &card::ExtCsd,
-    ) -> Result<(BusWidth, bool, bool, u32), Emmc2Error> {
-        use HOST_CONTROL_1 as HC;
-        // High-speed SDR timing (HS_TIMING = 1) if device and host have it. The
-        // host switches its timing after the CMD6 busy and before CMD13 reads the
-        // status, and back if the status shows an error (Linux `__mmc_switch`);
-        // the clock is raised once the switch is confirmed (`mmc_set_bus_speed`).
-        let host_high_speed = self
-            .registers()
-            .capabilities_0
-            .is_set(CAPABILITIES_0::HIGH_SPEED_SUPPORT);
-        let mut high_speed = host_high_speed && (ext_csd.high_speed_52 || ext_csd.high_speed_26);
-        if high_speed {
-            let switched = self.emmc_switch_with(card::ext_csd::HS_TIMING, 1, |driver| {
-                driver
-                    .registers()
-                    .host_control_1
-                    .modify(HC::HIGH_SPEED_ENABLE::SET);
-            });
-            if switched.is_err() {
-                self.registers()
-                    .host_control_1
-                    .modify(HC::HIGH_SPEED_ENABLE::CLEAR);
-                high_speed = false;
-            }
-        }
-        let clock_hz = self.set_clock(if high_speed && ext_csd.high_speed_52 {
-            clock::EMMC_HIGH_SPEED_HZ
-        } else {
-            clock::EMMC_LEGACY_HZ
-        })?;
-
-        // Bus width: the widest that switches and then passes the bus test.
-        let mut bus_width = BusWidth::One;
-        for width in [BusWidth::Eight, BusWidth::Four] {
-            if (width as u8) > (self.max_bus_width as u8) {
-                continue;
-            }
-            if self
-                .emmc_switch(
-                    card::ext_csd::BUS_WIDTH,
-                    card::ext_csd::bus_width_sdr(width),
-                )
-                .is_ok()
-            {
-                self.set_host_bus_width(width);
-                if self.emmc_bus_test(ext_csd) {
-                    bus_width = width;
-                    break;
-                }
-            }
-            self.bus_width_fallbacks += 1;
-        }
-        if bus_width == BusWidth::One {
-            // Every wider bus failed (or none was allowed): back to one bit.
-            self.set_host_bus_width(BusWidth::One);
-            if self.max_bus_width != BusWidth::One {
-                self.emmc_switch(card::ext_csd::BUS_WIDTH, 0)?;
-            }
-            if (high_speed || self.max_bus_width != BusWidth::One) && !self.emmc_bus_test(ext_csd) {
-                return Err(Emmc2Error::UnsupportedCard {
-                    reason: Unsupported::BusTestFailed,
-                });
-            }
-        }
-
-        // DDR52 at 3.3 V I/O: sdhci-iproc gives the BCM2711's EMMC2
-        // MMC_CAP_3_3V_DDR, and EXT_CSD DEVICE_TYPE bit 2 is "DDR 52 MHz, 1.8 V or
-        // 3 V I/O". CMD6 BUS_WIDTH 5/6 (4/8-bit DDR); the host switches Host
-        // Control 2's UHS mode to DDR50 before CMD13 (Linux `mmc_select_hs_ddr`,
-        // `sdhci_set_uhs_signaling`), and the bus is tested again. Any failure goes
-        // back to SDR high speed at the same width.
-        let mut ddr = false;
-        if self.ddr52_allowed && high_speed && ext_csd.ddr_52 && bus_width != BusWidth::One {
-            let switched = self.emmc_switch_with(
-                card::ext_csd::BUS_WIDTH,
-                card::ext_csd::bus_width_ddr(bus_width),
-                |driver| driver.set_uhs_mode(UHS_MODE_DDR50),
-            );
-            ddr = switched.is_ok() && self.emmc_bus_test(ext_csd);
-            if !ddr {
-                self.ddr52_fallbacks += 1;
-                self.set_uhs_mode(UHS_MODE_SDR);
-                self.emmc_switch(
-                    card::ext_csd::BUS_WIDTH,
-                    card::ext_csd::bus_width_sdr(bus_width),
-                )?;
-                if !self.emmc_bus_test(ext_csd) {
-                    return Err(Emmc2Error::UnsupportedCard {
-                        reason: Unsupported::BusTestFailed,
-                    });
-                }
-            }
-        }
-        Ok((bus_width, high_speed, ddr, clock_hz))
-    }
-
-    /// Host Control 1's data width bits for `width`.
-    fn set_host_bus_width(&mut self, width: BusWidth) {
-        use HOST_CONTROL_1 as HC;
-        let fields = match width {
-            BusWidth::Eight => HC::EXTENDED_DATA_WIDTH_8::SET + HC::DATA_TRANSFER_WIDTH_4::CLEAR,
-            BusWidth::Four => HC::EXTENDED_DATA_WIDTH_8::CLEAR + HC::DATA_TRANSFER_WIDTH_4::SET,
-            BusWidth::One => HC::EXTENDED_DATA_WIDTH_8::CLEAR + HC::DATA_TRANSFER_WIDTH_4::CLEAR,
-        };
-        self.registers().host_control_1.modify(fields);
-    }
-
-    /// Host Control 2's UHS Mode Select (SD Host Controller spec §2.2.24).
-    fn set_uhs_mode(&mut self, mode: u32) {
-        self.registers()
-            .auto_cmd_error_host_control_2
-            .modify(AUTO_CMD_ERROR_HOST_CONTROL_2::UHS_MODE_SELECT.val(mode));
-    }
-
-    /// The bus test the Linux way for hosts without CMD19/CMD14
-    /// (`mmc_compare_ext_csds`): read the EXT_CSD again over the bus as it is
-    /// now and compare read-only fields with the first read.
-    fn emmc_bus_test(&mut self, ext_csd: &card::ExtCsd) -> bool {
-        let mut again = [0u8; BLOCK_SIZE];
-        if self
-            .read_data_command(Command::SendExtCsd, 0, &mut again, READ_TIMEOUT)
-            .is_err()
-        {
-            self.reset_lines(true);
-            return false;
-        }
-        card::decode_ext_csd(&again).is_some_and(|second| {
-            second.sector_count == ext_csd.sector_count
-                && second.high_speed_52 == ext_csd.high_speed_52
-                && second.ddr_52 == ext_csd.ddr_52
-                && second.revision == ext_csd.revision
-        })
-    }
-
-    /// CMD6 SWITCH writing one EXT_CSD byte, then CMD13 to see whether the
-    /// device accepted it (SWITCH_ERROR; JESD84-B51 §6.6.1 "Command sets and
-    /// extended settings").
-    fn emmc_switch(&mut self, index: u8, value: u8) -> Result<(), Emmc2Error> {
-        self.emmc_switch_with(index, value, |_| {})
-    }
-
-    /// [`Self::emmc_switch`] with `host_change` applied between the CMD6 busy
-    /// and the CMD13: the timing a switch changes must be the host's too before
-    /// the status is read (Linux `__mmc_switch`).
-    fn emmc_switch_with(
-        &mut self,
-        index: u8,
-        value: u8,
-        host_change: impl FnOnce(&mut Self),
-    ) -> Result<(), Emmc2Error> {
-        self.emmc_switch_within(index, value, self.cmd6_timeout, host_change)
-    }
-
-    /// [`Self::emmc_switch_with`] with the CMD6 busy bounded by `timeout` instead of
-    /// GENERIC_CMD6_TIME (a PARTITION_CONFIG switch has its own limit).
-    fn emmc_switch_within(
-        &mut self,
-        index: u8,
-        value: u8,
-        timeout: Duration,
-        host_change: impl FnOnce(&mut Self),
-    ) -> Result<(), Emmc2Error> {
-        self.command_with_busy(
-            Command::Switch,
-            card::emmc_switch_argument(index, value),
-            timeout,
-        )?;
-        host_change(self);
-        let status = self.send_status(EMMC_RCA)?;
-        if status.errors() != 0 {
-            return Err(Emmc2Error::CardStatus {
-                command: Command::Switch,
-                status,
-            });
+            self.with_retries(0, |driver| {
+                driver.write_chunk(&card, chunk.lba, chunk.blocks, bytes)
+            })?;
         }
         Ok(())
     }
@@ -1060,11 +535,14 @@ impl<B: Bus> Emmc2<B> {
 
     // ----- transfers ------------------------------------------------------
 
+    /// Runs `attempt` until it succeeds, fails for good, or has failed
+    /// [`TRANSFER_RETRIES`] times after the first try (`failures` tries already
+    /// failed before this call, e.g. a read started by [`Emmc2::start_read`]).
     fn with_retries(
         &mut self,
+        mut failures: u32,
         mut attempt: impl FnMut(&mut Self) -> Result<(), Emmc2Error>,
     ) -> Result<(), Emmc2Error> {
-        let mut failures = 0;
         loop {
             match attempt(self) {
                 Ok(()) => return Ok(()),
@@ -1100,6 +578,43 @@ impl<B: Bus> Emmc2<B> {
         let _ = self.wait_card_ready(card.rca);
     }
 
+    /// Reads `buffer` (whole blocks) from `lba`, a command per chunk, each with
+    /// retries; `failures` tries of the first chunk already failed.
+    fn read_range(
+        &mut self,
+        card: &CardInfo,
+        lba: u64,
+        buffer: &mut [u8],
+        mut failures: u32,
+    ) -> Result<(), Emmc2Error> {
+        let count = (buffer.len() / BLOCK_SIZE) as u64;
+        for chunk in request::split_request(lba, count, self.max_chunk_blocks()) {
+            let length = usize::from(chunk.blocks) * BLOCK_SIZE;
+            let Some(bytes) = buffer.get_mut(chunk.byte_offset..chunk.byte_offset + length) else {
+                return Err(Emmc2Error::BufferLength {
+                    length: buffer.len(),
+                });
+            };
+            self.with_retries(failures, |driver| {
+                driver.read_chunk(card, chunk.lba, chunk.blocks, bytes)
+            })?;
+            failures = 0;
+        }
+        Ok(())
+    }
+
+    /// The most blocks one command carries: the Block Count register's limit,
+    /// or what one descriptor table describes once ADMA2 is set up.
+    fn max_chunk_blocks(&self) -> u16 {
+        if self.dma.is_some() {
+            adma::MAX_BLOCKS_PER_TRANSFER
+        } else {
+            MAX_BLOCKS_PER_COMMAND
+        }
+    }
+
+    /// One try at reading a chunk: by ADMA2 if it is on and suits the buffer,
+    /// else by PIO.
     fn read_chunk(
         &mut self,
         card: &CardInfo,
@@ -1107,12 +622,19 @@ impl<B: Bus> Emmc2<B> {
         blocks: u16,
         bytes: &mut [u8],
     ) -> Result<(), Emmc2Error> {
+        if let Some(bus) = self.choose_adma(bytes.as_ptr() as usize, bytes.len(), true) {
+            let transfer = self.start_adma(
+                card,
+                Direction::Read,
+                lba,
+                blocks,
+                bytes.as_ptr() as usize,
+                bus,
+            )?;
+            return self.complete_adma(&transfer, Some(bytes));
+        }
         let address = Self::address(card, lba, blocks)?;
-        let command = if blocks == 1 {
-            Command::ReadSingleBlock
-        } else {
-            Command::ReadMultipleBlock
-        };
+        let command = data_command(Direction::Read, blocks);
         self.read_data_command(command, address, bytes, READ_TIMEOUT)?;
         if blocks > 1 {
             // The controller's Auto CMD12.
@@ -1121,6 +643,8 @@ impl<B: Bus> Emmc2<B> {
         Ok(())
     }
 
+    /// One try at writing a chunk, by ADMA2 or PIO as [`Self::read_chunk`]
+    /// chooses, then CMD13 until the card has programmed it.
     fn write_chunk(
         &mut self,
         card: &CardInfo,
@@ -1128,17 +652,26 @@ impl<B: Bus> Emmc2<B> {
         blocks: u16,
         bytes: &[u8],
     ) -> Result<(), Emmc2Error> {
+        if let Some(bus) = self.choose_adma(bytes.as_ptr() as usize, bytes.len(), false) {
+            let transfer = self.start_adma(
+                card,
+                Direction::Write,
+                lba,
+                blocks,
+                bytes.as_ptr() as usize,
+                bus,
+            )?;
+            self.complete_adma(&transfer, None)?;
+            return self.wait_card_ready(card.rca);
+        }
         let address = Self::address(card, lba, blocks)?;
-        let command = if blocks == 1 {
-            Command::WriteBlock
-        } else {
-            Command::WriteMultipleBlock
-        };
+        let command = data_command(Direction::Write, blocks);
         let timeout = self.write_timeout();
         let phase = DataPhase {
             direction: Direction::Write,
             blocks,
             auto_cmd12: true,
+            dma: false,
         };
         self.issue(command, address, Some(phase), BLOCK_SIZE as u16, timeout)?;
         for block in bytes.chunks_exact(BLOCK_SIZE) {
@@ -1261,6 +794,7 @@ impl<B: Bus> Emmc2<B> {
             direction: Direction::Read,
             blocks,
             auto_cmd12: true,
+            dma: false,
         };
         self.issue(command, argument, Some(phase), block_size as u16, timeout)?;
         for block in bytes.chunks_exact_mut(block_size) {
@@ -1338,6 +872,24 @@ impl<B: Bus> Emmc2<B> {
         block_size: u16,
         busy_timeout: Duration,
     ) -> Result<[u32; 4], Emmc2Error> {
+        self.issue_with(command, argument, data, block_size, None, busy_timeout)
+    }
+
+    /// [`Self::issue`], and for an ADMA2 data phase (`adma_table`: the
+    /// descriptor table's bus address) the ADMA System Address (register 058h, the
+    /// upper half 0: 32-bit descriptors) and Host Control 1's DMA Select
+    /// (§2.2.10: 32-bit ADMA2), once the DAT line is free and before the
+    /// command starts the engine (§1.13: "Writing Command register triggers
+    /// off ADMA2 transfer").
+    fn issue_with(
+        &mut self,
+        command: Command,
+        argument: u32,
+        data: Option<DataPhase>,
+        block_size: u16,
+        adma_table: Option<u32>,
+        busy_timeout: Duration,
+    ) -> Result<[u32; 4], Emmc2Error> {
         use registers::BLOCK_SIZE_COUNT as BSC;
         let uses_dat = data.is_some()
             || (command.response() == ResponseType::R1b && command != Command::StopTransmission);
@@ -1357,6 +909,13 @@ impl<B: Bus> Emmc2<B> {
         }
         let registers = self.registers();
         registers.interrupt_status.set(u32::MAX);
+        if let Some(table) = adma_table {
+            registers.adma_system_address.set(table);
+            registers.adma_system_address_high.set(0);
+            registers
+                .host_control_1
+                .modify(HOST_CONTROL_1::DMA_SELECT::Adma2Address32);
+        }
         if let Some(phase) = data {
             registers.block_size_count.write(
                 BSC::TRANSFER_BLOCK_SIZE.val(u32::from(block_size))
@@ -1431,9 +990,7 @@ impl<B: Bus> Emmc2<B> {
     }
 
     /// Waits until one of `mask`'s interrupt status bits is set and
-    /// acknowledges it; or an error bit: then the errors (and the Auto CMD
-    /// Error Status) are returned, cleared, and the CMD line — and the DAT
-    /// line if `data` — reset.
+    /// acknowledges it; or an error bit: see [`Self::poll_interrupt`].
     fn wait_interrupt(
         &mut self,
         mask: u32,
@@ -1444,27 +1001,7 @@ impl<B: Bus> Emmc2<B> {
     ) -> Result<u32, Emmc2Error> {
         let deadline = Deadline::after(timeout);
         loop {
-            let status = self.registers().interrupt_status.get();
-            if status & (ERROR_BITS | bit(INTERRUPT::ERROR_INTERRUPT)) != 0 {
-                let auto_cmd = if status & bit(INTERRUPT::AUTO_CMD_ERROR) != 0 {
-                    (self.registers().auto_cmd_error_host_control_2.get() & 0xffff) as u16
-                } else {
-                    0
-                };
-                self.registers().interrupt_status.set(status);
-                self.reset_lines(data);
-                return Err(Emmc2Error::CommandFailed {
-                    command,
-                    status: ErrorStatus {
-                        error: (status >> 16) as u16,
-                        auto_cmd,
-                    },
-                });
-            }
-            if status & mask != 0 {
-                // Acknowledge what was awaited (write 1 to clear, SD Host
-                // Controller Spec §2.2.17), so no caller has to.
-                self.registers().interrupt_status.set(status & mask);
+            if let Some(status) = self.poll_interrupt(mask, command, data)? {
                 return Ok(status);
             }
             if deadline.expired() {
@@ -1479,12 +1016,66 @@ impl<B: Bus> Emmc2<B> {
     }
 }
 
+impl<B: Bus> Emmc2<B> {
+    /// One look at the interrupt status: `Some` (acknowledged) if one of
+    /// `mask`'s bits is set; an error if an error bit is: then the errors (with
+    /// the Auto CMD Error Status, and the ADMA Error Status kept for
+    /// [`AdmaFallback`]) are returned, cleared, and the CMD line — and the DAT
+    /// line if `data` — reset.
+    fn poll_interrupt(
+        &mut self,
+        mask: u32,
+        command: Command,
+        data: bool,
+    ) -> Result<Option<u32>, Emmc2Error> {
+        let status = self.registers().interrupt_status.get();
+        if status & (ERROR_BITS | bit(INTERRUPT::ERROR_INTERRUPT)) != 0 {
+            let auto_cmd = if status & bit(INTERRUPT::AUTO_CMD_ERROR) != 0 {
+                (self.registers().auto_cmd_error_host_control_2.get() & 0xffff) as u16
+            } else {
+                0
+            };
+            if status & bit(INTERRUPT::ADMA_ERROR) != 0 {
+                // Read before the DAT line reset, which may clear it.
+                self.last_adma_error = self.registers().adma_error_status.get() as u8;
+            }
+            self.registers().interrupt_status.set(status);
+            self.reset_lines(data);
+            return Err(Emmc2Error::CommandFailed {
+                command,
+                status: ErrorStatus {
+                    error: (status >> 16) as u16,
+                    auto_cmd,
+                },
+            });
+        }
+        if status & mask != 0 {
+            // Acknowledge what was awaited (write 1 to clear, SD Host
+            // Controller Spec §2.2.17), so no caller has to.
+            self.registers().interrupt_status.set(status & mask);
+            return Ok(Some(status));
+        }
+        Ok(None)
+    }
+}
+
+/// The read or write command for `blocks` blocks (CMD17/18, CMD24/25).
+fn data_command(direction: Direction, blocks: u16) -> Command {
+    match (direction, blocks) {
+        (Direction::Read, 1) => Command::ReadSingleBlock,
+        (Direction::Read, _) => Command::ReadMultipleBlock,
+        (Direction::Write, 1) => Command::WriteBlock,
+        (Direction::Write, _) => Command::WriteMultipleBlock,
+    }
+}
+
 impl<B: Bus + fmt::Debug> fmt::Debug for Emmc2<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emmc2")
             .field("bus", &self.bus)
             .field("card", &self.card)
             .field("commands", &self.commands)
+            .field("adma", &self.adma_active())
             .finish_non_exhaustive()
     }
 }
@@ -1512,9 +1103,6 @@ fn aligned_words_mut(bytes: &mut [u8]) -> Option<&mut [u32]> {
 mod tests {
     use super::*;
 
-    extern crate std;
-    use std::string::ToString;
-
     #[test]
     fn aligned_words_only_for_word_aligned_whole_words() {
         #[repr(align(4))]
@@ -1529,67 +1117,6 @@ mod tests {
         words[0] = 0xa0b0_c0d0_u32.to_le();
         assert_eq!(buffer.0[4..8], [0xd0, 0xc0, 0xb0, 0xa0]);
         assert!(aligned_words_mut(&mut buffer.0[2..10]).is_none());
-    }
-
-    #[test]
-    fn errors_name_the_command_and_status() {
-        let failed = Emmc2Error::CommandFailed {
-            command: Command::ReadMultipleBlock,
-            status: ErrorStatus {
-                error: 0x0020,
-                auto_cmd: 0,
-            },
-        };
-        assert_eq!(
-            failed.to_string(),
-            "EMMC2: CMD18 READ_MULTIPLE_BLOCK failed: error status 0x0020 (data CRC)"
-        );
-        assert!(failed.is_retryable());
-        assert!(!failed.is_no_response());
-        let timeout = Emmc2Error::Timeout {
-            awaiting: Emmc2Wait::BufferReadReady,
-            command: Some(Command::ReadSingleBlock),
-        };
-        assert_eq!(
-            timeout.to_string(),
-            "EMMC2: timed out waiting for BufferReadReady (CMD17 READ_SINGLE_BLOCK)"
-        );
-        let status = Emmc2Error::CardStatus {
-            command: Command::WriteBlock,
-            status: CardStatus(0x0400_0900),
-        };
-        assert_eq!(
-            status.to_string(),
-            "EMMC2: CMD24 WRITE_BLOCK: card status 0x04000900 (state Transfer, WP_VIOLATION, READY_FOR_DATA)"
-        );
-    }
-
-    #[test]
-    fn no_response_is_recognised() {
-        let silent = Emmc2Error::CommandFailed {
-            command: Command::AppCmd,
-            status: ErrorStatus {
-                error: ErrorStatus::COMMAND_TIMEOUT,
-                auto_cmd: 0,
-            },
-        };
-        assert!(silent.is_no_response());
-        let silent_controller = Emmc2Error::Timeout {
-            awaiting: Emmc2Wait::CommandComplete,
-            command: Some(Command::SendOpCond),
-        };
-        assert!(silent_controller.is_no_response());
-        assert!(!Emmc2Error::NoCard.is_retryable());
-        let out_of_range = Emmc2Error::OutOfRange {
-            lba: 10,
-            count: 2,
-            capacity: 11,
-        };
-        assert!(!out_of_range.is_retryable());
-        assert_eq!(
-            out_of_range.to_string(),
-            "EMMC2: blocks 10+2 are beyond the card's 11 blocks"
-        );
     }
 
     #[test]

@@ -130,8 +130,14 @@ register_bitfields! {
         DATA_TRANSFER_WIDTH_4 OFFSET(1) NUMBITS(1) [],
         /// High Speed Enable: output on the rising SDCLK edge.
         HIGH_SPEED_ENABLE OFFSET(2) NUMBITS(1) [],
-        /// DMA Select.
-        DMA_SELECT OFFSET(3) NUMBITS(2) [],
+        /// DMA Select (§2.2.10): 10b selects 32-bit ADMA2, 11b 64-bit ADMA2;
+        /// 01b is reserved since v2.00. Only used while Transfer Mode's DMA
+        /// Enable is set.
+        DMA_SELECT OFFSET(3) NUMBITS(2) [
+            Sdma = 0b00,
+            Adma2Address32 = 0b10,
+            Adma2Address64 = 0b11
+        ],
         /// Extended Data Transfer Width: 8-bit (embedded devices).
         EXTENDED_DATA_WIDTH_8 OFFSET(5) NUMBITS(1) [],
         /// Card Detect Test Level.
@@ -294,6 +300,24 @@ register_bitfields! {
         SLOT_TYPE OFFSET(30) NUMBITS(2) []
     ],
 
+    /// 0x54: ADMA Error Status (bits 7..0; the rest reserved).
+    /// Valid after an ADMA Error interrupt, until the next transfer.
+    pub ADMA_ERROR_STATUS [
+        /// ADMA Error State: where the ADMA engine stopped.
+        ERROR_STATE OFFSET(0) NUMBITS(2) [
+            /// ST_STOP: stopped (the error is in the descriptor before the
+            /// one the ADMA System Address points at).
+            Stop = 0b00,
+            /// ST_FDS: fetching a descriptor.
+            FetchDescriptor = 0b01,
+            /// ST_TFR: transferring data.
+            TransferData = 0b11
+        ],
+        /// ADMA Length Mismatch Error: the descriptors' total length and
+        /// the block count disagree.
+        LENGTH_MISMATCH OFFSET(2) NUMBITS(1) []
+    ],
+
     /// 0xFC: Slot Interrupt Status (bits 15..0) and Host Controller
     /// Version (bits 31..16); spec §2.2.34, §2.2.35.
     pub SLOT_STATUS_VERSION [
@@ -354,7 +378,7 @@ register_structs! {
         /// Force Event For Auto CMD Error Status / For Error Interrupt Status.
         (0x50 => pub force_event: ReadWrite<u32>),
         /// ADMA Error Status.
-        (0x54 => pub adma_error_status: ReadWrite<u32>),
+        (0x54 => pub adma_error_status: ReadWrite<u32, ADMA_ERROR_STATUS::Register>),
         /// ADMA System Address, bits 31..0 and 63..32.
         (0x58 => pub adma_system_address: [ReadWrite<u32>; 2]),
         /// Preset Value registers (initialization, default speed, high
@@ -399,6 +423,9 @@ pub mod offset {
     pub const INTERRUPT_SIGNAL_ENABLE: usize = 0x38;
     pub const AUTO_CMD_ERROR_HOST_CONTROL_2: usize = 0x3c;
     pub const CAPABILITIES_0: usize = 0x40;
+    pub const ADMA_ERROR_STATUS: usize = 0x54;
+    pub const ADMA_SYSTEM_ADDRESS: usize = 0x58;
+    pub const ADMA_SYSTEM_ADDRESS_HIGH: usize = 0x5c;
     pub const SLOT_STATUS_VERSION: usize = 0xfc;
 }
 
@@ -422,6 +449,9 @@ impl Bus for Mmio<RegisterBlock> {
             offset::INTERRUPT_SIGNAL_ENABLE => self.interrupt_signal_enable.get(),
             offset::AUTO_CMD_ERROR_HOST_CONTROL_2 => self.auto_cmd_error_host_control_2.get(),
             offset::CAPABILITIES_0 => self.capabilities_0.get(),
+            offset::ADMA_ERROR_STATUS => self.adma_error_status.get(),
+            offset::ADMA_SYSTEM_ADDRESS => self.adma_system_address[0].get(),
+            offset::ADMA_SYSTEM_ADDRESS_HIGH => self.adma_system_address[1].get(),
             offset::SLOT_STATUS_VERSION => self.slot_status_version.get(),
             _ => 0,
         }
@@ -440,6 +470,8 @@ impl Bus for Mmio<RegisterBlock> {
             offset::INTERRUPT_STATUS_ENABLE => self.interrupt_status_enable.set(value),
             offset::INTERRUPT_SIGNAL_ENABLE => self.interrupt_signal_enable.set(value),
             offset::AUTO_CMD_ERROR_HOST_CONTROL_2 => self.auto_cmd_error_host_control_2.set(value),
+            offset::ADMA_SYSTEM_ADDRESS => self.adma_system_address[0].set(value),
+            offset::ADMA_SYSTEM_ADDRESS_HIGH => self.adma_system_address[1].set(value),
             _ => {}
         }
     }
@@ -497,6 +529,9 @@ pub struct Registers<'a, B> {
     pub interrupt_signal_enable: Reg<'a, B, INTERRUPT::Register>,
     pub auto_cmd_error_host_control_2: Reg<'a, B, AUTO_CMD_ERROR_HOST_CONTROL_2::Register>,
     pub capabilities_0: Reg<'a, B, CAPABILITIES_0::Register>,
+    pub adma_error_status: Reg<'a, B, ADMA_ERROR_STATUS::Register>,
+    pub adma_system_address: Reg<'a, B>,
+    pub adma_system_address_high: Reg<'a, B>,
     pub slot_status_version: Reg<'a, B, SLOT_STATUS_VERSION::Register>,
 }
 
@@ -523,6 +558,9 @@ impl<'a, B: Bus> Registers<'a, B> {
             interrupt_signal_enable: Reg::at(bus, offset::INTERRUPT_SIGNAL_ENABLE),
             auto_cmd_error_host_control_2: Reg::at(bus, offset::AUTO_CMD_ERROR_HOST_CONTROL_2),
             capabilities_0: Reg::at(bus, offset::CAPABILITIES_0),
+            adma_error_status: Reg::at(bus, offset::ADMA_ERROR_STATUS),
+            adma_system_address: Reg::at(bus, offset::ADMA_SYSTEM_ADDRESS),
+            adma_system_address_high: Reg::at(bus, offset::ADMA_SYSTEM_ADDRESS_HIGH),
             slot_status_version: Reg::at(bus, offset::SLOT_STATUS_VERSION),
         }
     }

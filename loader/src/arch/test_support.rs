@@ -2,7 +2,7 @@
 
 use core::fmt::Write;
 
-use hal_bcm2711::emmc2::Emmc2;
+use hal_bcm2711::emmc2::{AdmaTable, Emmc2};
 use hal_bcm2711::mailbox::Mailbox;
 use hal_bcm2711::memory_map;
 
@@ -43,6 +43,20 @@ pub fn emmc2() -> Emmc2 {
     // is the controller's only user while the returned driver lives (the
     // boot flow has not touched EMMC2 when hooks run).
     unsafe { Emmc2::new(memory_map::EMMC2) }
+}
+
+/// The descriptor table of the `emmc2` hook's driver; `None` on the second call.
+pub fn emmc2_adma_table() -> Option<&'static mut AdmaTable> {
+    static mut TABLE: AdmaTable = AdmaTable::new();
+    static mut TAKEN: bool = false;
+    // SAFETY: single CPU, no interrupts: the flag is only touched here.
+    if unsafe { (&raw const TAKEN).read_volatile() } {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (&raw mut TAKEN).write_volatile(true) };
+    // SAFETY: handed out once (the flag), so this is the only reference.
+    Some(unsafe { &mut *core::ptr::addr_of_mut!(TABLE) })
 }
 
 /// QEMU exit statuses of the hand-off check.
