@@ -823,7 +823,7 @@ fn tampered_image_is_refused_and_leaves_backup_bad_and_active_untouched() {
     expect(
         &disk.update(&["apply"]),
         3,
-        &["payload", "SHA-256 mismatch", "stays marked bad"],
+        &["payload", "BLAKE3 mismatch", "stays marked bad"],
     );
     assert_eq!(disk.slot_state("B"), "bad");
     disk.assert_active_untouched();
