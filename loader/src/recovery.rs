@@ -520,6 +520,11 @@ fn write_image(
         return Err(Attempt::Refused(BlinkCode::BadImage));
     }
     let (output, cache) = work.split_at_mut(MAX_OUTPUT_BUFFER);
+    #[cfg(feature = "qemu-test")]
+    let cache = {
+        let limit = crate::test_hooks::payload_cache_limit().min(cache.len());
+        &mut cache[..limit]
+    };
     log::info!(
         "recovery: {} MiB of RAM keep the verified payload between the passes",
         cache.len() >> 20

@@ -41,6 +41,15 @@ pub fn run(boot: &BootInfo, device_tree: &DeviceTree) {
                 None => log::warn!("test hook `{other}`: not an LBA"),
             }
         }
+        other if other.starts_with("payload-cache:") => {
+            match other
+                .strip_prefix("payload-cache:")
+                .and_then(|bytes| bytes.parse::<u64>().ok())
+            {
+                Some(bytes) => PAYLOAD_CACHE_LIMIT.store(bytes, Ordering::Relaxed),
+                None => log::warn!("test hook `{other}`: not a byte count"),
+            }
+        }
         other => match other.strip_prefix("dtb-at:").and_then(parse_address) {
             // A blob the harness loaded at a fixed address (QEMU itself
             // refuses to pass a broken DTB with -dtb): validate it the way
@@ -57,6 +66,16 @@ pub fn run(boot: &BootInfo, device_tree: &DeviceTree) {
 /// `zboot.test=cut-after-lba:N`: the LBA whose write ends the run, as a
 /// power cut right after that write would (u64::MAX: none).
 static CUT_AFTER_LBA: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// `zboot.test=payload-cache:N`: at most N bytes of RAM keep the reflash's verified
+/// payload (u64::MAX: all the loader has), so a QEMU test can make the write pass read
+/// the stick again, as an image larger than a unit's RAM does.
+static PAYLOAD_CACHE_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The `payload-cache` hook's bound on the reflash's payload cache, in bytes.
+pub fn payload_cache_limit() -> usize {
+    usize::try_from(PAYLOAD_CACHE_LIMIT.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+}
 
 /// Exit status of a run ended by `cut-after-lba` (the QEMU tests match it).
 pub const POWER_CUT_EXIT: u32 = 9;

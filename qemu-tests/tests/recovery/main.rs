@@ -341,6 +341,27 @@ fn a_stick_pulled_before_the_first_write_leaves_the_emmc_untouched_and_a_new_one
     assert_boots_a(&emmc);
 }
 
+/// With the verified payload in RAM the write pass no longer needs the stick: pulled while
+/// writing, the reflash still completes, to the exact image.
+#[test]
+fn a_stick_pulled_while_writing_from_ram_does_not_stop_the_reflash() {
+    let kit = Kit::new();
+    let emmc = kit.dir.path().join("emmc.img");
+    std::fs::copy(&kit.golden, &emmc).unwrap();
+    zbctl(&["request-recovery", "--image", path(&emmc)]);
+    let run = finish(&pull_stick_at(kit.qemu_for_pulling(&emmc), "recovery: 30%"));
+    assert!(!run.console_has("recovery: interrupted"), "{}", run.console);
+    assert!(run.console_has("recovery: image written"));
+    assert!(run.console_has("0 read and checked again"));
+    assert_eq!(run.ending, Ending::GuestReset, "and resets");
+    assert_eq!(
+        differences(&kit, &emmc),
+        Vec::<u64>::new(),
+        "every written sector matches the image"
+    );
+    assert_boots_a(&emmc);
+}
+
 #[test]
 fn a_stick_pulled_while_writing_waits_and_a_new_one_resumes_from_the_journal() {
     let kit = Kit::new();
@@ -348,10 +369,17 @@ fn a_stick_pulled_while_writing_waits_and_a_new_one_resumes_from_the_journal() {
     let emmc = kit.dir.path().join("emmc.img");
     std::fs::copy(&kit.golden, &emmc).unwrap();
     zbctl(&["request-recovery", "--image", path(&emmc)]);
+    // No RAM for the verified payload (as with an image larger than the unit's RAM): the
+    // write pass reads the stick again, and notices it is gone.
     let run = finish(
-        &pull_stick_at(kit.qemu_for_pulling(&emmc), "recovery: 30%")
-            .qmp_when("recovery: waiting for a (new) stick", PLUG_SECOND_STICK),
+        &pull_stick_at(
+            kit.qemu_for_pulling(&emmc)
+                .extra_args(&["-append", "zboot.test=payload-cache:0"]),
+            "recovery: 30%",
+        )
+        .qmp_when("recovery: waiting for a (new) stick", PLUG_SECOND_STICK),
     );
+    assert!(run.console_has("recovery: write pass: 0 payload bytes from RAM"));
     assert!(
         run.console_has("the USB device was unplugged"),
         "the failed read says why"
