@@ -779,7 +779,7 @@ pub fn compare_with_u_boot(
     writeln!(
         out,
         "  (zboot's entry 0x{zboot_start:x}, U-Boot's 0x{U_BOOT_ENTRY:x}. Not identical work: \
-         zboot also reads and writes the slot state and checks SHA-256 of every slot file; \
+         zboot also reads and writes the slot state and checks the digest (BLAKE3) of every slot file; \
          U-Boot runs its driver model, draws its console on the framebuffer too and verifies \
          nothing.)"
     )?;

@@ -58,7 +58,13 @@ enum Task {
         cargo_args: Vec<String>,
     },
     /// Measure zboot: image size and guest instruction counts under QEMU.
-    Bench,
+    Bench {
+        /// Keep QEMU's EMMC2 as stock QEMU has it, without ADMA2, so the storage path and
+        /// the reflash move data by PIO (by default EMMC2 advertises ADMA2, as the BCM2711's
+        /// does, and the loader uses it through the minimal tree's C0 `emmc2bus` window).
+        #[arg(long)]
+        pio: bool,
+    },
     /// Build the `zboot` Debian package (zbctl, its systemd units, man pages, completions)
     /// into target/zboot/deb/, and check it with lintian when it is installed.
     Deb {
@@ -103,7 +109,7 @@ fn main() -> Result<()> {
             }
         }
         Task::Test { cargo_args } => test(&cargo_args),
-        Task::Bench => bench(),
+        Task::Bench { pio } => bench(pio),
         Task::Deb { arch, test } => deb(&arch, test),
         Task::Fuzz {
             smoke,
@@ -276,6 +282,7 @@ fn reflash_bench(
     loader: &LoaderImage,
     plugin: &std::path::Path,
     dtb: &std::path::Path,
+    adma2: bool,
 ) -> Result<ReflashResult> {
     let dir = workspace_root()
         .join("target")
@@ -289,7 +296,11 @@ fn reflash_bench(
     let end = loader.symbol("zboot_bench_reflash_done")?;
     let ranges = dir.join("code-ranges.txt");
     write_code_ranges(loader, &ranges)?;
-    let run = Qemu::new(&loader.image)
+    let mut qemu = Qemu::new(&loader.image);
+    if adma2 {
+        qemu = qemu.emmc2_adma2();
+    }
+    let run = qemu
         .dtb(dtb)
         .emmc(&emmc)
         .usb_stick(&stick)
@@ -348,6 +359,7 @@ fn reflash_bench(
         "  bytes written to the eMMC (data + fill):    {written:>10} bytes of {} on the disk",
         std::fs::metadata(&golden)?.len()
     );
+    print_data_path(&run.console)?;
     println!("  entry -> reflash done, icount work          {count:>10} instructions");
     let per_mib_written = count * (1 << 20) / written.max(1);
     println!(
@@ -391,6 +403,27 @@ fn stick_bytes(qemu_log: &str, image_size: u64) -> Result<u64> {
         stick_read * 100 / image_size.max(1) % 100
     );
     Ok(stick_read)
+}
+
+/// Prints how EMMC2 moved data (the loader's `EMMC2: ADMA2 (...)` or `EMMC2: PIO (...)`
+/// line) and, after a reflash, where its write pass took the payload from.
+fn print_data_path(console: &str) -> Result<()> {
+    let mode = console
+        .lines()
+        .find_map(|line| {
+            line.split_once("EMMC2: ")
+                .map(|(_, mode)| mode)
+                .filter(|mode| mode.starts_with("ADMA2") || mode.starts_with("PIO"))
+        })
+        .context("the loader did not log how EMMC2 moves data")?;
+    println!("  EMMC2 data path (the loader's log): {mode}");
+    if let Some(line) = console.lines().find_map(|line| {
+        line.split_once("recovery: write pass: ")
+            .map(|(_, rest)| rest)
+    }) {
+        println!("  write pass: {line}");
+    }
+    Ok(())
 }
 
 /// Prints the plugin's split of the reflash's instructions by where they ran.
@@ -532,7 +565,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
     run_checked(command, "cargo test")
 }
 
-fn bench() -> Result<()> {
+fn bench(pio: bool) -> Result<()> {
     let loader = LoaderImage::get(LoaderBuild::Release)?;
     let plugin = insn_count_plugin()?;
     let dtb = minimal_dtb()?;
@@ -572,7 +605,8 @@ fn bench() -> Result<()> {
     );
     let mut phases = Vec::new();
     let mut failures = Vec::new();
-    match storage_bench(&loader, &plugin, &dtb) {
+    let adma2 = !pio;
+    match storage_bench(&loader, &plugin, &dtb, adma2) {
         Ok(result) => {
             measured.storage_path = Some(result.instructions);
             measured.storage_split = result.split;
@@ -580,7 +614,7 @@ fn bench() -> Result<()> {
         }
         Err(error) => failures.push(format!("storage path: {error:#}")),
     }
-    match reflash_bench(&loader, &plugin, &dtb) {
+    match reflash_bench(&loader, &plugin, &dtb, adma2) {
         Ok(result) => {
             measured.reflash_per_mib = Some(result.per_mib_written);
             measured.reflash_split = result.split;
@@ -696,6 +730,7 @@ fn storage_bench(
     loader: &LoaderImage,
     plugin: &std::path::Path,
     dtb: &std::path::Path,
+    adma2: bool,
 ) -> Result<StorageResult> {
     const INITRD_MIB: usize = 16;
     const KERNEL_ENTRY: u64 = 0x100_0000;
@@ -733,6 +768,9 @@ fn storage_bench(
         if let Some(mode) = mode {
             qemu = qemu.icount(mode);
         }
+        if adma2 {
+            qemu = qemu.emmc2_adma2();
+        }
         let run = qemu.run()?;
         let count = run
             .instruction_count()
@@ -743,6 +781,7 @@ fn storage_bench(
             .with_context(|| format!("the plugin's report is incomplete:\n{}", run.qemu_log))?;
         console = run.console;
     }
+    print_data_path(&console)?;
     for file in ["kernel.img", "initrd.img"] {
         let line = console
             .lines()
