@@ -238,28 +238,9 @@ fn truncated_wrong_magic_and_newer_version_exit_2() {
 #[test]
 fn hash_sha256_makes_a_version_1_image_that_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let (boot, root) = tarballs(dir.path(), true);
+    tarballs(dir.path(), true);
+    common::convert_small_image_with(dir.path(), "old.zi", "1", "24", &["--hash", "sha256"]);
     let zi = dir.path().join("old.zi");
-    ok(&[
-        "image",
-        "convert",
-        "-b",
-        s(&boot),
-        "-r",
-        s(&root),
-        "-o",
-        s(&zi),
-        "--name",
-        "old",
-        "--version",
-        "1",
-        "--boot-mib",
-        "40",
-        "--root-mib",
-        "24",
-        "--hash",
-        "sha256",
-    ]);
     let json: serde_json::Value =
         serde_json::from_str(&ok(&["image", "inspect", "--json", s(&zi)])).unwrap();
     assert_eq!(
