@@ -5,7 +5,7 @@
 //! older `zbctl` keep booting after a loader update.
 //!
 //! Why BLAKE3: the CM4's Cortex-A72 has no Armv8 cryptography extensions, so SHA-256 runs
-//! in software at about 28 instructions per byte, which made hashing most of a verified
+//! in software at about 32 instructions per byte, which made hashing most of a verified
 //! boot's cost. BLAKE3 hashes four 1 KiB chunks at once in NEON registers (its tree mode
 //! lets independent chunks be compressed in parallel), several times cheaper per byte on
 //! the same core, with the same 256-bit output and a standard command-line tool (`b3sum`)

@@ -151,12 +151,58 @@ fn installs_into_b_as_a_trial_and_leaves_a_alone() {
     let manifest = recovery_proto::slot_manifest::SlotManifest::parse(&slot_txt).unwrap();
     assert_eq!(manifest.image_version, 5);
     assert_eq!(manifest.files().len(), 3);
+    assert_eq!(
+        manifest.algorithm(),
+        recovery_proto::slot_manifest::Algorithm::Blake3,
+        "a version-2 image installs a format-2 slot.txt"
+    );
     // A second install before B is confirmed would overwrite A, the last good system.
     fails(
         &["--image", s(&disk), "install", s(&f.path("os.zi"))],
         1,
         &["not confirmed"],
     );
+}
+
+/// An image made for units whose loader predates BLAKE3 (`--hash sha256`, `.zi` version 1,
+/// no `A/slot.txt` of its own) installs a format-1 `slot.txt` such a loader reads.
+#[test]
+fn a_version_1_image_installs_a_format_1_slot_txt() {
+    use recovery_proto::slot_manifest::{Algorithm, SlotManifest};
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    for tarball in ["boot.tar", "root.tar"] {
+        fs::copy(f.path(tarball), dir.path().join(tarball)).unwrap();
+    }
+    convert_small_image_with(dir.path(), "old.zi", "5", "24", &["--hash", "sha256"]);
+    let (_disk_dir, disk) = f.copy("disk.img");
+    ok(&[
+        "--image",
+        s(&disk),
+        "install",
+        s(&dir.path().join("old.zi")),
+    ]);
+    let slot_txt = mtype(&disk, "B/slot.txt");
+    assert!(
+        slot_txt.starts_with(b"format=1\n"),
+        "{}",
+        String::from_utf8_lossy(&slot_txt)
+    );
+    let manifest = SlotManifest::parse(&slot_txt).unwrap();
+    assert_eq!(manifest.algorithm(), Algorithm::Sha256);
+    for file in manifest.files() {
+        let bytes = mtype(&disk, &format!("B/{}", file.name));
+        assert_eq!(
+            file.verify(
+                bytes.len() as u64,
+                Algorithm::Sha256,
+                &Algorithm::Sha256.digest(&bytes)
+            ),
+            Ok(()),
+            "{}",
+            file.name
+        );
+    }
 }
 
 #[test]

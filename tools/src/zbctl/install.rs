@@ -512,10 +512,12 @@ pub fn open_target(target: &Target, args: &InstallArgs) -> Result<TargetDisk> {
 
 /// The slot's files, taken from the image's boot partition (see the module docs for the
 /// rule), with their generated `slot.txt` last, and the image's `A/slot.sig` when it signs
-/// that `slot.txt` (by `key`, the target's, when it has one).
+/// that `slot.txt` (by `key`, the target's, when it has one). The generated `slot.txt` has
+/// the format of the image's own `A/slot.txt`, else `algorithm`'s (the `.zi`'s).
 fn slot_files(
     boot: &File,
     version: u32,
+    algorithm: Algorithm,
     key: Option<&[u8; 32]>,
     what: &str,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
@@ -560,8 +562,8 @@ fn slot_files(
     }
     // The image's own slot.txt, if it has one, must describe the files it ships with; the
     // generated one keeps its format (an image made for loaders older than BLAKE3 stays
-    // SHA-256), else it is the current format.
-    let mut algorithm = Algorithm::Blake3;
+    // SHA-256), else the .zi's digest function decides.
+    let mut algorithm = algorithm;
     if from_a && let Some(text) = read_fat_file(&root, "A/slot.txt")? {
         let shipped = SlotManifest::parse(&text)
             .map_err(|e| anyhow!("{what}: the image's A/slot.txt: {e}"))?;
@@ -873,7 +875,13 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                     )?;
                 }
             }
-            let files = slot_files(&scratch, header.image_version, disk.key.as_ref(), what)?;
+            let files = slot_files(
+                &scratch,
+                header.image_version,
+                header.algorithm,
+                disk.key.as_ref(),
+                what,
+            )?;
             warn_layout(&scratch, what, slot);
             let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
                 .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
@@ -931,7 +939,13 @@ pub fn install_from<S: ImageSource<Error = std::io::Error>>(
                     )?;
                 }
             }
-            let files = slot_files(&scratch, header.image_version, disk.key.as_ref(), what)?;
+            let files = slot_files(
+                &scratch,
+                header.image_version,
+                header.algorithm,
+                disk.key.as_ref(),
+                what,
+            )?;
             warn_layout(&scratch, what, slot);
             let boot_runs = edit_boot(&disk.file, disk.boot, slot, &files)
                 .with_context(|| format!("slot {slot}'s files on the target's boot partition"))?;
