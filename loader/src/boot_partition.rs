@@ -13,6 +13,12 @@ use recovery_proto::fat::{FatVolume, RunError};
 
 use crate::storage::{Disk, DiskError};
 
+/// The largest piece of a cluster run read at once by [`BootPartition::load_consuming`]:
+/// small enough that hashing one piece overlaps reading the next for most of a file, large
+/// enough that a piece costs the card a handful of commands (1 MiB: 2048 blocks, one
+/// ADMA2 request).
+pub const PIECE_BYTES: usize = 1 << 20;
+
 /// zboot never creates or modifies files on FAT, so it needs no clock.
 struct NoClock;
 
@@ -202,6 +208,19 @@ impl<'d> BootPartition<'d> {
     /// Reads the whole file into the start of `destination`, which must hold
     /// its size rounded up to whole sectors; one multi-block read per run.
     pub fn load(&self, file: FileInfo, destination: &mut [u8]) -> Result<LoadStats, FileError> {
+        self.load_consuming(file, destination, |_| {})
+    }
+
+    /// [`BootPartition::load`], handing the file's bytes to `consume` in order as they
+    /// arrive (each of the file's bytes once, the sector slack after its end never): a
+    /// piece is consumed while the next piece's read is in flight, so on hardware hashing
+    /// overlaps the transfer. Runs are read in pieces of at most [`PIECE_BYTES`].
+    pub fn load_consuming(
+        &self,
+        file: FileInfo,
+        destination: &mut [u8],
+        mut consume: impl FnMut(&[u8]),
+    ) -> Result<LoadStats, FileError> {
         let needed = file.sectors_bytes();
         let capacity = destination.len();
         let destination = destination.get_mut(..needed).ok_or(FileError::TooLarge {
@@ -213,15 +232,27 @@ impl<'d> BootPartition<'d> {
             ..LoadStats::default()
         };
         let mut offset = 0usize;
+        // The file's bytes handed to `consume` so far.
+        let mut consumed = 0usize;
+        let size = file.size as usize;
         let commands_before = self.disk.commands();
         let mut disk = self.disk;
         let fat_reads = self
             .fat
             .for_each_run(&mut disk, file.first_cluster, file.size, |disk, run| {
-                let length = run.sectors as usize * BLOCK_SIZE;
-                let chunk = destination.get_mut(offset..offset + length).ok_or(None)?;
-                disk.read(run.lba, chunk).map_err(Some)?;
-                offset += length;
+                let end = offset + run.sectors as usize * BLOCK_SIZE;
+                let mut lba = run.lba;
+                while offset < end {
+                    let length = (end - offset).min(PIECE_BYTES);
+                    let (done, rest) = destination.split_at_mut(offset);
+                    let piece = rest.get_mut(..length).ok_or(None)?;
+                    let ready = done.get(consumed..offset.min(size)).unwrap_or_default();
+                    disk.read_during(lba, piece, || consume(ready))
+                        .map_err(Some)?;
+                    consumed = consumed.max(offset.min(size));
+                    offset += length;
+                    lba += (length / BLOCK_SIZE) as u64;
+                }
                 stats.runs += 1;
                 Ok::<(), Option<DiskError>>(())
             })
@@ -233,6 +264,7 @@ impl<'d> BootPartition<'d> {
                     capacity: needed,
                 },
             })?;
+        consume(destination.get(consumed..size).unwrap_or_default());
         stats.fat_reads = fat_reads;
         stats.commands = self.disk.commands() - commands_before;
         Ok(stats)

@@ -231,14 +231,22 @@ impl Loader<'_, '_, '_> {
                 .check_size(u64::from(file.size))
                 .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;
         }
+        // The file is hashed piece by piece while the next piece is read.
+        let mut hasher = self.manifest.map(|manifest| manifest.algorithm().hasher());
         let stats = self
             .partition
-            .load(file, destination)
+            .load_consuming(file, destination, |piece| {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(piece);
+                }
+            })
             .map_err(|error| self.fail(name, Problem::File(error)))?;
         self.report.add(file.size, stats);
-        let check = if let (Some(listed), Some(manifest)) = (&listed, self.manifest) {
+        let check = if let (Some(listed), Some(manifest), Some(hasher)) =
+            (&listed, self.manifest, hasher)
+        {
             let algorithm = manifest.algorithm();
-            let digest = algorithm.digest(&destination[..file.size as usize]);
+            let digest = hasher.finalize();
             listed
                 .verify(u64::from(file.size), algorithm, &digest)
                 .map_err(|mismatch| self.fail(name, Problem::Mismatch(mismatch)))?;

@@ -187,6 +187,31 @@ impl Disk {
         Ok(())
     }
 
+    /// [`Disk::read`], running `work` while the controller moves the data (with ADMA2 the
+    /// two overlap on hardware; with PIO `work` runs first). `work` runs whatever the
+    /// outcome of the read.
+    pub fn read_during(
+        &self,
+        lba: u64,
+        buffer: &mut [u8],
+        work: impl FnOnce(),
+    ) -> Result<(), DiskError> {
+        let blocks = (buffer.len() / BLOCK_SIZE) as u64;
+        let (result, ()) = self
+            .controller
+            .borrow_mut()
+            .read_blocks_during(lba, buffer, work);
+        self.log_adma_fallback();
+        result.map_err(|cause| DiskError {
+            lba,
+            blocks,
+            write: false,
+            cause: DiskFault::Controller(cause),
+        })?;
+        self.counters.borrow_mut().blocks_read += blocks;
+        Ok(())
+    }
+
     /// Writes `buffer.len() / 512` blocks at `lba`.
     pub fn write(&self, lba: u64, buffer: &[u8]) -> Result<(), DiskError> {
         let blocks = (buffer.len() / BLOCK_SIZE) as u64;
