@@ -174,17 +174,7 @@ impl Disk {
     /// Reads `buffer.len() / 512` blocks from `lba` (multi-block commands; ADMA2 when
     /// the controller uses it and the buffer suits it, else PIO).
     pub fn read(&self, lba: u64, buffer: &mut [u8]) -> Result<(), DiskError> {
-        let blocks = (buffer.len() / BLOCK_SIZE) as u64;
-        let result = self.controller.borrow_mut().read_blocks(lba, buffer);
-        self.log_adma_fallback();
-        result.map_err(|cause| DiskError {
-            lba,
-            blocks,
-            write: false,
-            cause: DiskFault::Controller(cause),
-        })?;
-        self.counters.borrow_mut().blocks_read += blocks;
-        Ok(())
+        self.read_during(lba, buffer, || {})
     }
 
     /// [`Disk::read`], running `work` while the controller moves the data (with ADMA2 the
